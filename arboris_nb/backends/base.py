@@ -1,0 +1,72 @@
+"""The one narrow interface every backend implements.
+
+A backend is a factory of connections: ``async with backend.open() as conn`` runs on
+the loop that will use it (so HTTP clients are created in, and closed by, that loop).
+``conn.stream(request)`` yields text deltas (``str``), optionally a ``Served`` first
+(which key or endpoint took the request) and a ``Usage`` last. It raises
+:class:`~arboris_nb.errors.BackendError` subclasses; retries, concurrency, timing and
+display all live in the engine, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Backend", "ChatRequest", "Connection", "Message", "Served", "StreamItem", "Usage"]
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What the engine asks of a backend for one attempt of one version."""
+
+    messages: list[Message]
+    temperature: float = 0.75
+    max_tokens: int | None = None
+    run_id: str = ""
+    version_index: int = 1
+    attempt: int = 1
+
+    @property
+    def prompt(self) -> str:
+        """The last user message (what simple backends respond to)."""
+        users = [m["content"] for m in self.messages if m.get("role") == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts reported by the server at the end of a stream."""
+
+    output_tokens: int
+    input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Which key (masked) or endpoint served this request; yielded before any text."""
+
+    key_id: str
+
+
+StreamItem = str | Usage | Served
+
+
+@runtime_checkable
+class Connection(Protocol):
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        """Stream one completion: text deltas, then optionally ``Usage``."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    model: str
+
+    def open(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection bound to the running event loop; closed on exit."""
+        ...

@@ -1,0 +1,127 @@
+"""A deterministic offline model: no key, no network, same engine path as the real one.
+
+Text is seeded by the prompt, the version index and ``seed``, so a run is reproducible
+and two versions differ. Latency follows a small model — time to first token, tokens per
+second, multiplicative jitter — on ``asyncio.sleep``, so a fake loop clock makes it exact.
+Faults: ``fail_versions`` fail on every attempt; ``fail_rate`` fails single attempts at
+random (transient, so retries can succeed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ..errors import BackendError, ConfigError, ServerError
+from .base import ChatRequest, Served, StreamItem, Usage
+
+__all__ = ["SimulatedLLM", "simulated_text"]
+
+_WORDS = (
+    "the lantern rain harbor old city wind letter silence road river night her his they "
+    "and but when while beneath across gate tower memory promise shadow ember stone bell "
+    "ship archive map stranger sister captain voice door winter garden smoke iron glass "
+    "remembered waited whispered turned opened carried followed listened burned crossed "
+    "slowly quietly again before after almost never still only"
+).split()
+
+Reply = str | Callable[[ChatRequest], str]
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def simulated_text(prompt: str, index: int, tokens: int, seed: int = 0) -> str:
+    """Deterministic pseudo-prose of ``tokens`` words for a prompt and version index."""
+    rng = _rng("text", seed, prompt, index)
+    words: list[str] = []
+    sentence = 0
+    for i in range(tokens):
+        word = rng.choice(_WORDS)
+        words.append(word.capitalize() if sentence == 0 else word)
+        sentence += 1
+        if sentence > 6 and (rng.random() < 0.2 or i == tokens - 1):
+            words[-1] += "."
+            sentence = 0
+    if words and not words[-1].endswith("."):
+        words[-1] += "."
+    return f"Version {index}. " + " ".join(words)
+
+
+@dataclass
+class SimulatedLLM:
+    """The built-in offline backend (a ``Backend`` and its own ``Connection``)."""
+
+    ttft_s: float = 0.05
+    tokens_per_s: float = 200.0
+    output_tokens: int = 80
+    jitter: float = 0.0
+    seed: int = 0
+    fail_versions: Collection[int] = ()
+    fail_rate: float = 0.0
+    fail_error: type[BackendError] = ServerError
+    reply: Reply | None = None
+    model: str = "simulated"
+    calls: list[ChatRequest] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.output_tokens < 0:
+            raise ConfigError(
+                "SimulatedLLM needs ttft_s >= 0, tokens_per_s > 0, output_tokens >= 0"
+            )
+        if not 0.0 <= self.jitter < 1.0 or not 0.0 <= self.fail_rate <= 1.0:
+            raise ConfigError("SimulatedLLM jitter must be in [0, 1) and fail_rate in [0, 1]")
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[SimulatedLLM]:
+        yield self
+
+    def _reply_text(self, request: ChatRequest) -> str:
+        if callable(self.reply):
+            return self.reply(request)
+        if self.reply is not None:
+            return self.reply
+        return simulated_text(request.prompt, request.version_index, self.output_tokens, self.seed)
+
+    def _tokens(self, text: str) -> Iterator[str]:
+        # Keep each word's trailing space with it so the deltas re-join to the exact text.
+        start = 0
+        for i, char in enumerate(text):
+            if char == " ":
+                yield text[start : i + 1]
+                start = i + 1
+        if start < len(text):
+            yield text[start:]
+
+    def _fails(self, request: ChatRequest) -> bool:
+        if request.version_index in self.fail_versions:
+            return True
+        rng = _rng("fault", self.seed, request.prompt, request.version_index, request.attempt)
+        return rng.random() < self.fail_rate
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        self.calls.append(request)
+        rng = _rng("latency", self.seed, request.prompt, request.version_index, request.attempt)
+
+        def spread(seconds: float) -> float:
+            return seconds * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
+
+        yield Served(key_id="simulated")
+        await asyncio.sleep(spread(self.ttft_s))
+        if self._fails(request):
+            raise self.fail_error(
+                f"simulated failure of version {request.version_index}", status=500
+            )
+        count = 0
+        for token in self._tokens(self._reply_text(request)):
+            if count:
+                await asyncio.sleep(spread(1.0 / self.tokens_per_s))
+            count += 1
+            yield token
+        yield Usage(output_tokens=count)

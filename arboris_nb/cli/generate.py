@@ -1,0 +1,186 @@
+"""``arboris-nb generate``: N versions of one prompt, from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend
+from ..backends.simulated import SimulatedLLM
+from ..config import COUNT_RANGE, LLMConfig, WriterSettings
+from ..console import ProgressPrinter, format_summary
+from ..engine import generate_versions
+from ..errors import AllVersionsFailed, ConfigError
+from ..events import Event, RunStarted
+from ..results import Run
+
+__all__ = ["register", "run"]
+
+EXIT_ALL_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def count_arg(flag: str, env: str) -> Any:
+    """An argparse type for a 1–10 count whose error names the flag and the range."""
+    low, high = COUNT_RANGE
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} ({env}) must be a whole number from {low} to {high}, got {raw!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{flag} ({env}) must be from {low} to {high}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("generate", help="generate N versions of a prompt")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    p.add_argument(
+        "--versions",
+        type=count_arg("--versions", "WRITER_CHAPTER_VERSION_COUNT"),
+        help="versions to generate, 1–10 (default: WRITER_CHAPTER_VERSION_COUNT or 2)",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=count_arg("--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS"),
+        help="requests at once, 1–10 (default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
+    mode.add_argument("--parallel", dest="parallel", action="store_true")
+    p.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME or gpt-4o-mini)")
+    p.add_argument("--base-url", help="OpenAI-compatible base URL (default: OPENAI_API_BASE_URL)")
+    p.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the API key (default: OPENAI_API_KEY)",
+    )
+    p.add_argument("--simulated", action="store_true", help="use the offline simulated model")
+    p.add_argument("--project", help="project name, for logs and the run record")
+    p.add_argument("--chapter", type=int, help="chapter number, for logs and the run record")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write one file per version here")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return str(args.prompt)
+    try:
+        return str(args.prompt_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--prompt-file {args.prompt_file}: {exc.strerror}") from None
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    if args.simulated:
+        return SimulatedLLM()
+    if args.api_key_env != "OPENAI_API_KEY" and not os.environ.get(args.api_key_env):
+        raise ConfigError(f"--api-key-env: the variable {args.api_key_env} is not set")
+    config = LLMConfig.from_env(
+        api_key_env=args.api_key_env, model=args.model, base_url=args.base_url
+    )
+    if not config.configured:
+        print(
+            "arboris-nb: no OPENAI_API_KEY or OPENAI_API_BASE_URL set; "
+            "using the offline simulated model",
+            file=sys.stderr,
+        )
+        return SimulatedLLM(model=args.model or "simulated")
+    return config  # type: ignore[return-value]  # generate_versions accepts a config
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """The ``--json`` object (a contract: keep the keys)."""
+    return {
+        "run_id": run.run_id,
+        "project": run.project,
+        "chapter": run.chapter,
+        "mode": run.mode,
+        "version_count": run.version_count,
+        "max_parallel_requests": run.max_parallel_requests,
+        "elapsed_s": run.elapsed_s,
+        "ok": len(run.ok),
+        "failed": len(run.failed),
+        "versions": [
+            {
+                "index": v.index,
+                "status": v.status,
+                "content": v.content,
+                "error": v.error,
+                "queue_wait_s": v.queue_wait_s,
+                "ttft_s": v.ttft_s,
+                "duration_s": v.duration_s,
+                "output_tokens": v.output_tokens,
+                "attempts": v.attempts,
+            }
+            for v in run.versions
+        ],
+    }
+
+
+def _write_versions(run: Run, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for v in run.ok:
+        (out / f"version-{v.index}.md").write_text(v.content or "", encoding="utf-8")
+
+
+def _report(run: Run, args: argparse.Namespace) -> None:
+    if args.out is not None:
+        _write_versions(run, args.out)
+    if args.json:
+        print(json.dumps(run_json(run), ensure_ascii=False, indent=2))
+    else:
+        for v in run.versions:
+            print(f"--- version {v.index} ({v.status}) ---\n{v.display_text()}\n")
+        print(format_summary(run))
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = WriterSettings.from_env(
+        version_count=args.versions, parallel=args.parallel, max_parallel_requests=args.max_parallel
+    )
+    prompt, backend = _prompt(args), _backend(args)
+    holder: list[Run] = []
+
+    def keep(event: Event) -> None:
+        if isinstance(event, RunStarted):
+            holder.append(event.run)
+
+    coro = generate_versions(
+        prompt,
+        settings=settings,
+        llm=backend,
+        project=args.project,
+        chapter=args.chapter,
+        on_event=[keep, ProgressPrinter()],
+    )
+    try:
+        result = asyncio.run(coro)
+    except AllVersionsFailed as exc:
+        _report(exc.run, args)
+        print(f"arboris-nb: {exc}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    except KeyboardInterrupt:
+        if holder:
+            _report(holder[0], args)
+        print("arboris-nb: interrupted; finished versions are shown above", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _report(result, args)
+    return 0

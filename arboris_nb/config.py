@@ -1,0 +1,227 @@
+"""Settings, read in one place: explicit argument > environment > ``.env`` > default.
+
+``WriterSettings`` keeps the original Arboris-Novel names (``WRITER_*``), ``LLMConfig``
+the OpenAI ones. Every range is enforced here, and every error names the setting, its
+environment variable and the allowed range. The API key is masked in every repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv.parser import parse_stream
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LLMConfig",
+    "WriterSettings",
+    "load_env",
+    "mask_key",
+    "parse_bool",
+]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+COUNT_RANGE = (1, 10)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def mask_key(key: str | None) -> str:
+    """A key's printable id: ``sk-…a1b2``. Never more than the last four characters."""
+    if not key:
+        return "<none>"
+    if len(key) < 12:
+        return "…" + key[-2:]
+    prefix = key.split("-", 1)[0] + "-" if "-" in key[:4] else ""
+    return f"{prefix}…{key[-4:]}"
+
+
+def load_env(dotenv_path: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment laid over the ``.env`` file (environment wins).
+
+    A malformed ``.env`` line is an error that names the file and the line, rather than
+    a silently ignored setting.
+    """
+    values: dict[str, str] = {}
+    path = Path(dotenv_path) if dotenv_path else None
+    if path is not None and path.is_file():
+        with path.open(encoding="utf-8") as stream:
+            for binding in parse_stream(stream):
+                if binding.error:
+                    raise ConfigError(
+                        f"{path} line {binding.original.line}: cannot parse "
+                        f"{binding.original.string.strip()!r} (expected NAME=value)"
+                    )
+                if binding.key is not None and binding.value is not None:
+                    values[binding.key] = binding.value
+    values.update(os.environ)
+    return values
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """Parse true/false/1/0/yes/no/on/off (any case) or fail naming the setting."""
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def _check_count(name: str, env: str, value: object) -> int:
+    low, high = COUNT_RANGE
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value).strip())
+        except ValueError:
+            raise ConfigError(
+                f"{name} ({env}) must be a whole number from {low} to {high}, got {value!r}"
+            ) from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} ({env}) must be from {low} to {high}, got {value}")
+    return value
+
+
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        raw = env.get(name)
+        if raw is not None and raw.strip() != "":
+            return name, raw
+    return None
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """How many versions to write and how many requests may run at once.
+
+    ``max_parallel_requests`` is a whole number 1–10, or ``"auto"`` for adaptive
+    concurrency (see :mod:`arboris_nb.limits`).
+    """
+
+    version_count: int = 2
+    parallel: bool = True
+    max_parallel_requests: int | Literal["auto"] = 3
+
+    def __post_init__(self) -> None:
+        count = _check_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
+        object.__setattr__(self, "version_count", count)
+        if not isinstance(self.parallel, bool):
+            object.__setattr__(
+                self,
+                "parallel",
+                parse_bool("parallel (WRITER_PARALLEL_GENERATION)", str(self.parallel)),
+            )
+        limit = self.max_parallel_requests
+        if limit != "auto":
+            limit = _check_count("max_parallel_requests", "WRITER_MAX_PARALLEL_REQUESTS", limit)
+            object.__setattr__(self, "max_parallel_requests", limit)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        dotenv_path: str | None = ".env",
+        **overrides: Any,
+    ) -> WriterSettings:
+        """Read ``WRITER_*`` variables; keyword arguments that are not None win."""
+        env = load_env(dotenv_path) if env is None else env
+        values: dict[str, Any] = {}
+        found = _first(env, "WRITER_CHAPTER_VERSION_COUNT", "WRITER_CHAPTER_VERSIONS")
+        if found:
+            values["version_count"] = _check_count("version_count", found[0], found[1])
+        if found := _first(env, "WRITER_PARALLEL_GENERATION"):
+            values["parallel"] = parse_bool(*found)
+        if found := _first(env, "WRITER_MAX_PARALLEL_REQUESTS"):
+            raw = found[1].strip().lower()
+            values["max_parallel_requests"] = (
+                "auto" if raw == "auto" else _check_count("max_parallel_requests", *found)
+            )
+        _refuse_unknown(cls, overrides)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where and how to call an OpenAI-compatible API. The key never shows in a repr."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    model: str = DEFAULT_MODEL
+    temperature: float = 0.75
+    max_tokens: int | None = None
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.model or not str(self.model).strip():
+            raise ConfigError("model (OPENAI_MODEL_NAME) must not be empty")
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise ConfigError(f"temperature must be from 0 to 2, got {self.temperature}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be above 0, got {self.timeout_s}")
+        if self.base_url is not None and not str(self.base_url).startswith(("http://", "https://")):
+            raise ConfigError(
+                f"base_url (OPENAI_API_BASE_URL) must start with http:// or https://, "
+                f"got {self.base_url!r}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"LLMConfig(api_key={mask_key(self.api_key)!r}, base_url={self.base_url!r}, "
+            f"model={self.model!r}, temperature={self.temperature}, "
+            f"max_tokens={self.max_tokens}, timeout_s={self.timeout_s})"
+        )
+
+    @property
+    def key_id(self) -> str:
+        """The masked key, safe to print and store."""
+        return mask_key(self.api_key)
+
+    @property
+    def configured(self) -> bool:
+        """True when a key or a base URL says where to send requests."""
+        return bool(self.api_key or self.base_url)
+
+    def with_(self, **changes: Any) -> LLMConfig:
+        """A copy with some fields changed (None values are ignored)."""
+        _refuse_unknown(type(self), changes)
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        dotenv_path: str | None = ".env",
+        api_key_env: str = "OPENAI_API_KEY",
+        **overrides: Any,
+    ) -> LLMConfig:
+        """Read ``OPENAI_API_KEY``, ``OPENAI_API_BASE_URL`` (or ``OPENAI_BASE_URL``) and
+        ``OPENAI_MODEL_NAME``; keyword arguments that are not None win."""
+        env = load_env(dotenv_path) if env is None else env
+        values: dict[str, Any] = {}
+        if found := _first(env, api_key_env):
+            values["api_key"] = found[1].strip()
+        if found := _first(env, "OPENAI_API_BASE_URL", "OPENAI_BASE_URL"):
+            values["base_url"] = found[1].strip()
+        if found := _first(env, "OPENAI_MODEL_NAME"):
+            values["model"] = found[1].strip()
+        _refuse_unknown(cls, overrides)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _refuse_unknown(cls: type, options: Mapping[str, Any]) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")

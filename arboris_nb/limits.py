@@ -1,0 +1,62 @@
+"""Concurrency limiters: how many requests may be in flight at once.
+
+The engine asks a limiter for a ``slot()`` around each attempt (never around a retry's
+backoff wait, so a waiting retry holds no slot) and reports each attempt's outcome with
+``observe()`` — a fixed limit ignores it; an adaptive one moves its limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, runtime_checkable
+
+from .errors import ConfigError
+
+__all__ = ["FixedLimit", "Limiter", "make_limiter"]
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    @property
+    def limit(self) -> int: ...
+
+    def slot(self) -> AbstractAsyncContextManager[None]: ...
+
+    def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None: ...
+
+
+class FixedLimit:
+    """At most ``limit`` slots at once: an ``asyncio.Semaphore``, FIFO for waiters."""
+
+    __slots__ = ("_limit", "_semaphore")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ConfigError(f"max_parallel_requests must be at least 1, got {limit}")
+        self._limit = limit
+        self._semaphore = asyncio.Semaphore(limit)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._semaphore:
+            yield
+
+    def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None:
+        """A fixed limit learns nothing."""
+
+
+def make_limiter(value: int | str | Limiter) -> Limiter:
+    """The limiter for a ``max_parallel_requests`` setting (a number or a limiter)."""
+    if isinstance(value, Limiter):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return FixedLimit(value)
+    raise ConfigError(
+        f"max_parallel_requests must be a whole number 1–10 or a limiter, got {value!r}"
+    )

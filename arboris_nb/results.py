@@ -1,0 +1,294 @@
+"""Results: a ``Run`` of ``Version``s. Each owns its timings and becomes DataFrame rows.
+
+Timestamps are offsets in seconds from the run's start, read from the engine's clock
+(the event loop's monotonic clock), so they are exact under a fake clock in tests.
+
+* ``queue_wait_s``  queued → first admitted by the concurrency limiter
+* ``ttft_s``        start of the attempt whose text was kept → its first token
+* ``duration_s``    first admitted → finished, retries and their waits included
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FRAME_COLUMNS", "Attempt", "Run", "Status", "Version", "failure_text"]
+
+Status = Literal["queued", "running", "retrying", "ok", "failed", "cancelled"]
+FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
+
+#: Columns of :meth:`Run.to_frame`, one row per version.
+FRAME_COLUMNS: dict[str, str] = {
+    "run_id": "id of the run",
+    "project": "project name given to the run",
+    "chapter": "chapter number given to the run",
+    "mode": '"parallel" or "serial"',
+    "version_count": "N, versions in the run",
+    "max_parallel_requests": "C, the concurrency limit (N/A in serial mode: 1)",
+    "model": "model name",
+    "version": "1-based version index",
+    "status": '"ok", "failed" or "cancelled"',
+    "attempts": "requests made for this version (1 = first try)",
+    "retried": "True when more than one attempt was needed",
+    "queue_wait_s": "seconds waiting for a concurrency slot",
+    "ttft_s": "seconds from the kept attempt's start to its first token",
+    "duration_s": "seconds from first admitted to finished (retries included)",
+    "retry_wait_s": "seconds spent waiting between attempts",
+    "output_tokens": "completion tokens (server usage when sent, else counted)",
+    "tokens_per_s": "output_tokens / generation time after the first token",
+    "start_s": "admitted, seconds after the run started",
+    "finish_s": "finished, seconds after the run started",
+    "chars": "characters of content",
+    "key_id": "masked id of the API key that served it",
+    "error_type": "exception class name when not ok",
+    "error": "error message when not ok",
+}
+
+
+def failure_text(error: str | None, lang: str = "en") -> str:
+    """How display code shows a failed version ("Generation failed: …")."""
+    prefix = "生成失败" if lang == "zh" else "Generation failed"
+    return f"{prefix}: {error or 'unknown error'}"
+
+
+@dataclass
+class Attempt:
+    """One request made for a version."""
+
+    number: int
+    started_at: float
+    finished_at: float | None = None
+    error_type: str | None = None
+    status_code: int | None = None
+    wait_s: float = 0.0  # backoff waited *after* this attempt, before the next
+    retry_after_s: float | None = None  # the server's hint, if it sent one
+
+
+@dataclass
+class Version:
+    """One candidate chapter. ``content`` is None unless ``status == "ok"``."""
+
+    index: int
+    status: Status = "queued"
+    content: str | None = None
+    title: str | None = None
+    summary: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    queued_at: float = 0.0
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    output_tokens: int = 0
+    tokens_from_usage: bool = False
+    attempts: int = 0
+    attempt_log: list[Attempt] = field(default_factory=list)
+    key_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.queued_at
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_at is None or not self.attempt_log:
+            return None
+        return self.first_token_at - self.attempt_log[-1].started_at
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def retry_wait_s(self) -> float:
+        return sum(a.wait_s for a in self.attempt_log)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.first_token_at is None or self.finished_at is None or not self.output_tokens:
+            return None
+        gen = self.finished_at - self.first_token_at
+        return self.output_tokens / gen if gen > 0 else None
+
+    def display_text(self, lang: str = "en") -> str:
+        """The text to show: the content, or "Generation failed: <error>"."""
+        if self.status == "ok":
+            return self.content or ""
+        if self.status == "failed":
+            return failure_text(self.error, lang)
+        return ""
+
+    def row(self) -> dict[str, Any]:
+        """This version's columns of :meth:`Run.to_frame`."""
+        return {
+            "version": self.index,
+            "status": self.status,
+            "attempts": self.attempts,
+            "retried": self.attempts > 1,
+            "queue_wait_s": self.queue_wait_s,
+            "ttft_s": self.ttft_s,
+            "duration_s": self.duration_s,
+            "retry_wait_s": self.retry_wait_s,
+            "output_tokens": self.output_tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "start_s": self.started_at,
+            "finish_s": self.finished_at,
+            "chars": len(self.content or ""),
+            "key_id": self.key_id,
+            "error_type": self.error_type,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Run:
+    """A batch of versions for one prompt, with its metrics."""
+
+    run_id: str
+    versions: list[Version]
+    parallel: bool = True
+    max_parallel_requests: int | str = 3
+    project: str | None = None
+    chapter: int | None = None
+    model: str | None = None
+    created_at: float = 0.0  # wall-clock epoch seconds, for stores and humans
+    elapsed_s: float | None = None
+    measured_serial_s: float | None = None
+    _cancel: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def mode(self) -> str:
+        return "parallel" if self.parallel else "serial"
+
+    @property
+    def version_count(self) -> int:
+        return len(self.versions)
+
+    @property
+    def ok(self) -> list[Version]:
+        return [v for v in self.versions if v.status == "ok"]
+
+    @property
+    def failed(self) -> list[Version]:
+        return [v for v in self.versions if v.status == "failed"]
+
+    @property
+    def done(self) -> bool:
+        return all(v.done for v in self.versions)
+
+    def cancel(self) -> None:
+        """Cancel every version still queued or running; finished ones are kept."""
+        if self._cancel is not None:
+            self._cancel()
+
+    def _durations(self) -> list[float]:
+        return [v.duration_s for v in self.versions if v.ok and v.duration_s is not None]
+
+    @property
+    def avg_per_version_s(self) -> float | None:
+        durations = self._durations()
+        return statistics.fmean(durations) if durations else None
+
+    @property
+    def serial_s(self) -> float | None:
+        """Serial wall time: measured if a serial run was given, else the sum of durations."""
+        if self.measured_serial_s is not None:
+            return self.measured_serial_s
+        durations = self._durations()
+        return sum(durations) if durations else None
+
+    @property
+    def serial_is_estimated(self) -> bool:
+        return self.measured_serial_s is None
+
+    @property
+    def speedup(self) -> float | None:
+        serial = self.serial_s
+        if serial is None or not self.elapsed_s:
+            return None
+        return serial / self.elapsed_s
+
+    @property
+    def efficiency(self) -> float | None:
+        """The seed's figure: (serial − parallel) / serial × 100, in percent."""
+        serial = self.serial_s
+        if not serial or self.elapsed_s is None:
+            return None
+        return (serial - self.elapsed_s) / serial * 100.0
+
+    @property
+    def concurrency(self) -> int:
+        """C as a number: 1 in serial mode; N when the limit is adaptive."""
+        if not self.parallel:
+            return 1
+        limit = self.max_parallel_requests
+        return limit if isinstance(limit, int) else self.version_count
+
+    @property
+    def ideal_s(self) -> float | None:
+        """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows."""
+        mean = self.avg_per_version_s
+        if mean is None:
+            return None
+        return math.ceil(self.version_count / self.concurrency) * mean
+
+    def with_serial_baseline(self, serial: Run | float) -> Run:
+        """Use a measured serial run's elapsed time instead of the estimate."""
+        self.measured_serial_s = serial if isinstance(serial, float | int) else serial.elapsed_s
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """The run's metrics as a plain dict (JSON-ready)."""
+        return {
+            "run_id": self.run_id,
+            "project": self.project,
+            "chapter": self.chapter,
+            "mode": self.mode,
+            "model": self.model,
+            "version_count": self.version_count,
+            "max_parallel_requests": self.max_parallel_requests,
+            "ok": len(self.ok),
+            "failed": len(self.failed),
+            "cancelled": sum(v.status == "cancelled" for v in self.versions),
+            "elapsed_s": self.elapsed_s,
+            "avg_per_version_s": self.avg_per_version_s,
+            "serial_s": self.serial_s,
+            "serial_estimated": self.serial_is_estimated,
+            "speedup": self.speedup,
+            "efficiency": self.efficiency,
+            "ideal_s": self.ideal_s,
+            "attempts": sum(v.attempts for v in self.versions),
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per version; the columns are documented in ``FRAME_COLUMNS``."""
+        import pandas as pd
+
+        head = {
+            "run_id": self.run_id,
+            "project": self.project,
+            "chapter": self.chapter,
+            "mode": self.mode,
+            "version_count": self.version_count,
+            "max_parallel_requests": self.concurrency,
+            "model": self.model,
+        }
+        rows = [{**head, **v.row()} for v in self.versions]
+        return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
