@@ -20,6 +20,7 @@ __all__ = [
     "RunStarted",
     "TokenDelta",
     "VersionCancelled",
+    "VersionEvent",
     "VersionFailed",
     "VersionFinished",
     "VersionQueued",
