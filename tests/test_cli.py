@@ -14,12 +14,19 @@ import pytest
 SENTINEL = "sk-SENTINEL-cli-0123456789wxyz"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WRITER_"))}
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "arboris_nb", *args], capture_output=True, text=True,
-        env=base, cwd=cwd, timeout=60, check=False,
+        [sys.executable, "-m", "arboris_nb", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        cwd=cwd,
+        timeout=60,
+        check=False,
     )
 
 
@@ -30,16 +37,53 @@ def closed_port() -> int:
 
 
 def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
-    result = cli("generate", "--prompt", "Write chapter 3", "--versions", "3", "--max-parallel", "2",
-                 "--simulated", "--project", "demo", "--chapter", "3", "--json", cwd=tmp_path)
+    result = cli(
+        "generate",
+        "--prompt",
+        "Write chapter 3",
+        "--versions",
+        "3",
+        "--max-parallel",
+        "2",
+        "--simulated",
+        "--project",
+        "demo",
+        "--chapter",
+        "3",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"run_id", "project", "chapter", "mode", "version_count",
-                         "max_parallel_requests", "elapsed_s", "ok", "failed", "versions"}
-    assert (data["mode"], data["version_count"], data["max_parallel_requests"]) == ("parallel", 3, 2)
+    assert set(data) == {
+        "run_id",
+        "project",
+        "chapter",
+        "mode",
+        "version_count",
+        "max_parallel_requests",
+        "elapsed_s",
+        "ok",
+        "failed",
+        "versions",
+    }
+    assert (data["mode"], data["version_count"], data["max_parallel_requests"]) == (
+        "parallel",
+        3,
+        2,
+    )
     assert (data["project"], data["chapter"], data["ok"], data["failed"]) == ("demo", 3, 3, 0)
-    assert set(data["versions"][0]) == {"index", "status", "content", "error", "queue_wait_s",
-                                        "ttft_s", "duration_s", "output_tokens", "attempts"}
+    assert set(data["versions"][0]) == {
+        "index",
+        "status",
+        "content",
+        "error",
+        "queue_wait_s",
+        "ttft_s",
+        "duration_s",
+        "output_tokens",
+        "attempts",
+    }
     assert [v["index"] for v in data["versions"]] == [1, 2, 3]
     assert "v1/3 done" in result.stderr  # live progress goes to stderr
 
@@ -48,7 +92,9 @@ def test_no_key_no_url_falls_back_to_simulated_and_says_so(tmp_path: Path) -> No
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Write chapter 1")
     out = tmp_path / "out"
-    result = cli("generate", "--prompt-file", str(prompt), "--serial", "--out", str(out), cwd=tmp_path)
+    result = cli(
+        "generate", "--prompt-file", str(prompt), "--serial", "--out", str(out), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "simulated" in result.stderr
     assert "mode=serial" in result.stdout and "efficiency" in result.stdout
@@ -56,7 +102,9 @@ def test_no_key_no_url_falls_back_to_simulated_and_says_so(tmp_path: Path) -> No
 
 
 def test_settings_come_from_dotenv(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("WRITER_CHAPTER_VERSION_COUNT=4\nWRITER_PARALLEL_GENERATION=false\n")
+    (tmp_path / ".env").write_text(
+        "WRITER_CHAPTER_VERSION_COUNT=4\nWRITER_PARALLEL_GENERATION=false\n"
+    )
     result = cli("generate", "--prompt", "x", "--simulated", "--json", cwd=tmp_path)
     data = json.loads(result.stdout)
     assert (data["version_count"], data["mode"]) == (4, "serial")
@@ -66,16 +114,30 @@ def test_settings_come_from_dotenv(tmp_path: Path) -> None:
     ("args", "env", "needle"),
     [
         (["--versions", "0"], {}, "--versions (WRITER_CHAPTER_VERSION_COUNT) must be from 1 to 10"),
-        (["--versions", "x"], {}, "--versions (WRITER_CHAPTER_VERSION_COUNT) must be a whole number"),
-        (["--max-parallel", "11"], {}, "--max-parallel (WRITER_MAX_PARALLEL_REQUESTS) must be from 1 to 10"),
-        ([], {"WRITER_CHAPTER_VERSION_COUNT": "42"}, "WRITER_CHAPTER_VERSION_COUNT) must be from 1 to 10"),
+        (
+            ["--versions", "x"],
+            {},
+            "--versions (WRITER_CHAPTER_VERSION_COUNT) must be a whole number",
+        ),
+        (
+            ["--max-parallel", "11"],
+            {},
+            "--max-parallel (WRITER_MAX_PARALLEL_REQUESTS) must be from 1 to 10",
+        ),
+        (
+            [],
+            {"WRITER_CHAPTER_VERSION_COUNT": "42"},
+            "WRITER_CHAPTER_VERSION_COUNT) must be from 1 to 10",
+        ),
         ([], {"WRITER_PARALLEL_GENERATION": "perhaps"}, "WRITER_PARALLEL_GENERATION"),
         (["--base-url", "127.0.0.1:1"], {}, "OPENAI_API_BASE_URL) must start with http"),
         (["--api-key-env", "NO_SUCH_VAR"], {}, "NO_SUCH_VAR is not set"),
         (["--prompt-file", "/nonexistent/p.txt"], {}, "--prompt-file"),
     ],
 )
-def test_bad_settings_exit_2_naming_the_setting(args: list[str], env: dict[str, str], needle: str, tmp_path: Path) -> None:
+def test_bad_settings_exit_2_naming_the_setting(
+    args: list[str], env: dict[str, str], needle: str, tmp_path: Path
+) -> None:
     prompt = [] if "--prompt-file" in args else ["--prompt", "x"]
     result = cli("generate", *prompt, *args, env=env, cwd=tmp_path)
     assert result.returncode == 2
@@ -84,8 +146,18 @@ def test_bad_settings_exit_2_naming_the_setting(args: list[str], env: dict[str, 
 
 def test_all_failed_exits_3_with_json_and_advice_and_no_key(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    result = cli("generate", "--prompt", "x", "--versions", "2", "--base-url", url, "--json",
-                 env={"OPENAI_API_KEY": SENTINEL}, cwd=tmp_path)
+    result = cli(
+        "generate",
+        "--prompt",
+        "x",
+        "--versions",
+        "2",
+        "--base-url",
+        url,
+        "--json",
+        env={"OPENAI_API_KEY": SENTINEL},
+        cwd=tmp_path,
+    )
     assert result.returncode == 3, result.stderr
     data = json.loads(result.stdout)
     assert data["failed"] == 2 and data["ok"] == 0

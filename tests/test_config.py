@@ -14,22 +14,33 @@ SENTINEL = "sk-SENTINEL-config-0123456789abcd"
 
 def test_defaults() -> None:
     settings = WriterSettings.from_env({})
-    assert (settings.version_count, settings.parallel, settings.max_parallel_requests) == (2, True, 3)
+    assert (settings.version_count, settings.parallel, settings.max_parallel_requests) == (
+        2,
+        True,
+        3,
+    )
     assert LLMConfig.from_env({}).model == "gpt-4o-mini"
 
 
 def test_environment_names_and_alias() -> None:
-    env = {"WRITER_CHAPTER_VERSIONS": "4", "WRITER_PARALLEL_GENERATION": "off",
-           "WRITER_MAX_PARALLEL_REQUESTS": "5"}
+    env = {
+        "WRITER_CHAPTER_VERSIONS": "4",
+        "WRITER_PARALLEL_GENERATION": "off",
+        "WRITER_MAX_PARALLEL_REQUESTS": "5",
+    }
     assert WriterSettings.from_env(env) == WriterSettings(4, False, 5)
     env["WRITER_CHAPTER_VERSION_COUNT"] = "6"  # the primary name wins over the alias
     assert WriterSettings.from_env(env).version_count == 6
 
 
-def test_precedence_argument_then_environment_then_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_argument_then_environment_then_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dotenv = tmp_path / ".env"
-    dotenv.write_text("WRITER_CHAPTER_VERSION_COUNT=7\nWRITER_MAX_PARALLEL_REQUESTS=2\n"
-                      "OPENAI_BASE_URL=http://127.0.0.1:9/v1\n")
+    dotenv.write_text(
+        "WRITER_CHAPTER_VERSION_COUNT=7\nWRITER_MAX_PARALLEL_REQUESTS=2\n"
+        "OPENAI_BASE_URL=http://127.0.0.1:9/v1\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WRITER_CHAPTER_VERSION_COUNT", raising=False)
     monkeypatch.delenv("OPENAI_API_BASE_URL", raising=False)
@@ -92,8 +103,12 @@ def test_base_url_without_key_is_configured() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"base_url": "localhost:8000"}, "OPENAI_API_BASE_URL"), ({"model": " "}, "OPENAI_MODEL_NAME"),
-     ({"temperature": 3}, "temperature"), ({"max_tokens": 0}, "max_tokens")],
+    [
+        ({"base_url": "localhost:8000"}, "OPENAI_API_BASE_URL"),
+        ({"model": " "}, "OPENAI_MODEL_NAME"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+    ],
 )
 def test_bad_llm_config(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

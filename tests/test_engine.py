@@ -32,7 +32,11 @@ L = 1.9
 
 
 def model(**kwargs: object) -> SimulatedLLM:
-    defaults: dict[str, object] = {"ttft_s": 1.0, "tokens_per_s": 10.0, "reply": "a b c d e f g h i j"}
+    defaults: dict[str, object] = {
+        "ttft_s": 1.0,
+        "tokens_per_s": 10.0,
+        "reply": "a b c d e f g h i j",
+    }
     defaults.update(kwargs)
     return SimulatedLLM(**defaults)  # type: ignore[arg-type]
 
@@ -208,7 +212,9 @@ async def test_stall_is_abandoned_and_retried_without_mixing_text() -> None:
                 yield item
 
     retry = RetryPolicy(stall_s=5.0, base_delay_s=1.0, jitter=0.0)
-    run = await generate_versions("p", settings=settings(1), llm=StallsOnce(ttft_s=0, reply="clean text"), retry=retry)
+    run = await generate_versions(
+        "p", settings=settings(1), llm=StallsOnce(ttft_s=0, reply="clean text"), retry=retry
+    )
     (version,) = run.versions
     assert version.content == "clean text"
     assert version.attempts == 2 and version.attempt_log[0].error_type == "BackendTimeout"
@@ -219,8 +225,9 @@ async def test_stall_is_abandoned_and_retried_without_mixing_text() -> None:
 async def test_deadline_caps_a_version() -> None:
     retry = RetryPolicy(deadline_s=3.0)
     slow = SimulatedLLM(ttft_s=10.0)
-    run = await generate_versions("p", settings=settings(1), llm=slow, retry=retry,
-                                  raise_on_all_failed=False)
+    run = await generate_versions(
+        "p", settings=settings(1), llm=slow, retry=retry, raise_on_all_failed=False
+    )
     (version,) = run.versions
     assert version.status == "failed" and "deadline" in (version.error or "")
     assert run.elapsed_s == pytest.approx(3.0)
@@ -228,7 +235,9 @@ async def test_deadline_caps_a_version() -> None:
 
 async def test_reply_json_and_think_are_parsed() -> None:
     reply = '<think>plan</think>{"title": "T", "summary": "S", "full_content": "Body."}'
-    run = await generate_versions("p", settings=settings(1), llm=SimulatedLLM(ttft_s=0, reply=reply))
+    run = await generate_versions(
+        "p", settings=settings(1), llm=SimulatedLLM(ttft_s=0, reply=reply)
+    )
     (version,) = run.versions
     assert (version.title, version.summary, version.content) == ("T", "S", "Body.")
 
@@ -248,7 +257,9 @@ async def test_empty_prompt_is_refused(prompt: object) -> None:
         await generate_versions(prompt, llm=SimulatedLLM())  # type: ignore[arg-type]
 
 
-async def test_no_api_configured_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_no_api_configured_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     for name in ("OPENAI_API_KEY", "OPENAI_API_BASE_URL", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -256,7 +267,9 @@ async def test_no_api_configured_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         await generate_versions("p", settings=settings(1))
 
 
-async def test_logging_uses_the_seed_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_logging_uses_the_seed_lines(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.INFO, logger="arboris_nb")
     llm = SimulatedLLM(ttft_s=0, tokens_per_s=1e6)
     await generate_versions("p", settings=settings(2), llm=llm, project="P", chapter=3)

@@ -19,15 +19,26 @@ def test_message_list_is_validated() -> None:
 
 def test_chapter_messages_sections_in_arboris_order() -> None:
     messages = chapter_messages(
-        chapter=3, title="The Letter", goal="She finds the letter.",
-        blueprint={"title": "Harbor", "genre": "mystery"}, previous_summary="Ch2 summary",
-        previous_tail="…the door closed.", notes="Keep it quiet.",
+        chapter=3,
+        title="The Letter",
+        goal="She finds the letter.",
+        blueprint={"title": "Harbor", "genre": "mystery"},
+        previous_summary="Ch2 summary",
+        previous_tail="…the door closed.",
+        notes="Keep it quiet.",
     )
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
-    order = [user.index(label) for label in
-             ("[World blueprint]", "[Previous chapter summary]", "[Previous chapter ending]",
-              "[This chapter's goal]", "[Writing notes]")]
+    order = [
+        user.index(label)
+        for label in (
+            "[World blueprint]",
+            "[Previous chapter summary]",
+            "[Previous chapter ending]",
+            "[This chapter's goal]",
+            "[Writing notes]",
+        )
+    ]
     assert order == sorted(order)
     assert "Chapter 3: The Letter" in user and '"genre": "mystery"' in user
 

@@ -34,7 +34,17 @@ def test_every_module_declares_all() -> None:
 
 
 def test_contract_names() -> None:
-    for name in ("WriterSettings", "LLMConfig", "SimulatedLLM", "OpenAIBackend", "generate_versions",
-                 "generate_versions_sync", "Run", "Version", "ArborisError", "ConfigError",
-                 "AllVersionsFailed"):
+    for name in (
+        "WriterSettings",
+        "LLMConfig",
+        "SimulatedLLM",
+        "OpenAIBackend",
+        "generate_versions",
+        "generate_versions_sync",
+        "Run",
+        "Version",
+        "ArborisError",
+        "ConfigError",
+        "AllVersionsFailed",
+    ):
         assert name in arboris_nb.__all__

@@ -11,7 +11,9 @@ FAST = {"ttft_s": 0.0, "tokens_per_s": 1e6}
 
 
 def test_sync_without_a_loop() -> None:
-    run = generate_versions_sync("p", settings=WriterSettings(version_count=2), llm=SimulatedLLM(**FAST))
+    run = generate_versions_sync(
+        "p", settings=WriterSettings(version_count=2), llm=SimulatedLLM(**FAST)
+    )
     assert len(run.ok) == 2
 
 
@@ -22,8 +24,9 @@ async def test_sync_inside_a_running_loop_uses_a_private_loop_in_a_thread() -> N
     def on_event(event: object) -> None:
         seen.append((threading.get_ident(), asyncio.get_running_loop() is outer))
 
-    run = generate_versions_sync("p", settings=WriterSettings(version_count=3),
-                                 llm=SimulatedLLM(**FAST), on_event=on_event)
+    run = generate_versions_sync(
+        "p", settings=WriterSettings(version_count=3), llm=SimulatedLLM(**FAST), on_event=on_event
+    )
     assert len(run.ok) == 3
     assert {same for _, same in seen} == {False}
     assert threading.get_ident() not in {tid for tid, _ in seen}
