@@ -1,0 +1,126 @@
+"""``arboris-nb serve-mock``: run the OpenAI-compatible mock server until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from ..mockserver import MockConfig, serve
+
+__all__ = ["register", "run"]
+
+_DEFAULTS = MockConfig()
+
+# (flag, MockConfig field, type, metavar, help). Flags default to None and only the ones
+# given reach MockConfig, so the defaults live in one place (the dataclass), not two.
+_FIELD_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
+    ("--ttft", "ttft_s", float, "SECONDS", "time to first token"),
+    ("--tokens-per-s", "tokens_per_s", float, "RATE", "token rate after the first token"),
+    ("--output-tokens", "output_tokens", int, "N", "tokens per reply (max_tokens caps it)"),
+    ("--jitter", "jitter", float, "FRACTION", "latency noise, e.g. 0.1 = ±10%%"),
+    ("--seed", "seed", int, "N", "seed of faults, jitter and generated text"),
+    ("--capacity", "capacity", int, "N", "sequences generated at once; the rest queue (FIFO)"),
+    ("--slowdown", "slowdown", float, "X", "latency factor 1 + X * load (see docs)"),
+    ("--max-concurrent", "max_concurrent", int, "N", "429 beyond this many requests in flight"),
+    ("--rpm-limit", "rpm_limit", int, "N", "429 beyond this many requests per rolling minute"),
+    ("--retry-after", "retry_after_s", float, "SECONDS", "Retry-After sent with every 429"),
+    ("--error-rate", "error_rate", float, "FRACTION", "fraction of requests answered 500"),
+    ("--disconnect-rate", "disconnect_rate", float, "FRACTION", "fraction of streams cut"),
+    ("--reply", "reply", str, "TEXT", "fixed reply instead of generated pseudo-text"),
+    ("--model", "model", str, "ID", "model id reported by /v1/models"),
+)
+
+
+def _fail_requests(text: str) -> dict[int, int]:
+    """Parse ``2:500,5:429`` into ``{2: 500, 5: 429}``."""
+    result: dict[int, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        n, sep, status = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            result[int(n)] = int(status)
+        except ValueError:
+            msg = f"expected REQUEST:STATUS pairs like 2:500,5:429, got {item!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+    return result
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve-mock`` subcommand (its handler is ``run``)."""
+    parser = subparsers.add_parser(
+        "serve-mock",
+        help="run the OpenAI-compatible mock server",
+        description="Serve an OpenAI-compatible mock with a latency, load and fault model "
+        "(see docs/mockserver.md). Prints the base URL on stderr; Ctrl-C stops it.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8765, help="0 = any free port (default: %(default)s)"
+    )
+    for flag, name, kind, metavar, text in _FIELD_FLAGS:
+        default = getattr(_DEFAULTS, name)
+        shown = "off" if default is None else default
+        help_text = f"{text} (default: {shown})"
+        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
+    parser.add_argument(
+        "--fail-requests",
+        type=_fail_requests,
+        metavar="N:STATUS,...",
+        help="answer request N (1-based arrival order) with STATUS, e.g. 2:500,5:429",
+    )
+    parser.add_argument(
+        "--reply-format",
+        choices=("text", "json"),
+        help="generated reply as text or Arboris-Novel chapter JSON (default: text)",
+    )
+    parser.add_argument(
+        "--require-key-env",
+        metavar="VAR",
+        help="require the API key held in environment variable VAR (401 otherwise)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> MockConfig:
+    names = [name for _, name, _, _, _ in _FIELD_FLAGS] + ["fail_requests", "reply_format"]
+    fields = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.require_key_env:
+        key = os.environ.get(args.require_key_env)
+        if not key:
+            raise ValueError(f"environment variable {args.require_key_env} is not set or empty")
+        fields["require_key"] = key
+    return MockConfig(**fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted. Returns 0; 2 for an invalid configuration, 1 if binding fails."""
+    try:
+        config = _config(args)
+    except ValueError as exc:
+        print(f"serve-mock: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(base_url: str) -> None:
+        print(f"mock server listening on {base_url}  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(serve(config, args.host, args.port, on_ready=ready))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"serve-mock: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m arboris_nb.cli.serve_mock [flags]
+    _parser = argparse.ArgumentParser(prog="serve-mock")
+    register(_parser.add_subparsers(dest="command"))
+    _args = _parser.parse_args(["serve-mock", *sys.argv[1:]])
+    sys.exit(_args.func(_args))
