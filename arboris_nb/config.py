@@ -21,9 +21,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "LLMConfig",
     "WriterSettings",
+    "cache_setting",
+    "default_store_path",
+    "load_api_keys",
     "load_env",
     "mask_key",
     "parse_bool",
+    "store_setting",
 ]
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -36,6 +40,8 @@ def mask_key(key: str | None) -> str:
     """A key's printable id: ``sk-…a1b2``. Never more than the last four characters."""
     if not key:
         return "<none>"
+    if len(key) < 8:  # too short to show any of it safely
+        return "****"
     if len(key) < 12:
         return "…" + key[-2:]
     prefix = key.split("-", 1)[0] + "-" if "-" in key[:4] else ""
@@ -220,8 +226,74 @@ class LLMConfig:
         return cls(**values)
 
 
+def load_api_keys(env: Mapping[str, str] | None = None) -> list[str]:
+    """The keys of ``OPENAI_API_KEYS`` (comma-separated), else ``[OPENAI_API_KEY]``.
+
+    An empty or repeated entry is an error naming the setting (a stray comma would
+    otherwise silently drop a key, a repeated key would skew round-robin).
+    """
+    env = load_env() if env is None else env
+    raw = env.get("OPENAI_API_KEYS", "").strip()
+    if not raw:
+        single = env.get("OPENAI_API_KEY", "").strip()
+        return [single] if single else []
+    keys = [part.strip() for part in raw.split(",")]
+    for position, key in enumerate(keys, 1):
+        if not key:
+            raise ConfigError(
+                f"OPENAI_API_KEYS: entry {position} of {len(keys)} is empty "
+                "(expected comma-separated keys: key1,key2)"
+            )
+        if keys.index(key) != position - 1:
+            raise ConfigError(
+                f"OPENAI_API_KEYS: entry {position} repeats entry {keys.index(key) + 1} "
+                f"({mask_key(key)})"
+            )
+    return keys
+
+
 def _refuse_unknown(cls: type, options: Mapping[str, Any]) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+
+
+_OFF = {"off", "none", "0", "false", "no"}
+
+
+def default_store_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/arboris_nb/runs.sqlite3`` (``~/.local/share/…`` when unset)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME", "").strip()
+    root = Path(base) if base else Path.home() / ".local" / "share"
+    return root / "arboris_nb" / "runs.sqlite3"
+
+
+def store_setting(env: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
+    """Where runs are stored: ``ARBORIS_STORE`` (a path; ``off``/``none`` disables).
+
+    Returns ``(path, explicit)``: ``path`` is None when persistence is off; ``explicit``
+    says the path came from ``ARBORIS_STORE`` rather than the default.
+    """
+    env = load_env() if env is None else env
+    raw = env.get("ARBORIS_STORE", "").strip()
+    if not raw:
+        return default_store_path(env), False
+    if raw.lower() in _OFF:
+        return None, True
+    return Path(raw).expanduser(), True
+
+
+def cache_setting(env: Mapping[str, str] | None = None) -> str | bool:
+    """The reply cache asked for by the environment (it is off by default).
+
+    ``ARBORIS_CACHE_URL`` (``redis://…``, ``sqlite:///path`` or a path) wins; otherwise
+    ``ARBORIS_CACHE`` is a boolean: true means "in the run store's SQLite file".
+    """
+    env = load_env() if env is None else env
+    url = env.get("ARBORIS_CACHE_URL", "").strip()
+    if url:
+        return url
+    raw = env.get("ARBORIS_CACHE", "").strip()
+    return parse_bool("ARBORIS_CACHE", raw) if raw else False

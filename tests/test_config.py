@@ -122,4 +122,5 @@ def test_key_is_masked_everywhere() -> None:
         assert SENTINEL not in text
     assert mask_key(SENTINEL) == "sk-…abcd"
     assert mask_key(None) == "<none>"
-    assert mask_key("short") == "…rt"
+    assert mask_key("short") == "****"
+    assert mask_key("medium-key") == "…ey"
