@@ -46,6 +46,7 @@ FRAME_COLUMNS: dict[str, str] = {
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
     "chars": "characters of content",
+    "edited": "True when an editor changed the content after generation",
     "key_id": "masked id of the API key that served it",
     "error_type": "exception class name when not ok",
     "error": "error message when not ok",
@@ -91,6 +92,7 @@ class Version:
     attempts: int = 0
     attempt_log: list[Attempt] = field(default_factory=list)
     key_id: str | None = None
+    edited: bool = False  # content changed by an editor after generation
 
     @property
     def done(self) -> bool:
@@ -151,6 +153,7 @@ class Version:
             "start_s": self.started_at,
             "finish_s": self.finished_at,
             "chars": len(self.content or ""),
+            "edited": self.edited,
             "key_id": self.key_id,
             "error_type": self.error_type,
             "error": self.error,

@@ -1,0 +1,150 @@
+"""The IPython extension: ``%load_ext arboris_nb`` registers the ``%%arboris`` cell magic.
+
+    %%arboris -n 3 -c 2 -o chapter3
+    Write chapter 3: the lantern-keeper finds the letter.
+
+The cell body is the prompt. The magic displays a :class:`VersionsWidget`, schedules
+the run on the kernel's loop and returns at once (other cells run while it streams).
+``-o NAME`` stores the widget as ``NAME_widget`` right away and the Run as ``NAME``
+when it finishes. Bad options are a ``UsageError`` naming the option and its range;
+with no API configured the offline simulated model is used, and the magic says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .backends.base import Backend
+from .config import COUNT_RANGE, LLMConfig, WriterSettings
+from .editor import simulated_judge
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .results import Run
+    from .widgets import VersionsWidget
+
+__all__ = ["ArborisMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+SIMULATED_NOTE = (
+    "No API configured (OPENAI_API_KEY / OPENAI_API_BASE_URL): using the offline simulated model."
+)
+
+
+def _count(option: str, raw: str | None) -> int | None:
+    low, high = COUNT_RANGE
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(
+            f"{option} must be a whole number from {low} to {high}, got {raw!r}"
+        ) from None
+    if not low <= value <= high:
+        raise UsageError(f"{option} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _limit(raw: str | None) -> int | str | None:
+    if raw is not None and raw.strip().lower() == "auto":
+        return "auto"
+    return _count("-c/--max-parallel", raw)
+
+
+@magics_class
+class ArborisMagics(Magics):
+    """``%%arboris``: generate versions of the cell's prompt in a live widget."""
+
+    @magic_arguments()
+    @argument("-n", "--versions", help="versions to write, 1-10 (default: WRITER_* settings)")
+    @argument("-c", "--max-parallel", help="requests at once, 1-10 or auto")
+    @argument("--serial", action="store_true", help="one version after another")
+    @argument("--model", help="model name (overrides OPENAI_MODEL_NAME)")
+    @argument("--base-url", help="OpenAI-compatible base URL (overrides OPENAI_API_BASE_URL)")
+    @argument("--simulated", action="store_true", help="use the offline simulated model")
+    @argument("-o", "--output", metavar="NAME", help="store the Run as NAME when it finishes")
+    @cell_magic
+    def arboris(self, line: str, cell: str) -> None:
+        """Generate versions of the cell's prompt; shows a VersionsWidget."""
+        args = parse_argstring(self.arboris, line)
+        prompt = cell.strip()
+        if not prompt:
+            raise UsageError("%%arboris: the cell body (the prompt) is empty")
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"-o/--output must be a Python name, got {args.output!r}")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise UsageError(
+                "%%arboris needs a running event loop (a Jupyter kernel); "
+                "in a script use arboris_nb.generate_versions_sync"
+            ) from None
+        settings = self._settings(args)
+        llm = self._llm(args)
+        self._start(prompt, settings, llm, args.output)
+
+    def _settings(self, args: Any) -> WriterSettings:
+        count = _count("-n/--versions", args.versions)
+        limit = _limit(args.max_parallel)
+        try:
+            return WriterSettings.from_env(
+                version_count=count,
+                max_parallel_requests=limit,
+                parallel=False if args.serial else None,
+            )
+        except ConfigError as exc:  # a bad WRITER_* variable: say which, no traceback
+            raise UsageError(str(exc)) from None
+
+    def _llm(self, args: Any) -> LLMConfig | Backend:
+        if args.simulated:
+            return simulated_judge()
+        try:
+            config = LLMConfig.from_env(model=args.model, base_url=args.base_url)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if config.configured:
+            return config
+        print(SIMULATED_NOTE)
+        return simulated_judge()
+
+    def _start(
+        self,
+        prompt: str,
+        settings: WriterSettings,
+        llm: LLMConfig | Backend,
+        name: str | None,
+    ) -> VersionsWidget:
+        from IPython.display import display
+
+        from .widgets import VersionsWidget
+
+        widget = VersionsWidget(llm=llm, settings=settings, prompt=prompt)
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+        if name:
+            user_ns[f"{name}_widget"] = widget
+        display(widget)
+        task = widget.generate()
+
+        def store(done: asyncio.Task[Run]) -> None:
+            if name and not done.cancelled() and done.exception() is None:
+                user_ns[name] = done.result()
+
+        task.add_done_callback(store)
+        return widget
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Called by ``%load_ext arboris_nb``."""
+    ipython.register_magics(ArborisMagics)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """Called by ``%unload_ext arboris_nb``: removes the ``%%arboris`` magic."""
+    ipython.magics_manager.magics["cell"].pop("arboris", None)
