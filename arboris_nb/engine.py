@@ -14,18 +14,22 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from . import _messages
-from .backends.base import Backend, ChatRequest, Connection, Message, Served, Usage
+from .backends.base import Backend, ChatRequest, Connection, Message, Served, StreamItem, Usage
 from .backends.openai import OpenAIBackend
-from .config import LLMConfig, WriterSettings
+from .backends.pool import KeyPool
+from .cache import BoundCache, CacheSpec, bind_cache
+from .config import LLMConfig, WriterSettings, load_api_keys, load_env
 from .errors import AllVersionsFailed, BackendError, BackendTimeout, ConfigError, ServerError
 from .events import (
     Event,
     EventHandler,
+    LimitChanged,
     RunFinished,
     RunStarted,
     TokenDelta,
@@ -40,6 +44,7 @@ from .limits import Limiter, make_limiter
 from .prompts import as_messages, parse_reply
 from .results import Attempt, Run, Version
 from .retry import RetryPolicy
+from .store import CACHE_KEY_ID, StoreSpec, open_recorder
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout_at as _timeout_at
@@ -53,10 +58,19 @@ log = logging.getLogger("arboris_nb")
 Handlers = EventHandler | Sequence[EventHandler] | None
 
 
-def resolve_backend(llm: LLMConfig | Backend | None) -> Backend:
-    """An ``LLMConfig`` becomes an ``OpenAIBackend``; a backend object is used as is."""
+LLMArg = LLMConfig | Backend | Sequence[LLMConfig] | None
+
+
+def resolve_backend(llm: LLMArg) -> Backend:
+    """An ``LLMConfig`` becomes an ``OpenAIBackend``, a list of them (or several keys in
+    ``OPENAI_API_KEYS``) a ``KeyPool``; a backend object is used as is."""
     if llm is None:
-        llm = LLMConfig.from_env()
+        env = load_env()
+        if len(load_api_keys(env)) > 1:
+            return KeyPool.from_env(env)
+        llm = LLMConfig.from_env(env)
+    if isinstance(llm, list | tuple):
+        return KeyPool(llm)
     if isinstance(llm, LLMConfig):
         if not llm.configured:
             raise ConfigError(
@@ -67,6 +81,17 @@ def resolve_backend(llm: LLMConfig | Backend | None) -> Backend:
     if isinstance(llm, Backend):
         return llm
     raise ConfigError(f"llm must be an LLMConfig or a backend, got {type(llm).__name__}")
+
+
+@asynccontextmanager
+async def _closing(items: AsyncIterator[StreamItem]) -> AsyncIterator[AsyncIterator[StreamItem]]:
+    """``contextlib.aclosing`` for any async iterator (a backend need not be a generator)."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -103,6 +128,7 @@ class _Runner:
         self.t0 = self.loop.time()
         self.rng = random.Random(retry.seed)
         self.tasks: list[asyncio.Task[None]] = []
+        self.cache: BoundCache | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     def now(self) -> float:
@@ -163,6 +189,8 @@ class _Runner:
 
     # -- one version ------------------------------------------------------------------
     async def one(self, conn: Connection, version: Version) -> None:
+        if self.replay(version):
+            return
         try:
             await self.attempts(conn, version)
         except asyncio.CancelledError:
@@ -170,6 +198,19 @@ class _Runner:
             raise
         except Exception as exc:  # a backend bug fails this version, not the batch
             self.fail(version, exc)
+
+    def replay(self, version: Version) -> bool:
+        """Answer from the reply cache: no request, no attempt, no timings but the finish."""
+        reply = self.cache.lookup(version.index) if self.cache else None
+        if reply is None:
+            return False
+        version.content, version.title, version.summary = reply.content, reply.title, reply.summary
+        version.output_tokens = reply.output_tokens
+        version.key_id = CACHE_KEY_ID
+        version.finished_at = self.now()
+        version.status = "ok"
+        self.emit(VersionFinished, version=version)
+        return True
 
     async def attempts(self, conn: Connection, version: Version) -> None:
         for number in range(1, self.retry.attempts + 1):
@@ -179,17 +220,39 @@ class _Runner:
                     outcome = await self.attempt(conn, version, attempt)
                 except BackendError as exc:
                     error: BackendError = exc
+                    # Inside the slot: an adaptive limiter must hear of a 429 before the
+                    # slot it frees is handed to the next request (else 429s cascade).
+                    self.observe(ok=False, rate_limited=exc.status == 429, ttft_s=None)
                 else:
-                    self.limiter.observe(ok=True, rate_limited=False, ttft_s=version.ttft_s)
+                    self.observe(ok=True, rate_limited=False, ttft_s=version.ttft_s)
                     self.succeed(version, attempt, outcome)
                     return
             # Outside the slot: a waiting retry must not hold a concurrency slot.
             self.end_attempt(attempt, error)
-            self.limiter.observe(ok=False, rate_limited=error.status == 429, ttft_s=None)
-            if not self.retry.should_retry(error, number) or self.past_deadline(version):
+            if not self.retry.should_retry(error, number):
                 self.fail(version, error)
                 return
-            await self.wait_retry(version, attempt, error)
+            delay = self.retry.delay(number, error, self.rng)
+            if self.past_deadline(version, delay):
+                self.fail(version, self.deadline_error(error))
+                return
+            await self.wait_retry(version, attempt, error, delay)
+
+    def deadline_error(self, error: BackendError) -> BackendError:
+        if isinstance(error, BackendTimeout) and "deadline" in str(error):
+            return error
+        return BackendTimeout(
+            f"version deadline of {self.retry.deadline_s:g} s (RetryPolicy.deadline_s) "
+            f"leaves no time to retry; last error: {error}",
+            status=error.status,
+        )
+
+    def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None:
+        """Tell the limiter how an attempt went; announce a limit it moved."""
+        before = self.limiter.limit
+        self.limiter.observe(ok=ok, rate_limited=rate_limited, ttft_s=ttft_s)
+        if self.limiter.limit != before:
+            self.emit(LimitChanged, limit=self.limiter.limit)
 
     def begin(self, version: Version, number: int) -> Attempt:
         now = self.now()
@@ -211,8 +274,9 @@ class _Runner:
             attempt.status_code = error.status
             attempt.retry_after_s = error.retry_after_s
 
-    async def wait_retry(self, version: Version, attempt: Attempt, error: BackendError) -> None:
-        delay = self.retry.delay(attempt.number, error, self.rng)
+    async def wait_retry(
+        self, version: Version, attempt: Attempt, error: BackendError, delay: float
+    ) -> None:
         attempt.wait_s = delay
         version.status = "retrying"
         self._say("retry", version, attempt=attempt.number, error=error, delay=delay)
@@ -225,10 +289,10 @@ class _Runner:
         )
         await asyncio.sleep(delay)
 
-    def past_deadline(self, version: Version) -> bool:
-        deadline = self.retry.deadline_s
-        start = version.started_at
-        return deadline is not None and start is not None and self.now() - start >= deadline
+    def past_deadline(self, version: Version, wait_s: float = 0.0) -> bool:
+        """True when the deadline has passed, or would before a retry after ``wait_s``."""
+        left = self.time_left(version)
+        return left is not None and left <= wait_s
 
     def time_left(self, version: Version) -> float | None:
         if self.retry.deadline_s is None or version.started_at is None:
@@ -275,18 +339,21 @@ class _Runner:
     ) -> _Outcome:
         parts: list[str] = []
         usage: Usage | None = None
-        async for item in conn.stream(request):
-            if isinstance(item, str):
-                if version.first_token_at is None:
-                    version.first_token_at = self.now()
-                parts.append(item)
-                if stall is not None:
-                    guard.reschedule(self._next_deadline(deadline, stall))
-                self.emit(TokenDelta, version=version, text=item)
-            elif isinstance(item, Usage):
-                usage = item
-            elif isinstance(item, Served):
-                version.key_id = item.key_id
+        # aclosing: an abandoned stream (stall, cancel) closes its HTTP response now,
+        # not whenever the garbage collector finalizes the generator.
+        async with _closing(conn.stream(request)) as stream:
+            async for item in stream:
+                if isinstance(item, str):
+                    if version.first_token_at is None:
+                        version.first_token_at = self.now()
+                    parts.append(item)
+                    if stall is not None:
+                        guard.reschedule(self._next_deadline(deadline, stall))
+                    self.emit(TokenDelta, version=version, text=item)
+                elif isinstance(item, Usage):
+                    usage = item
+                elif isinstance(item, Served):
+                    version.key_id = item.key_id
         text = "".join(parts)
         if not text.strip():
             raise ServerError("the model returned an empty reply")
@@ -352,7 +419,7 @@ async def generate_versions(
     prompt: str | Sequence[Message],
     *,
     settings: WriterSettings | None = None,
-    llm: LLMConfig | Backend | None = None,
+    llm: LLMArg = None,
     project: str | None = None,
     chapter: int | None = None,
     on_event: Handlers = None,
@@ -361,6 +428,9 @@ async def generate_versions(
     indices: Sequence[int] | None = None,
     run_id: str | None = None,
     raise_on_all_failed: bool = True,
+    store: StoreSpec = None,
+    cache: CacheSpec = None,
+    refresh: bool = False,
 ) -> Run:
     """Generate ``settings.version_count`` versions of ``prompt`` and return the Run.
 
@@ -369,11 +439,18 @@ async def generate_versions(
     awaiting task (or calling ``run.cancel()``) keeps finished versions and marks the rest
     ``cancelled``. ``indices`` generates only those version numbers (retry, resume);
     ``limiter`` shares one concurrency limit between several runs.
+
+    ``store``: each version is saved as it finishes (None = ``ARBORIS_STORE`` or the
+    default file, False = off, a path or a ``RunStore``; see ``docs/persistence.md``).
+    ``cache``: opt-in reply cache (None = ``ARBORIS_CACHE``/``ARBORIS_CACHE_URL``, False =
+    bypass, True, a URL/path or a ``ReplyCache``); ``refresh=True`` skips look-ups but
+    still stores the new replies.
     """
     settings = settings or WriterSettings.from_env()
     messages = as_messages(prompt)
     backend = resolve_backend(llm)
-    config = llm if isinstance(llm, LLMConfig) else None
+    config = llm[0] if isinstance(llm, list | tuple) and llm else llm
+    config = config if isinstance(config, LLMConfig) else None
     run = Run(
         run_id=run_id or uuid.uuid4().hex[:12],
         versions=[Version(index=i) for i in _indices(settings, indices)],
@@ -399,6 +476,19 @@ async def generate_versions(
             "plan", project=project, chapter=chapter, n=run.version_count, parallel=run.parallel
         )
     )
+    runner.cache = bind_cache(
+        cache,
+        backend=backend,
+        messages=messages,
+        temperature=runner.temperature,
+        max_tokens=runner.max_tokens,
+        refresh=refresh,
+    )
+    recorder = open_recorder(
+        store, messages, temperature=runner.temperature, max_tokens=runner.max_tokens
+    )
+    # The store hears every event first: a version is on disk before anyone else sees it.
+    runner.handlers[:0] = [h for h in (recorder, runner.cache) if h is not None]
     runner.emit(RunStarted)
     try:
         async with backend.open() as conn:

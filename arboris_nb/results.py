@@ -23,6 +23,7 @@ __all__ = ["FRAME_COLUMNS", "Attempt", "Run", "Status", "Version", "failure_text
 
 Status = Literal["queued", "running", "retrying", "ok", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
+CACHE_KEY_ID = "cache"  # the key_id of a version answered from the reply cache
 
 #: Columns of :meth:`Run.to_frame`, one row per version.
 FRAME_COLUMNS: dict[str, str] = {
@@ -47,6 +48,7 @@ FRAME_COLUMNS: dict[str, str] = {
     "finish_s": "finished, seconds after the run started",
     "chars": "characters of content",
     "edited": "True when an editor changed the content after generation",
+    "cached": "True when the reply came from the cache (no request, no timings)",
     "key_id": "masked id of the API key that served it",
     "error_type": "exception class name when not ok",
     "error": "error message when not ok",
@@ -103,6 +105,11 @@ class Version:
         return self.status == "ok"
 
     @property
+    def cached(self) -> bool:
+        """True when the reply came from the cache: no request was made for it."""
+        return self.key_id == CACHE_KEY_ID
+
+    @property
     def queue_wait_s(self) -> float | None:
         return None if self.started_at is None else self.started_at - self.queued_at
 
@@ -154,6 +161,7 @@ class Version:
             "finish_s": self.finished_at,
             "chars": len(self.content or ""),
             "edited": self.edited,
+            "cached": self.cached,
             "key_id": self.key_id,
             "error_type": self.error_type,
             "error": self.error,

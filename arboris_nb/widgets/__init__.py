@@ -1,9 +1,11 @@
-"""Jupyter widgets: :class:`VersionsWidget` (live side-by-side versions and editor actions)."""
+"""Jupyter widgets: :class:`VersionsWidget` (live side-by-side versions and editor actions)
+and :class:`BookProgress` (a whole-book job's progress)."""
 
 from __future__ import annotations
 
+from .book import BookProgress
 from .panels import STATUS_WORDS, VersionPanel
 from .timeline import timeline_html
 from .versions import VersionsWidget
 
-__all__ = ["STATUS_WORDS", "VersionPanel", "VersionsWidget", "timeline_html"]
+__all__ = ["STATUS_WORDS", "BookProgress", "VersionPanel", "VersionsWidget", "timeline_html"]

@@ -1,0 +1,156 @@
+"""``arboris-nb runs``: list, show, export and resume stored runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("runs", help="list, show, export or resume stored runs")
+    p.add_argument(
+        "--store", type=Path, metavar="PATH", help="the run store file (default: ARBORIS_STORE)"
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="stored runs, newest first")
+    listing.add_argument("--project", help="only this project's runs")
+    listing.add_argument("--limit", type=_positive("--limit"), default=20, help="default 20")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+
+    show = actions.add_parser("show", help="one run: its versions and metrics")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help="print the full JSON export")
+
+    export = actions.add_parser("export", help="write a run as json, csv or md")
+    export.add_argument("run_id")
+    export.add_argument("--format", choices=("json", "csv", "md"), default="json")
+    export.add_argument("--out", type=Path, metavar="PATH", help="file to write (default: stdout)")
+
+    resume = actions.add_parser("resume", help="generate the versions a run is missing")
+    resume.add_argument("run_id")
+    resume.add_argument("--simulated", action="store_true", help="use the offline simulated model")
+    resume.add_argument("--base-url", help="OpenAI-compatible base URL (default: env)")
+    resume.add_argument("--model", help="model name (default: the stored run's model)")
+    resume.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", metavar="VAR", help="variable holding the key"
+    )
+    resume.add_argument("--json", action="store_true", help="print the merged run as JSON")
+    p.set_defaults(func=run)
+
+
+def _positive(flag: str) -> Any:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of 1 or more")
+        return value
+
+    return parse
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe cell: NaN → None, timestamps → ISO text."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ..runs import list_runs
+
+    frame = list_runs(project=args.project, limit=args.limit, store=args.store)
+    if args.json:
+        rows = [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif frame.empty:
+        print("no stored runs")
+    else:
+        frame["created_at"] = frame["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S")
+        columns = ["run_id", "created_at", "project", "chapter", "status", "ok", "version_count",
+                   "model", "elapsed_s"]  # fmt: skip
+        print(frame[columns].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..console import format_summary
+    from ..runs import export_run, load_run
+
+    if args.json:
+        print(export_run(args.run_id, "json", store=args.store))
+        return 0
+    run = load_run(args.run_id, store=args.store)
+    for v in run.versions:
+        label = "cached" if v.key_id == "cache" else f"{v.attempts} attempt(s)"
+        print(f"--- version {v.index} ({v.status}, {label}) ---")
+        print(v.display_text() or "(no result stored)")
+        print()
+    print(format_summary(run))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..runs import export_run
+
+    text = export_run(args.run_id, args.format, args.out, store=args.store)
+    if args.out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..backends.simulated import SimulatedLLM
+    from ..config import LLMConfig
+    from ..console import ProgressPrinter, format_summary
+    from ..errors import AllVersionsFailed, ConfigError
+    from ..runs import missing_versions, resume
+    from .generate import EXIT_ALL_FAILED, run_json
+
+    todo = missing_versions(args.run_id, store=args.store)
+    print(f"run {args.run_id}: versions to generate: {todo or 'none'}", file=sys.stderr)
+    llm: Any = None
+    if args.simulated:
+        llm = SimulatedLLM()
+    elif args.base_url or args.model or args.api_key_env != "OPENAI_API_KEY":
+        import os
+
+        if args.api_key_env != "OPENAI_API_KEY" and not os.environ.get(args.api_key_env):
+            raise ConfigError(f"--api-key-env: the variable {args.api_key_env} is not set")
+        llm = LLMConfig.from_env(
+            api_key_env=args.api_key_env, model=args.model, base_url=args.base_url
+        )
+    try:
+        merged = asyncio.run(
+            resume(args.run_id, llm=llm, store=args.store, on_event=ProgressPrinter())
+        )
+    except AllVersionsFailed as exc:
+        print(f"arboris-nb: {exc}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    if args.json:
+        print(json.dumps(run_json(merged), ensure_ascii=False, indent=2))
+    else:
+        print(format_summary(merged))
+    return 0
+
+
+_ACTIONS = {"list": _list, "show": _show, "export": _export, "resume": _resume}
+
+
+def run(args: argparse.Namespace) -> int:
+    return _ACTIONS[args.action](args)

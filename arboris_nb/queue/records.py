@@ -1,0 +1,135 @@
+"""Book jobs in the run store's SQLite file: the job's spec and each unit's progress.
+
+The versions themselves (texts, timings, attempts) are the store's ``versions`` rows:
+chapter ``c`` of job ``J`` is the store run ``J-chc`` (see :func:`chapter_run_id`), so
+``arboris-nb runs`` and ``resume`` see book chapters like any other run. These two
+extra tables only say what the job *is* and where each unit stands right now (queued,
+running on which worker), which the store does not know until a version finishes::
+
+    book_jobs(job_id PK, project, created_at, spec JSON)
+    book_units(job_id, chapter, version, state, worker, requests, updated_at;
+               PK (job_id, chapter, version))
+
+``requests`` counts attempts made for a unit over all sessions (a cancelled or retried
+unit keeps its earlier attempts), so what was paid for stays visible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..store import RunStore
+
+__all__ = ["BookRecords", "chapter_run_id"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS book_jobs (
+    job_id TEXT PRIMARY KEY,
+    project TEXT,
+    created_at REAL NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS book_units (
+    job_id TEXT NOT NULL,
+    chapter INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    worker TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, chapter, version)
+);
+"""
+
+FINAL = ("ok", "failed")
+
+
+def chapter_run_id(job_id: str, chapter: int) -> str:
+    """The store run holding chapter ``chapter`` of job ``job_id``."""
+    return f"{job_id}-ch{chapter}"
+
+
+class BookRecords:
+    """The book tables of one :class:`~arboris_nb.store.RunStore` (same file, same
+    connections, so the multi-process guarantees are the store's)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        with store.transaction() as tx:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+
+    # -- jobs ----------------------------------------------------------------------------
+    def save_job(self, job_id: str, project: str | None, spec: dict[str, Any]) -> bool:
+        """Write the job's spec once; False if the job already existed (kept as it was)."""
+        with self.store.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT OR IGNORE INTO book_jobs (job_id, project, created_at, spec) "
+                "VALUES (?, ?, ?, ?)",
+                (job_id, project, time.time(), json.dumps(spec, ensure_ascii=False)),
+            )
+        return cursor.rowcount > 0
+
+    def load_job(self, job_id: str) -> dict[str, Any] | None:
+        row = (
+            self.store.connection()
+            .execute("SELECT spec FROM book_jobs WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else dict(json.loads(row["spec"]))
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        rows = self.store.connection().execute(
+            "SELECT job_id, project, created_at FROM book_jobs ORDER BY created_at DESC"
+        )
+        return [dict(row) for row in rows]
+
+    # -- units ---------------------------------------------------------------------------
+    def add_units(self, job_id: str, units: list[tuple[int, int]]) -> None:
+        """Register units as ``pending`` (units already known are left alone)."""
+        now = time.time()
+        with self.store.transaction() as tx:
+            tx.executemany(
+                "INSERT OR IGNORE INTO book_units (job_id, chapter, version, state, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                [(job_id, c, v, now) for c, v in units],
+            )
+
+    def set_state(
+        self,
+        job_id: str,
+        chapter: int,
+        version: int,
+        state: str,
+        *,
+        worker: str | None = None,
+        requests: int = 0,
+    ) -> None:
+        """Move a unit to ``state`` and add ``requests`` attempts; an ``ok`` unit stays ok."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO book_units (job_id, chapter, version, state, worker, requests, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, chapter, version) DO UPDATE SET "
+                "state = CASE WHEN book_units.state = 'ok' THEN 'ok' ELSE excluded.state END, "
+                "worker = COALESCE(excluded.worker, book_units.worker), "
+                "requests = book_units.requests + excluded.requests, "
+                "updated_at = excluded.updated_at",
+                (job_id, chapter, version, state, worker, requests, time.time()),
+            )
+
+    def units(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.store.connection().execute(
+            "SELECT chapter, version, state, worker, requests, updated_at FROM book_units "
+            "WHERE job_id = ? ORDER BY chapter, version",
+            (job_id,),
+        )
+        return [dict(row) for row in rows]
+
+    def ok_versions(self, job_id: str, chapter: int) -> set[int]:
+        """Version numbers of this chapter already ok in the store (never to be re-asked)."""
+        versions = self.store.get_versions(chapter_run_id(job_id, chapter))
+        return {v.index for v in versions if v.status == "ok"}

@@ -1,0 +1,312 @@
+"""Read stored runs back: list them, rebuild a Run, export it, resume what is missing.
+
+Every function takes ``store=`` like the engine does (None = ``ARBORIS_STORE`` or the
+default file; a path; an open :class:`~arboris_nb.store.RunStore`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .backends.base import Backend
+from .cache import CacheSpec
+from .config import COUNT_RANGE, LLMConfig, WriterSettings
+from .engine import Handlers, generate_versions
+from .errors import AllVersionsFailed, ConfigError
+from .limits import Limiter
+from .results import Run, Version
+from .retry import RetryPolicy
+from .store import RunRecord, RunStore, StoreSpec, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "LIST_COLUMNS",
+    "RunNotFound",
+    "export_run",
+    "list_runs",
+    "load_run",
+    "missing_versions",
+    "resume",
+    "resume_sync",
+]
+
+ExportFormat = Literal["json", "csv", "md"]
+EXPORT_FORMATS: tuple[str, ...] = ("json", "csv", "md")
+
+#: Columns of :func:`list_runs`, one row per run.
+LIST_COLUMNS: dict[str, str] = {
+    "run_id": "id of the run",
+    "created_at": "when the run started (UTC)",
+    "project": "project name given to the run",
+    "chapter": "chapter number given to the run",
+    "status": "running (or interrupted) | complete | partial | failed",
+    "mode": '"parallel" or "serial"',
+    "version_count": "N, versions planned",
+    "max_parallel_requests": "C, the concurrency limit",
+    "model": "model name",
+    "ok": "versions stored ok",
+    "failed": "versions stored failed",
+    "cancelled": "versions stored cancelled",
+    "missing": "planned versions with no stored result (never finished)",
+    "elapsed_s": "generation wall time, summed over sessions (resumes)",
+    "sessions": "1 + the number of times it was resumed",
+}
+
+
+class RunNotFound(ConfigError):
+    """No run with this id in the store."""
+
+
+@contextmanager
+def _opened(spec: StoreSpec) -> Iterator[RunStore]:
+    store, owned = open_store(spec)
+    if store is None:
+        raise ConfigError(
+            "the run store is off (ARBORIS_STORE=off): set ARBORIS_STORE to a file path "
+            "or pass store=PATH"
+        )
+    try:
+        yield store
+    finally:
+        if owned:
+            store.close()
+
+
+def _record(store: RunStore, run_id: str) -> RunRecord:
+    record = store.get_run(run_id)
+    if record is None:
+        raise RunNotFound(f"no run {run_id!r} in the run store {store.path}")
+    return record
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def list_runs(
+    project: str | None = None, limit: int | None = 50, *, store: StoreSpec = None
+) -> pd.DataFrame:
+    """Stored runs, newest first, as a DataFrame (columns: ``LIST_COLUMNS``)."""
+    import pandas as pd
+
+    with _opened(store) as opened:
+        records = opened.list_runs(project=project, limit=limit)
+    rows = []
+    for r in records:
+        row = {name: getattr(r, name, None) for name in LIST_COLUMNS}
+        row["created_at"] = pd.Timestamp(r.created_at, unit="s", tz="UTC")
+        row["missing"] = r.version_count - sum(r.counts.values())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(LIST_COLUMNS))
+
+
+def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
+    by_index = {v.index: v for v in stored}
+    # A planned version with no row never finished (process ended): it stays "queued".
+    versions = [by_index.get(i) or Version(index=i) for i in record.indices]
+    return Run(
+        run_id=record.run_id,
+        versions=versions,
+        parallel=record.parallel,
+        max_parallel_requests=record.max_parallel_requests,
+        project=record.project,
+        chapter=record.chapter,
+        model=record.model,
+        created_at=record.created_at,
+        elapsed_s=record.elapsed_s,
+    )
+
+
+def load_run(run_id: str, *, store: StoreSpec = None) -> Run:
+    """The stored run as a :class:`Run`; versions that never finished are ``queued``."""
+    with _opened(store) as opened:
+        return _rebuild(_record(opened, run_id), opened.get_versions(run_id))
+
+
+def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
+    """Version numbers :func:`resume` would generate: not stored, or stored but not ok."""
+    with _opened(store) as opened:
+        record = _record(opened, run_id)
+        ok = {v.index for v in opened.get_versions(run_id) if v.ok}
+    return [i for i in record.indices if i not in ok]
+
+
+# -- export -----------------------------------------------------------------------------
+
+
+def _version_dict(version: Version) -> dict[str, Any]:
+    data = asdict(version)
+    data["cached"] = version.cached
+    data.update(
+        queue_wait_s=version.queue_wait_s,
+        ttft_s=version.ttft_s,
+        duration_s=version.duration_s,
+        tokens_per_s=version.tokens_per_s,
+    )
+    return data
+
+
+def _as_json(record: RunRecord, run: Run) -> str:
+    head = record.to_dict()
+    head["created_at_utc"] = str(_utc(record.created_at))
+    document = {
+        "run": head,
+        "metrics": run.summary(),
+        "versions": [_version_dict(v) for v in run.versions],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def _as_csv(run: Run) -> str:
+    frame = run.to_frame()
+    frame["title"] = [v.title for v in run.versions]
+    frame["content"] = [v.content for v in run.versions]
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    return buffer.getvalue()
+
+
+def _as_markdown(record: RunRecord, run: Run) -> str:
+    created = _utc(record.created_at)
+    elapsed = "-" if record.elapsed_s is None else f"{record.elapsed_s:.2f} s"
+    lines = [
+        f"# Run {record.run_id}",
+        "",
+        f"- project: {record.project or '-'} · chapter: {record.chapter or '-'}",
+        f"- model: {record.model or '-'} · mode: {record.mode} · "
+        f"N = {record.version_count} · C = {record.max_parallel_requests}",
+        f"- status: {record.status} · created: {created:%Y-%m-%d %H:%M:%S} UTC"
+        f" · elapsed: {elapsed}",
+        "",
+        "## Prompt",
+        "",
+    ]
+    for message in record.messages:
+        lines += [
+            f"**{message.get('role', '?')}**",
+            "",
+            "```text",
+            message.get("content", ""),
+            "```",
+            "",
+        ]
+    for v in run.versions:
+        title = f" — {v.title}" if v.title else ""
+        cached = ", from cache" if v.cached else ""
+        lines += [f"## Version {v.index}{title} ({v.status}{cached})", ""]
+        if v.summary:
+            lines += [f"> {v.summary}", ""]
+        lines += [v.display_text() or "(no result stored)", ""]
+    return "\n".join(lines)
+
+
+def export_run(
+    run_id: str,
+    format: ExportFormat = "json",
+    path: str | Path | None = None,
+    *,
+    store: StoreSpec = None,
+) -> str:
+    """A stored run as JSON (everything, with attempt logs), CSV (one row per version,
+    the ``Run.to_frame`` columns plus cached/title/content) or Markdown (for reading).
+
+    Returns the text; also writes it to ``path`` when given.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    with _opened(store) as opened:
+        record = _record(opened, run_id)
+        run = _rebuild(record, opened.get_versions(run_id))
+    if format == "json":
+        text = _as_json(record, run)
+    elif format == "csv":
+        text = _as_csv(run)
+    else:
+        text = _as_markdown(record, run)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+# -- resume -----------------------------------------------------------------------------
+
+
+def _resume_settings(record: RunRecord, todo: Sequence[int]) -> WriterSettings:
+    return WriterSettings(
+        version_count=min(max(len(todo), COUNT_RANGE[0]), COUNT_RANGE[1]),
+        parallel=record.parallel,
+        max_parallel_requests=record.max_parallel_requests,  # type: ignore[arg-type]
+    )
+
+
+def _resume_llm(record: RunRecord) -> LLMConfig:
+    """The environment's API, with the stored run's model and sampling parameters."""
+    return LLMConfig.from_env(
+        model=record.model, temperature=record.temperature, max_tokens=record.max_tokens
+    )
+
+
+async def resume(
+    run_id: str,
+    *,
+    llm: LLMConfig | Backend | None = None,
+    settings: WriterSettings | None = None,
+    on_event: Handlers = None,
+    store: StoreSpec = None,
+    retry: RetryPolicy | None = None,
+    limiter: Limiter | None = None,
+    cache: CacheSpec = None,
+    raise_on_all_failed: bool = True,
+) -> Run:
+    """Finish a stored run: generate only the versions that are missing or not ok.
+
+    The stored messages and the same ``run_id`` are used; stored ``ok`` versions are kept
+    as they are and never requested again. Returns the merged Run (stored ok versions +
+    this session's), whose ``elapsed_s`` is the generation time summed over sessions.
+    ``llm=None`` uses the environment's API with the stored model and parameters;
+    ``settings=None`` the stored mode and concurrency limit.
+    """
+    with _opened(store) as opened:
+        record = _record(opened, run_id)
+        kept = [v for v in opened.get_versions(run_id) if v.ok and v.index in record.indices]
+        todo = [i for i in record.indices if i not in {v.index for v in kept}]
+        if not todo:
+            return _rebuild(record, kept)
+        session = await generate_versions(
+            record.messages,
+            settings=settings or _resume_settings(record, todo),
+            llm=llm if llm is not None else _resume_llm(record),
+            project=record.project,
+            chapter=record.chapter,
+            on_event=on_event,
+            retry=retry,
+            limiter=limiter,
+            indices=todo,
+            run_id=run_id,
+            raise_on_all_failed=False,
+            store=opened,
+            cache=cache,
+        )
+    merged = _rebuild(record, [*kept, *session.versions])
+    merged.elapsed_s = (record.elapsed_s or 0.0) + (session.elapsed_s or 0.0)
+    if raise_on_all_failed and all(v.status == "failed" for v in merged.versions):
+        raise AllVersionsFailed(merged)
+    return merged
+
+
+def resume_sync(run_id: str, **kwargs: Any) -> Run:
+    """Blocking :func:`resume`; inside a running loop it uses a worker thread."""
+    from ._sync import run_sync
+
+    return run_sync(resume(run_id, **kwargs))

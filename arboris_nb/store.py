@@ -1,0 +1,605 @@
+"""SQLite persistence: every run and every version, written as each version finishes.
+
+The store is an ``on_event`` subscriber (:class:`RunRecorder`) of the engine, so the
+engine keeps no persistence logic. It writes
+
+* the run row at ``RunStarted`` (id, project, chapter, mode, N, C, model, the prompt
+  messages, temperature, max_tokens) and again at ``RunFinished`` (elapsed, status);
+* one version row per ``VersionFinished`` / ``VersionFailed`` / ``VersionCancelled``, in
+  its own transaction, so a process killed mid-run loses only versions not yet finished.
+
+Never per token: a write is one small transaction per version. The file is in WAL mode
+with a busy timeout, so several processes (notebook, CLI, queue workers) can write to it
+at once. ``synchronous=NORMAL``: in WAL mode a committed version survives the process
+dying (kill -9, a crashed kernel); only an OS crash or power loss can drop the last
+commits. ``FULL`` would add an fsync per version (~2 ms measured) on the event loop.
+
+No API key is ever written: versions carry only the masked ``key_id``.
+
+Schema version 1 (``PRAGMA user_version``)::
+
+    runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
+         indices JSON, max_parallel_requests, model, messages JSON, temperature,
+         max_tokens, elapsed_s, sessions, status)
+    versions(run_id, idx, status, content, title, summary, error, error_type,
+             queued_at, started_at, first_token_at, finished_at, output_tokens,
+             tokens_from_usage, attempts, attempt_log JSON, key_id, cached, session,
+             written_at; PK (run_id, idx))
+    cache(key PK, reply JSON, model, created_at)          -- see arboris_nb.cache
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Message
+from .config import store_setting
+from .errors import ConfigError
+from .events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    TokenDelta,
+    VersionCancelled,
+    VersionFailed,
+    VersionFinished,
+)
+from .results import CACHE_KEY_ID, Attempt, Run, Version
+
+__all__ = [
+    "CACHE_KEY_ID",
+    "SCHEMA_VERSION",
+    "RunRecord",
+    "RunRecorder",
+    "RunStore",
+    "StoreSpec",
+    "open_recorder",
+    "open_store",
+]
+
+log = logging.getLogger("arboris_nb")
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 30_000  # queue workers may wait on each other's commits
+
+_MIGRATIONS: list[str] = [
+    # 0 → 1
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        project TEXT,
+        chapter INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        mode TEXT NOT NULL,
+        version_count INTEGER NOT NULL,
+        indices TEXT NOT NULL,
+        max_parallel_requests TEXT NOT NULL,
+        model TEXT,
+        messages TEXT NOT NULL,
+        temperature REAL,
+        max_tokens INTEGER,
+        elapsed_s REAL,
+        sessions INTEGER NOT NULL DEFAULT 1,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS runs_by_project ON runs(project, created_at);
+    CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created_at);
+    CREATE TABLE IF NOT EXISTS versions (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        content TEXT,
+        title TEXT,
+        summary TEXT,
+        error TEXT,
+        error_type TEXT,
+        queued_at REAL,
+        started_at REAL,
+        first_token_at REAL,
+        finished_at REAL,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        tokens_from_usage INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        attempt_log TEXT NOT NULL DEFAULT '[]',
+        key_id TEXT,
+        cached INTEGER NOT NULL DEFAULT 0,
+        session INTEGER NOT NULL DEFAULT 1,
+        written_at REAL NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE TABLE IF NOT EXISTS cache (
+        key TEXT PRIMARY KEY,
+        reply TEXT NOT NULL,
+        model TEXT,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass
+class RunRecord:
+    """A stored run's row: what it asked for and where it stands (no version texts)."""
+
+    run_id: str
+    project: str | None
+    chapter: int | None
+    created_at: float
+    updated_at: float
+    mode: str
+    version_count: int
+    indices: list[int]
+    max_parallel_requests: int | str
+    model: str | None
+    messages: list[Message]
+    temperature: float | None
+    max_tokens: int | None
+    elapsed_s: float | None
+    sessions: int
+    status: str  # running | complete | partial | failed
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def parallel(self) -> bool:
+        return self.mode == "parallel"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("counts")
+        return data
+
+
+def _limit_value(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _attempt_log(version: Version) -> str:
+    return json.dumps([asdict(a) for a in version.attempt_log])
+
+
+class RunStore:
+    """One SQLite file holding runs, versions and (optionally) the reply cache.
+
+    Safe to share between threads (one connection per thread) and processes (WAL,
+    busy timeout, ``BEGIN IMMEDIATE`` writes); a forked child opens its own connection.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        try:
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise ConfigError(
+                f"cannot open the run store {self.path} (ARBORIS_STORE): {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ---------------------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, re-opened after a fork)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # explicit BEGIN IMMEDIATE … COMMIT below
+            check_same_thread=False,  # so close() may close every thread's connection
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so two
+        writers wait on the busy timeout instead of failing on a lock upgrade."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this object opened (in this process)."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):  # closed twice, or inherited by a fork
+                conn.close()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        conn = self.connection()
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        with self.transaction() as tx:
+            current = tx.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the run store {self.path} has schema version {current}; this "
+                    f"arboris_nb reads up to {SCHEMA_VERSION} (upgrade arboris_nb)"
+                )
+            for number in range(current, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
+            tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.connection().execute("PRAGMA user_version").fetchone()[0])
+
+    # -- writes --------------------------------------------------------------------------
+    def begin_run(
+        self,
+        run: Run,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> tuple[int, float]:
+        """Write the run row (or re-open it for a resume).
+
+        Returns ``(session, elapsed_before)``: the session number (1 for a new run) and
+        the generation time already spent on this run by earlier sessions.
+        """
+        now = time.time()
+        indices = [v.index for v in run.versions]
+        with self.transaction() as tx:
+            row = tx.execute(
+                "SELECT indices, sessions, elapsed_s FROM runs WHERE run_id = ?", (run.run_id,)
+            ).fetchone()
+            if row is None:
+                tx.execute(
+                    "INSERT INTO runs (run_id, project, chapter, created_at, updated_at, mode, "
+                    "version_count, indices, max_parallel_requests, model, messages, "
+                    "temperature, max_tokens, elapsed_s, sessions, status) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running')",
+                    (
+                        run.run_id,
+                        run.project,
+                        run.chapter,
+                        run.created_at or now,
+                        now,
+                        run.mode,
+                        len(indices),
+                        json.dumps(indices),
+                        str(run.max_parallel_requests),
+                        run.model,
+                        json.dumps(list(messages), ensure_ascii=False),
+                        temperature,
+                        max_tokens,
+                    ),
+                )
+                return 1, 0.0
+            planned = sorted(set(json.loads(row["indices"])) | set(indices))
+            tx.execute(
+                "UPDATE runs SET indices = ?, version_count = ?, sessions = sessions + 1, "
+                "status = 'running', updated_at = ? WHERE run_id = ?",
+                (json.dumps(planned), len(planned), now, run.run_id),
+            )
+            return int(row["sessions"]) + 1, float(row["elapsed_s"] or 0.0)
+
+    def save_version(
+        self, run_id: str, version: Version, *, session: int = 1, elapsed_s: float | None = None
+    ) -> bool:
+        """Write one finished version (one commit). An ``ok`` row is never overwritten:
+        returns False when this version already had a stored ok result."""
+        values = (
+            run_id,
+            version.index,
+            version.status,
+            version.content,
+            version.title,
+            version.summary,
+            version.error,
+            version.error_type,
+            version.queued_at,
+            version.started_at,
+            version.first_token_at,
+            version.finished_at,
+            version.output_tokens,
+            int(version.tokens_from_usage),
+            version.attempts,
+            _attempt_log(version),
+            version.key_id,
+            int(version.key_id == CACHE_KEY_ID),
+            session,
+            time.time(),
+        )
+        columns = ", ".join(_VERSION_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _VERSION_COLUMNS[2:])
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                f"INSERT INTO versions ({columns}) VALUES ({', '.join('?' * len(values))}) "
+                f"ON CONFLICT (run_id, idx) DO UPDATE SET {updates} "
+                "WHERE versions.status != 'ok'",
+                values,
+            )
+            tx.execute(
+                "UPDATE runs SET updated_at = ?, elapsed_s = COALESCE(?, elapsed_s) "
+                "WHERE run_id = ?",
+                (time.time(), elapsed_s, run_id),
+            )
+        if cursor.rowcount == 0:
+            log.warning(
+                "run %s version %d: an ok result is already stored; kept it", run_id, version.index
+            )
+            return False
+        return True
+
+    def finish_run(self, run_id: str, *, elapsed_s: float | None = None) -> str:
+        """Set the run's final status (complete / partial / failed) and elapsed time."""
+        with self.transaction() as tx:
+            record = self._record(tx, run_id)
+            if record is None:
+                raise KeyError(run_id)
+            status = _status(record)
+            tx.execute(
+                "UPDATE runs SET status = ?, updated_at = ?, elapsed_s = COALESCE(?, elapsed_s) "
+                "WHERE run_id = ?",
+                (status, time.time(), elapsed_s, run_id),
+            )
+        return status
+
+    def delete_run(self, run_id: str) -> bool:
+        """Remove a run and its versions; False when there was no such run."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM versions WHERE run_id = ?", (run_id,))
+            return tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+
+    # -- reads ---------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run row with version counts, or None."""
+        return self._record(self.connection(), run_id)
+
+    def list_runs(self, project: str | None = None, limit: int | None = 50) -> list[RunRecord]:
+        """Newest first; ``project`` filters; ``limit=None`` lists all."""
+        sql = "SELECT * FROM runs"
+        params: list[Any] = []
+        if project is not None:
+            sql += " WHERE project = ?"
+            params.append(project)
+        sql += " ORDER BY created_at DESC, run_id"
+        if limit is not None:
+            if limit < 1:
+                raise ConfigError(f"limit must be 1 or more (or None for all), got {limit}")
+            sql += " LIMIT ?"
+            params.append(limit)
+        conn = self.connection()
+        return [self._with_counts(conn, _record(row)) for row in conn.execute(sql, params)]
+
+    def get_versions(self, run_id: str) -> list[Version]:
+        """The stored versions of a run, by index (only those that finished)."""
+        rows = self.connection().execute(
+            "SELECT * FROM versions WHERE run_id = ? ORDER BY idx", (run_id,)
+        )
+        return [_version(row) for row in rows]
+
+    def _record(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
+        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else self._with_counts(conn, _record(row))
+
+    def _with_counts(self, conn: sqlite3.Connection, record: RunRecord) -> RunRecord:
+        rows = conn.execute(
+            "SELECT status, COUNT(*) FROM versions WHERE run_id = ? GROUP BY status",
+            (record.run_id,),
+        )
+        record.counts = {str(status): int(n) for status, n in rows}
+        record.ok = record.counts.get("ok", 0)
+        record.failed = record.counts.get("failed", 0)
+        record.cancelled = record.counts.get("cancelled", 0)
+        return record
+
+
+_VERSION_COLUMNS = (
+    "run_id",
+    "idx",
+    "status",
+    "content",
+    "title",
+    "summary",
+    "error",
+    "error_type",
+    "queued_at",
+    "started_at",
+    "first_token_at",
+    "finished_at",
+    "output_tokens",
+    "tokens_from_usage",
+    "attempts",
+    "attempt_log",
+    "key_id",
+    "cached",
+    "session",
+    "written_at",
+)
+
+
+def _status(record: RunRecord) -> str:
+    """complete: every planned version ok; partial: some ok; failed: none ok."""
+    if record.ok >= record.version_count:
+        return "complete"
+    return "partial" if record.ok else "failed"
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        project=row["project"],
+        chapter=row["chapter"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        mode=row["mode"],
+        version_count=row["version_count"],
+        indices=json.loads(row["indices"]),
+        max_parallel_requests=_limit_value(row["max_parallel_requests"]),
+        model=row["model"],
+        messages=json.loads(row["messages"]),
+        temperature=row["temperature"],
+        max_tokens=row["max_tokens"],
+        elapsed_s=row["elapsed_s"],
+        sessions=row["sessions"],
+        status=row["status"],
+    )
+
+
+def _version(row: sqlite3.Row) -> Version:
+    return Version(
+        index=row["idx"],
+        status=row["status"],
+        content=row["content"],
+        title=row["title"],
+        summary=row["summary"],
+        error=row["error"],
+        error_type=row["error_type"],
+        queued_at=row["queued_at"] or 0.0,
+        started_at=row["started_at"],
+        first_token_at=row["first_token_at"],
+        finished_at=row["finished_at"],
+        output_tokens=row["output_tokens"],
+        tokens_from_usage=bool(row["tokens_from_usage"]),
+        attempts=row["attempts"],
+        attempt_log=[Attempt(**a) for a in json.loads(row["attempt_log"])],
+        key_id=row["key_id"],
+    )
+
+
+#: What ``generate_versions(store=…)`` accepts: None = the default (``ARBORIS_STORE``),
+#: False = off, a path, or an open :class:`RunStore`.
+StoreSpec = RunStore | str | os.PathLike[str] | bool | None
+
+
+class RunRecorder:
+    """The ``on_event`` subscriber that writes a run to a :class:`RunStore`.
+
+    It writes at ``RunStarted``, at each version's final event and at ``RunFinished``
+    only; ``TokenDelta`` returns at once. ``owns_store`` closes the store at the end.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        owns_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.messages = list(messages)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.owns_store = owns_store
+        self.session = 1
+        self.elapsed_before = 0.0
+
+    def __call__(self, event: Event) -> None:
+        kind = type(event)
+        if kind is TokenDelta:
+            return
+        if kind is RunStarted:
+            self.session, self.elapsed_before = self.store.begin_run(
+                event.run, self.messages, temperature=self.temperature, max_tokens=self.max_tokens
+            )
+        elif kind in (VersionFinished, VersionFailed, VersionCancelled):
+            version: Version = event.version  # type: ignore[attr-defined]
+            self.store.save_version(
+                event.run.run_id,
+                version,
+                session=self.session,
+                elapsed_s=self.elapsed_before + event.t,
+            )
+        elif kind is RunFinished:
+            try:
+                self.store.finish_run(event.run.run_id, elapsed_s=self.elapsed_before + event.t)
+            finally:
+                if self.owns_store:
+                    self.store.close()
+
+
+def open_store(spec: StoreSpec = None) -> tuple[RunStore | None, bool]:
+    """Resolve a ``store=`` value to ``(store, owned)``; ``owned`` means close it after.
+
+    None reads ``ARBORIS_STORE`` (default path when unset). An explicit path that cannot
+    be opened is a :class:`ConfigError`; the *default* path failing only warns, so a
+    read-only home directory never stops a generation.
+    """
+    if spec is False:
+        return None, False
+    if isinstance(spec, RunStore):
+        return spec, False
+    if spec is None or spec is True:
+        path, explicit = store_setting()
+        if path is None:
+            return None, False
+        if not explicit:
+            try:
+                return RunStore(path), True
+            except ConfigError as exc:
+                warnings.warn(f"runs are not being saved: {exc}", RuntimeWarning, stacklevel=3)
+                return None, False
+        return RunStore(path), True
+    if isinstance(spec, str | os.PathLike):
+        return RunStore(spec), True
+    raise ConfigError(
+        f"store must be a RunStore, a path, None (ARBORIS_STORE) or False, "
+        f"got {type(spec).__name__}"
+    )
+
+
+def open_recorder(
+    spec: StoreSpec,
+    messages: Sequence[Message],
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+) -> RunRecorder | None:
+    """The engine's hook: a recorder for ``generate_versions(store=spec)``, or None."""
+    store, owned = open_store(spec)
+    if store is None:
+        return None
+    return RunRecorder(
+        store, messages, temperature=temperature, max_tokens=max_tokens, owns_store=owned
+    )

@@ -1,0 +1,266 @@
+"""The SQLite run store: what is written when, and what never is."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions
+from arboris_nb.errors import ConfigError
+from arboris_nb.events import Event, VersionFinished
+from arboris_nb.mockserver import MockServer
+from arboris_nb.results import Version
+from arboris_nb.store import SCHEMA_VERSION, RunStore, open_store
+
+SENTINEL = "sk-SENTINEL-store-0123456789wxyz"
+
+
+def by_length(request: object) -> str:
+    """Version i gets 10·i words, so versions finish one after another."""
+    index = request.version_index  # type: ignore[attr-defined]
+    return " ".join(f"w{index}" for _ in range(10 * index))
+
+
+def rows(path: Path, sql: str, *params: object) -> list[sqlite3.Row]:
+    """Read with a separate connection: what another process would see."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def bytes_of_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+class CountingStore(RunStore):
+    """A RunStore that counts its write transactions."""
+
+    commits = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with super().transaction() as conn:
+            yield conn
+        self.commits += 1
+
+
+def test_new_store_has_schema_version_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "runs.sqlite3"
+    with RunStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert {"runs", "versions", "cache"} <= tables
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigError, match="schema version"):
+        RunStore(path)
+
+
+def test_an_unwritable_store_path_names_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="ARBORIS_STORE"):
+        RunStore(blocker / "runs.sqlite3")
+
+
+@pytest.mark.looptime
+async def test_each_version_is_committed_before_anyone_sees_it_finish(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    seen: dict[int, list[int]] = {}
+
+    def check(event: Event) -> None:
+        if isinstance(event, VersionFinished):
+            found = rows(path, "SELECT idx FROM versions WHERE status = 'ok' ORDER BY idx")
+            seen[event.version.index] = [r["idx"] for r in found]
+
+    store = CountingStore(path)
+    store.commits = 0  # creating the schema was one
+    run = await generate_versions(
+        "chapter",
+        settings=WriterSettings(3),
+        llm=SimulatedLLM(reply=by_length, tokens_per_s=20.0),
+        on_event=check,
+        store=store,
+    )
+    # Version 1 is on disk (alone) when it finishes, then 2, then 3.
+    assert seen == {1: [1], 2: [1, 2], 3: [1, 2, 3]}
+    # One commit at start, one per version, one at the end — none per token.
+    assert store.commits == 1 + 3 + 1
+    assert sum(v.output_tokens for v in run.versions) == 60
+    store.close()
+
+
+@pytest.mark.looptime
+async def test_run_row_records_the_request_and_the_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    llm = SimulatedLLM(fail_versions=[2], output_tokens=12)
+    run = await generate_versions(
+        [{"role": "system", "content": "You write."}, {"role": "user", "content": "Ch. 7"}],
+        settings=WriterSettings(3, max_parallel_requests=2),
+        llm=llm,
+        project="saga",
+        chapter=7,
+        store=path,
+    )
+    (row,) = rows(path, "SELECT * FROM runs")
+    assert row["run_id"] == run.run_id
+    assert (row["project"], row["chapter"], row["mode"]) == ("saga", 7, "parallel")
+    assert (row["version_count"], row["max_parallel_requests"]) == (3, "2")
+    assert json.loads(row["indices"]) == [1, 2, 3]
+    assert row["model"] == "simulated"
+    assert json.loads(row["messages"])[1] == {"role": "user", "content": "Ch. 7"}
+    assert row["temperature"] == 0.75
+    assert row["status"] == "partial"
+    assert row["elapsed_s"] == pytest.approx(run.elapsed_s)
+    assert row["created_at"] == pytest.approx(run.created_at)
+
+    failed = rows(path, "SELECT * FROM versions WHERE idx = 2")[0]
+    assert failed["status"] == "failed"
+    assert failed["content"] is None
+    assert failed["error_type"] == "ServerError"
+    log = json.loads(failed["attempt_log"])
+    assert [a["number"] for a in log] == [1, 2, 3]
+    assert all(a["error_type"] == "ServerError" for a in log)
+
+    ok = rows(path, "SELECT * FROM versions WHERE idx = 1")[0]
+    assert ok["content"] == run.versions[0].content
+    assert ok["key_id"] == "simulated"
+    assert ok["attempts"] == 1
+    assert ok["finished_at"] == pytest.approx(run.versions[0].finished_at)
+
+
+@pytest.mark.looptime
+async def test_cancelled_versions_are_stored_with_the_finished_ones(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+
+    def cancel_after_first(event: Event) -> None:
+        if isinstance(event, VersionFinished):
+            event.run.cancel()
+
+    await generate_versions(
+        "p",
+        settings=WriterSettings(3),
+        llm=SimulatedLLM(reply=by_length, tokens_per_s=20.0),
+        on_event=cancel_after_first,
+        store=path,
+    )
+    statuses = {r["idx"]: r["status"] for r in rows(path, "SELECT idx, status FROM versions")}
+    assert statuses == {1: "ok", 2: "cancelled", 3: "cancelled"}
+    assert rows(path, "SELECT status FROM runs")[0]["status"] == "partial"
+
+
+async def test_default_store_follows_arboris_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "env" / "runs.sqlite3"
+    monkeypatch.setenv("ARBORIS_STORE", str(path))
+    run = await generate_versions("p", settings=WriterSettings(1), llm=SimulatedLLM(ttft_s=0))
+    assert [r["run_id"] for r in rows(path, "SELECT run_id FROM runs")] == [run.run_id]
+
+
+@pytest.mark.parametrize("off", ["off", "none", "OFF"])
+async def test_arboris_store_off_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, off: str
+) -> None:
+    monkeypatch.setenv("ARBORIS_STORE", off)
+    monkeypatch.chdir(tmp_path)
+    assert open_store() == (None, False)
+    await generate_versions("p", settings=WriterSettings(1), llm=SimulatedLLM(ttft_s=0))
+    assert names(tmp_path) == []
+
+
+async def test_store_false_writes_nothing() -> None:
+    default = Path(os.environ["ARBORIS_STORE"])  # the autouse fixture's fresh path
+    await generate_versions(
+        "p", settings=WriterSettings(1), llm=SimulatedLLM(ttft_s=0), store=False
+    )
+    assert names(default.parent) == []
+
+
+def test_a_bad_store_argument_is_refused() -> None:
+    with pytest.raises(ConfigError, match="store must be"):
+        open_store(42)  # type: ignore[arg-type]
+
+
+def test_an_ok_version_is_never_overwritten(tmp_path: Path) -> None:
+    from arboris_nb.results import Run
+
+    with RunStore(tmp_path / "runs.sqlite3") as store:
+        run = Run(run_id="r1", versions=[Version(index=1)])
+        store.begin_run(run, [{"role": "user", "content": "p"}])
+        first = Version(index=1, status="ok", content="paid for", finished_at=1.0)
+        assert store.save_version("r1", first)
+        again = Version(index=1, status="failed", error="late duplicate", finished_at=2.0)
+        assert not store.save_version("r1", again)
+        (kept,) = store.get_versions("r1")
+    assert (kept.status, kept.content, kept.error) == ("ok", "paid for", None)
+
+
+async def test_the_api_key_never_reaches_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    # Request 2 is refused with 401, so an error message is stored too.
+    mock = MockServer(
+        ttft_s=0.01, tokens_per_s=500.0, output_tokens=8, require_key=SENTINEL,
+        fail_requests={2: 401},
+    )  # fmt: skip
+    with mock as base_url:
+        run = await generate_versions(
+            "p",
+            settings=WriterSettings(3, max_parallel_requests=1),
+            llm=LLMConfig(api_key=SENTINEL, base_url=base_url, model="mock-model"),
+            store=path,
+        )
+    assert sorted(v.status for v in run.versions) == ["failed", "ok", "ok"]
+    stored_key_ids = {r["key_id"] for r in rows(path, "SELECT key_id FROM versions")}
+    assert stored_key_ids == {LLMConfig(api_key=SENTINEL).key_id}
+    files = bytes_of_files(tmp_path)  # the database, its WAL and shared-memory files
+    assert "runs.sqlite3" in files
+    for name, data in files.items():
+        assert SENTINEL.encode() not in data, name
+        assert SENTINEL[-12:].encode() not in data, name
+
+
+def test_several_processes_write_one_store(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from arboris_nb import SimulatedLLM, WriterSettings, generate_versions
+        asyncio.run(generate_versions(
+            "p", settings=WriterSettings(4), llm=SimulatedLLM(ttft_s=0.01, output_tokens=30),
+            project=sys.argv[1], store=sys.argv[2]))
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, f"proc{i}", str(path)]) for i in range(4)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+    runs = rows(path, "SELECT project, status FROM runs ORDER BY project")
+    assert [(r["project"], r["status"]) for r in runs] == [
+        (f"proc{i}", "complete") for i in range(4)
+    ]
+    assert rows(path, "SELECT COUNT(*) AS n FROM versions WHERE status = 'ok'")[0]["n"] == 16
