@@ -2,7 +2,9 @@
 
 The engine asks a limiter for a ``slot()`` around each attempt (never around a retry's
 backoff wait, so a waiting retry holds no slot) and reports each attempt's outcome with
-``observe()`` — a fixed limit ignores it; an adaptive one moves its limit.
+``observe()`` — a fixed limit ignores it; an adaptive one moves its limit. ``observe()``
+is called while the attempt still holds its slot, so a limiter can shrink before the
+slot is handed on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, runtime_checkable
 
+from .adaptive import AdaptiveLimit
 from .errors import ConfigError
 
 __all__ = ["FixedLimit", "Limiter", "make_limiter"]
@@ -52,11 +55,14 @@ class FixedLimit:
 
 
 def make_limiter(value: int | str | Limiter) -> Limiter:
-    """The limiter for a ``max_parallel_requests`` setting (a number or a limiter)."""
+    """The limiter for a ``max_parallel_requests`` setting: a number, ``"auto"`` (an
+    :class:`~arboris_nb.adaptive.AdaptiveLimit` from 2, between 1 and 10) or a limiter."""
     if isinstance(value, Limiter):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return FixedLimit(value)
+    if value == "auto":
+        return AdaptiveLimit(min=1, max=10, initial=2)
     raise ConfigError(
-        f"max_parallel_requests must be a whole number 1–10 or a limiter, got {value!r}"
+        f'max_parallel_requests must be a whole number 1–10, "auto" or a limiter, got {value!r}'
     )

@@ -810,7 +810,10 @@ def _root_url(host: str, port: int) -> str:
 
 async def _start(config: MockConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
     # A short shutdown timeout: on stop, streams still running are cut rather than awaited.
-    runner = web.AppRunner(make_app(config), access_log=None, shutdown_timeout=1.0)
+    # handler_cancellation: a handler whose client left is cancelled, not left pending.
+    runner = web.AppRunner(
+        make_app(config), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     # A deep backlog, so a burst of hundreds of connections is queued, not refused.
     site = web.TCPSite(runner, host, port, backlog=1024)

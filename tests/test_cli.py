@@ -165,3 +165,29 @@ def test_all_failed_exits_3_with_json_and_advice_and_no_key(tmp_path: Path) -> N
     assert all(v["attempts"] == 3 for v in data["versions"])  # connection errors are retried
     assert "Check the network and the API configuration" in result.stderr
     assert SENTINEL not in result.stdout + result.stderr
+
+
+def test_openai_api_keys_form_a_round_robin_pool(tmp_path: Path) -> None:
+    from arboris_nb.mockserver import MockServer
+
+    keys = ["sk-pool-key-one-0001aaaa", "sk-pool-key-two-0002bbbb"]
+    mock = MockServer(ttft_s=0.01, tokens_per_s=1000.0, output_tokens=5)
+    with mock as base_url:
+        result = cli(
+            "generate",
+            "--prompt",
+            "x",
+            "--versions",
+            "4",
+            "--base-url",
+            base_url,
+            "--json",
+            env={"OPENAI_API_KEYS": ",".join(keys)},
+            cwd=tmp_path,
+        )
+        log = mock.stats()["log"]
+    assert result.returncode == 0, result.stderr
+    served = {int(entry["version"]): entry["key_id"] for entry in log}
+    assert served == {1: "sk-…aaaa", 2: "sk-…bbbb", 3: "sk-…aaaa", 4: "sk-…bbbb"}
+    for key in keys:
+        assert key not in result.stdout + result.stderr

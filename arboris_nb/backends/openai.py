@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -73,17 +74,35 @@ _ADVICE = {
 }
 
 
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words (``error.message``), not the SDK's "Error code: N - {…}"."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return exc.message
+
+
 def _from_status(exc: openai.APIStatusError, secrets: list[str | None]) -> BackendError:
     status = exc.status_code
     cls = _STATUS_ERRORS.get(status, ServerError if status >= 500 else BadRequest)
     advice = _ADVICE.get(cls)
-    message = redact(f"HTTP {status}: {exc.message}", secrets)
+    message = redact(f"HTTP {status}: {_server_message(exc)}", secrets)
     if advice:
         message += f" ({advice})"
     return cls(message, status=status, retry_after_s=parse_retry_after(exc.response.headers))
 
 
-def translate_error(exc: BaseException, secrets: list[str | None]) -> BackendError:
+def _where(base_url: str | None) -> str:
+    """The endpoint for an error message, without any user:password@ part."""
+    parts = urllib.parse.urlsplit(base_url or "https://api.openai.com/v1")
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def translate_error(
+    exc: BaseException, secrets: list[str | None], base_url: str | None = None
+) -> BackendError:
     """Map SDK and transport exceptions onto arboris_nb's error tree (keys redacted)."""
     if isinstance(exc, BackendError):
         return exc
@@ -92,7 +111,13 @@ def translate_error(exc: BaseException, secrets: list[str | None]) -> BackendErr
     if isinstance(exc, openai.APITimeoutError):
         return BackendTimeout(f"request timed out: {exc}")
     if isinstance(exc, openai.APIConnectionError):
-        return ConnectionFailed(redact(f"connection failed: {exc}", secrets))
+        return ConnectionFailed(
+            redact(
+                f"connection to {_where(base_url)} failed: {exc} (check OPENAI_API_BASE_URL "
+                "and that the server is running)",
+                secrets,
+            )
+        )
     # Mid-stream transport errors (httpx/httpcore) surface unwrapped from the iterator.
     return StreamInterrupted(redact(f"stream interrupted: {type(exc).__name__}: {exc}", secrets))
 
@@ -155,10 +180,10 @@ class _Connection:
                 async for item in self._whole(request):
                     yield item
         except (openai.OpenAIError, OSError, ValueError) as exc:
-            raise translate_error(exc, self.secrets) from None
+            raise translate_error(exc, self.secrets, self.config.base_url) from None
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "httpcore2"}:
-                raise translate_error(exc, self.secrets) from None
+                raise translate_error(exc, self.secrets, self.config.base_url) from None
             raise
 
     async def _streamed(self, request: ChatRequest) -> AsyncIterator[StreamItem]:

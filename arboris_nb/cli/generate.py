@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend
 from ..backends.simulated import SimulatedLLM
-from ..config import COUNT_RANGE, LLMConfig, WriterSettings
+from ..config import COUNT_RANGE, LLMConfig, WriterSettings, load_api_keys
 from ..console import ProgressPrinter, format_summary
-from ..engine import generate_versions
+from ..engine import LLMArg, generate_versions
 from ..errors import AllVersionsFailed, ConfigError
 from ..events import Event, RunStarted
 from ..results import Run
@@ -45,6 +44,21 @@ def count_arg(flag: str, env: str) -> Any:
     return parse
 
 
+def limit_arg() -> Any:
+    """``--max-parallel``: a 1–10 count or ``auto`` (adaptive, see docs/reliability.md)."""
+    count = count_arg("--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS")
+
+    def parse(raw: str) -> int | str:
+        if raw.strip().lower() == "auto":
+            return "auto"
+        try:
+            return int(count(raw))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
+
+    return parse
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("generate", help="generate N versions of a prompt")
     source = p.add_mutually_exclusive_group(required=True)
@@ -57,8 +71,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--max-parallel",
-        type=count_arg("--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS"),
-        help="requests at once, 1–10 (default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
+        type=limit_arg(),
+        help='requests at once, 1–10, or "auto" for adaptive concurrency '
+        "(default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
@@ -88,7 +103,7 @@ def _prompt(args: argparse.Namespace) -> str:
         raise ConfigError(f"--prompt-file {args.prompt_file}: {exc.strerror}") from None
 
 
-def _backend(args: argparse.Namespace) -> Backend:
+def _backend(args: argparse.Namespace) -> LLMArg:
     if args.simulated:
         return SimulatedLLM()
     if args.api_key_env != "OPENAI_API_KEY" and not os.environ.get(args.api_key_env):
@@ -103,7 +118,10 @@ def _backend(args: argparse.Namespace) -> Backend:
             file=sys.stderr,
         )
         return SimulatedLLM(model=args.model or "simulated")
-    return config  # type: ignore[return-value]  # generate_versions accepts a config
+    keys = load_api_keys() if args.api_key_env == "OPENAI_API_KEY" else []
+    if len(keys) > 1:  # OPENAI_API_KEYS: a key pool, round-robin by version
+        return [config.with_(api_key=key) for key in keys]
+    return config
 
 
 def run_json(run: Run) -> dict[str, Any]:
