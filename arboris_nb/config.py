@@ -27,6 +27,8 @@ __all__ = [
     "load_env",
     "mask_key",
     "parse_bool",
+    "parse_count",
+    "parse_limit",
     "store_setting",
 ]
 
@@ -80,7 +82,8 @@ def parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
 
 
-def _check_count(name: str, env: str, value: object) -> int:
+def parse_count(name: str, env: str, value: object) -> int:
+    """A 1–10 count, or a ConfigError naming ``name`` (``env``) and the range."""
     low, high = COUNT_RANGE
     if isinstance(value, bool) or not isinstance(value, int):
         try:
@@ -92,6 +95,16 @@ def _check_count(name: str, env: str, value: object) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} ({env}) must be from {low} to {high}, got {value}")
     return value
+
+
+def parse_limit(name: str, env: str, value: object) -> int | Literal["auto"]:
+    """``max_parallel_requests``: a 1–10 count or ``"auto"`` (adaptive)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_count(name, env, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or auto)") from None
 
 
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -115,7 +128,7 @@ class WriterSettings:
     max_parallel_requests: int | Literal["auto"] = 3
 
     def __post_init__(self) -> None:
-        count = _check_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
+        count = parse_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
         object.__setattr__(self, "version_count", count)
         if not isinstance(self.parallel, bool):
             object.__setattr__(
@@ -123,10 +136,10 @@ class WriterSettings:
                 "parallel",
                 parse_bool("parallel (WRITER_PARALLEL_GENERATION)", str(self.parallel)),
             )
-        limit = self.max_parallel_requests
-        if limit != "auto":
-            limit = _check_count("max_parallel_requests", "WRITER_MAX_PARALLEL_REQUESTS", limit)
-            object.__setattr__(self, "max_parallel_requests", limit)
+        limit = parse_limit(
+            "max_parallel_requests", "WRITER_MAX_PARALLEL_REQUESTS", self.max_parallel_requests
+        )
+        object.__setattr__(self, "max_parallel_requests", limit)
 
     @classmethod
     def from_env(
@@ -141,14 +154,11 @@ class WriterSettings:
         values: dict[str, Any] = {}
         found = _first(env, "WRITER_CHAPTER_VERSION_COUNT", "WRITER_CHAPTER_VERSIONS")
         if found:
-            values["version_count"] = _check_count("version_count", found[0], found[1])
+            values["version_count"] = parse_count("version_count", found[0], found[1])
         if found := _first(env, "WRITER_PARALLEL_GENERATION"):
             values["parallel"] = parse_bool(*found)
         if found := _first(env, "WRITER_MAX_PARALLEL_REQUESTS"):
-            raw = found[1].strip().lower()
-            values["max_parallel_requests"] = (
-                "auto" if raw == "auto" else _check_count("max_parallel_requests", *found)
-            )
+            values["max_parallel_requests"] = parse_limit("max_parallel_requests", *found)
         _refuse_unknown(cls, overrides)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

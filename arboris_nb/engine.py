@@ -14,13 +14,20 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _messages
-from .backends.base import Backend, ChatRequest, Connection, Message, Served, StreamItem, Usage
+from .backends.base import (
+    Backend,
+    ChatRequest,
+    Connection,
+    Message,
+    Served,
+    Usage,
+    closing_stream,
+)
 from .backends.openai import OpenAIBackend
 from .backends.pool import KeyPool
 from .cache import BoundCache, CacheSpec, bind_cache
@@ -81,17 +88,6 @@ def resolve_backend(llm: LLMArg) -> Backend:
     if isinstance(llm, Backend):
         return llm
     raise ConfigError(f"llm must be an LLMConfig or a backend, got {type(llm).__name__}")
-
-
-@asynccontextmanager
-async def _closing(items: AsyncIterator[StreamItem]) -> AsyncIterator[AsyncIterator[StreamItem]]:
-    """``contextlib.aclosing`` for any async iterator (a backend need not be a generator)."""
-    try:
-        yield items
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 @dataclass
@@ -341,7 +337,7 @@ class _Runner:
         usage: Usage | None = None
         # aclosing: an abandoned stream (stall, cancel) closes its HTTP response now,
         # not whenever the garbage collector finalizes the generator.
-        async with _closing(conn.stream(request)) as stream:
+        async with closing_stream(conn.stream(request)) as stream:
             async for item in stream:
                 if isinstance(item, str):
                     if version.first_token_at is None:

@@ -13,14 +13,15 @@ with no API configured the offline simulated model is used, and the magic says s
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .backends.base import Backend
-from .config import COUNT_RANGE, LLMConfig, WriterSettings
+from .config import LLMConfig, WriterSettings, parse_count, parse_limit
 from .editor import simulated_judge
 from .errors import ConfigError
 
@@ -32,30 +33,23 @@ if TYPE_CHECKING:
 
 __all__ = ["ArborisMagics", "load_ipython_extension", "unload_ipython_extension"]
 
+T = TypeVar("T")
+
 SIMULATED_NOTE = (
     "No API configured (OPENAI_API_KEY / OPENAI_API_BASE_URL): using the offline simulated model."
 )
 
 
-def _count(option: str, raw: str | None) -> int | None:
-    low, high = COUNT_RANGE
+def _option(
+    parse: Callable[[str, str, object], T], option: str, env: str, raw: str | None
+) -> T | None:
+    """Parse an option with the config's own parser; its error names the option."""
     if raw is None:
         return None
     try:
-        value = int(raw)
-    except ValueError:
-        raise UsageError(
-            f"{option} must be a whole number from {low} to {high}, got {raw!r}"
-        ) from None
-    if not low <= value <= high:
-        raise UsageError(f"{option} must be from {low} to {high}, got {value}")
-    return value
-
-
-def _limit(raw: str | None) -> int | str | None:
-    if raw is not None and raw.strip().lower() == "auto":
-        return "auto"
-    return _count("-c/--max-parallel", raw)
+        return parse(option, env, raw)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @magics_class
@@ -91,8 +85,10 @@ class ArborisMagics(Magics):
         self._start(prompt, settings, llm, args.output)
 
     def _settings(self, args: Any) -> WriterSettings:
-        count = _count("-n/--versions", args.versions)
-        limit = _limit(args.max_parallel)
+        count = _option(parse_count, "-n/--versions", "WRITER_CHAPTER_VERSION_COUNT", args.versions)
+        limit = _option(
+            parse_limit, "-c/--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS", args.max_parallel
+        )
         try:
             return WriterSettings.from_env(
                 version_count=count,

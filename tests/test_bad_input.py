@@ -32,10 +32,14 @@ def test_bad_version_counts(value: Any) -> None:
     assert "1" in message and "10" in message
 
 
-@pytest.mark.parametrize("value", [-2, 0, 99, "fast", "Auto "])
+@pytest.mark.parametrize("value", [-2, 0, 99, "fast", "automatic"])
 def test_bad_parallel_limits(value: Any) -> None:
     with pytest.raises(ConfigError, match=r"max_parallel_requests.*WRITER_MAX_PARALLEL_REQUESTS"):
         WriterSettings(max_parallel_requests=value)
+
+
+def test_auto_limit_is_read_like_the_environment_reads_it() -> None:
+    assert WriterSettings(max_parallel_requests="Auto ").max_parallel_requests == "auto"
 
 
 def test_bad_environment_values_name_the_variable() -> None:

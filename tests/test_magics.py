@@ -60,9 +60,12 @@ async def test_serial_option(shell: InteractiveShell) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ("-n 11", "-n/--versions must be from 1 to 10, got 11"),
-        ("-n x", "-n/--versions must be a whole number from 1 to 10, got 'x'"),
-        ("-c 0", "-c/--max-parallel must be from 1 to 10, got 0"),
+        ("-n 11", "-n/--versions (WRITER_CHAPTER_VERSION_COUNT) must be from 1 to 10, got 11"),
+        (
+            "-n x",
+            "-n/--versions (WRITER_CHAPTER_VERSION_COUNT) must be a whole number from 1 to 10",
+        ),
+        ("-c 0", "-c/--max-parallel (WRITER_MAX_PARALLEL_REQUESTS) must be from 1 to 10, got 0"),
         ("-o 3x", "-o/--output must be a Python name"),
         ("--base-url ftp://x", "base_url (OPENAI_API_BASE_URL) must start with http"),
         ("--bogus", "unrecognized arguments: --bogus"),

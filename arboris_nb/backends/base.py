@@ -11,11 +11,20 @@ display all live in the engine, once.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "ChatRequest", "Connection", "Message", "Served", "StreamItem", "Usage"]
+__all__ = [
+    "Backend",
+    "ChatRequest",
+    "Connection",
+    "Message",
+    "Served",
+    "StreamItem",
+    "Usage",
+    "closing_stream",
+]
 
 Message = dict[str, str]
 
@@ -70,3 +79,17 @@ class Backend(Protocol):
     def open(self) -> AbstractAsyncContextManager[Connection]:
         """A connection bound to the running event loop; closed on exit."""
         ...
+
+
+@asynccontextmanager
+async def closing_stream(
+    items: AsyncIterator[StreamItem],
+) -> AsyncIterator[AsyncIterator[StreamItem]]:
+    """``contextlib.aclosing`` for any async iterator (a backend need not be a generator):
+    an abandoned stream (stall, cancel) closes its HTTP response now, not at GC time."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()

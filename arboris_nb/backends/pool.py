@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from ..config import LLMConfig, load_api_keys, load_env
 from ..errors import AuthError, BackendError, ConfigError, RateLimited
-from .base import Backend, ChatRequest, Connection, Served, StreamItem
+from .base import Backend, ChatRequest, Connection, Served, StreamItem, closing_stream
 from .openai import OpenAIBackend
 
 __all__ = ["KeyPool", "Strategy"]
@@ -189,17 +189,6 @@ class KeyPool:
             member.cool_until = max(member.cool_until, self._now() + wait)
 
 
-@asynccontextmanager
-async def _closing(items: AsyncIterator[StreamItem]) -> AsyncIterator[AsyncIterator[StreamItem]]:
-    """``contextlib.aclosing`` for any async iterator (a backend need not be a generator)."""
-    try:
-        yield items
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class _PoolConnection:
     def __init__(self, pool: KeyPool, conns: list[Connection]) -> None:
         self.pool = pool
@@ -210,7 +199,7 @@ class _PoolConnection:
         while True:
             index = self.pool.choose(request)  # raises AuthError when every key was refused
             try:
-                async with _closing(self._from_member(index, request)) as items:
+                async with closing_stream(self._from_member(index, request)) as items:
                     async for item in items:
                         yield item
                 return
@@ -222,7 +211,7 @@ class _PoolConnection:
         member.in_flight += 1
         try:
             yield Served(member.label)
-            async with _closing(self.conns[index].stream(request)) as items:
+            async with closing_stream(self.conns[index].stream(request)) as items:
                 async for item in items:
                     if not isinstance(item, Served):  # the pool's label replaces the member's
                         yield item

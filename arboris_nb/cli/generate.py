@@ -7,11 +7,12 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..backends.simulated import SimulatedLLM
-from ..config import COUNT_RANGE, LLMConfig, WriterSettings, load_api_keys
+from ..config import LLMConfig, WriterSettings, load_api_keys, parse_count, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, generate_versions
 from ..errors import AllVersionsFailed, ConfigError
@@ -24,39 +25,26 @@ EXIT_ALL_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
-def count_arg(flag: str, env: str) -> Any:
-    """An argparse type for a 1–10 count whose error names the flag and the range."""
-    low, high = COUNT_RANGE
+def _arg_type(parse: Callable[[str, str, object], object], flag: str, env: str) -> Any:
+    """An argparse type from a config parser: its error names the flag, env var and range."""
 
-    def parse(raw: str) -> int:
+    def convert(raw: str) -> object:
         try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} ({env}) must be a whole number from {low} to {high}, got {raw!r}"
-            ) from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"{flag} ({env}) must be from {low} to {high}, got {value}"
-            )
-        return value
+            return parse(flag, env, raw)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return parse
+    return convert
+
+
+def count_arg(flag: str, env: str) -> Any:
+    """An argparse type for a 1–10 count."""
+    return _arg_type(parse_count, flag, env)
 
 
 def limit_arg() -> Any:
     """``--max-parallel``: a 1–10 count or ``auto`` (adaptive, see docs/reliability.md)."""
-    count = count_arg("--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS")
-
-    def parse(raw: str) -> int | str:
-        if raw.strip().lower() == "auto":
-            return "auto"
-        try:
-            return int(count(raw))
-        except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
-
-    return parse
+    return _arg_type(parse_limit, "--max-parallel", "WRITER_MAX_PARALLEL_REQUESTS")
 
 
 def register(subparsers: Any) -> None:
