@@ -12,7 +12,7 @@ from ..errors import ConfigError
 __all__ = ["build_parser", "main"]
 
 # Subcommand modules; each imports its heavy dependencies inside its run function.
-_COMMANDS = ("generate",)
+_COMMANDS = ("bench", "book", "generate", "runs", "serve_mock", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,222 @@
+"""``arboris-nb bench``: a concurrency sweep from the shell, on a real API or the mock server.
+
+``--mock`` starts :class:`~arboris_nb.mockserver.MockServer` in this process and goes
+through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole client path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import LLMConfig
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..analysis.sweep import SweepResult
+
+__all__ = ["JSON_KEYS", "register", "run"]
+
+#: Keys of each run summary printed by ``--json`` (a contract: keep them).
+JSON_KEYS = (
+    "run_id",
+    "mode",
+    "version_count",
+    "max_parallel_requests",
+    "repeat",
+    "elapsed_s",
+    "ok",
+    "failed",
+    "efficiency",
+    "ideal_s",
+    "wall_over_ideal",
+    "serial_source",
+)
+
+
+def _int_list(flag: str) -> Callable[[str], list[int]]:
+    """An argparse type for "1,2,3": whole numbers ≥ 1; the error names the flag."""
+
+    def parse(raw: str) -> list[int]:
+        try:
+            values = [int(part) for part in raw.split(",") if part.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be whole numbers of 1 or more, comma-separated, got {raw!r}"
+            )
+        return values
+
+    return parse
+
+
+def _positive(flag: str, kind: Callable[[str], float | int]) -> Callable[[str], Any]:
+    def parse(raw: str) -> float | int:
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = -1
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a number above 0, got {raw!r}")
+        return value
+
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure wall time and efficiency against the concurrency limit"
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--mock", action="store_true", help="run against the built-in mock server")
+    source.add_argument("--base-url", help="OpenAI-compatible base URL (default: env)")
+    p.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME)")
+    p.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the API key",
+    )
+    p.add_argument(
+        "--versions",
+        type=_int_list("--versions"),
+        default=[6],
+        metavar="N[,N…]",
+        help="versions per run, any N ≥ 1 (default 6)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_int_list("--concurrency"),
+        default=[1, 2, 3, 6],
+        metavar="C[,C…]",
+        help="concurrency limits, any C ≥ 1 (default 1,2,3,6)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_positive("--repeats", int),
+        default=3,
+        metavar="R",
+        help="runs per setting (default 3)",
+    )
+    p.add_argument(
+        "--serial-baseline",
+        action="store_true",
+        help="also measure a serial run per repeat (else serial time is estimated)",
+    )
+    p.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="skip the unrecorded warm-up run"
+    )
+    p.add_argument("--prompt", help="the prompt (default: a fixed chapter prompt)")
+    p.add_argument("--out", type=Path, metavar="CSV", help="write the per-run frame as CSV")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="save the wall-time/efficiency plot")
+    p.add_argument("--json", action="store_true", help="print the run summaries as JSON")
+    mock = p.add_argument_group("mock server (with --mock)")
+    mock.add_argument(
+        "--mock-ttft",
+        type=_positive("--mock-ttft", float),
+        default=0.1,
+        metavar="S",
+        help="time to first token, seconds (default 0.1)",
+    )
+    mock.add_argument(
+        "--mock-tokens-per-s",
+        type=_positive("--mock-tokens-per-s", float),
+        default=250.0,
+        metavar="TPS",
+        help="token rate (default 250)",
+    )
+    mock.add_argument(
+        "--mock-output-tokens",
+        type=_positive("--mock-output-tokens", int),
+        default=100,
+        metavar="T",
+        help="tokens per reply (default 100)",
+    )
+    mock.add_argument(
+        "--mock-process",
+        action="store_true",
+        help="run the mock in its own process (no shared GIL)",
+    )
+    p.set_defaults(func=run)
+
+
+@contextmanager
+def _llm(args: argparse.Namespace) -> Iterator[LLMConfig]:
+    """The API to measure: the mock (started here, stopped on exit) or a configured one."""
+    if not args.mock:
+        config = LLMConfig.from_env(
+            api_key_env=args.api_key_env, base_url=args.base_url, model=args.model
+        )
+        if not config.configured:
+            raise ConfigError(f"bench needs --mock, --base-url or {args.api_key_env}")
+        yield config
+        return
+    from ..mockserver import MockServer
+
+    server = MockServer(
+        ttft_s=args.mock_ttft,
+        tokens_per_s=args.mock_tokens_per_s,
+        output_tokens=args.mock_output_tokens,
+        process=args.mock_process,
+    )
+    with server as base_url:
+        yield LLMConfig(base_url=base_url, model=args.model or "mock-model")
+        stats = server.stats(log=False)
+    print(
+        f"mock server: {stats['requests']} requests, statuses {stats['by_status']}, "
+        f"at most {stats['max_in_flight']} in flight",
+        file=sys.stderr,
+    )
+
+
+def summaries(result: SweepResult) -> list[dict[str, Any]]:
+    """The ``--json`` list: one dict per run with ``JSON_KEYS`` (missing values → None)."""
+    frame = result.runs[list(JSON_KEYS)]
+    records: list[dict[str, Any]] = json.loads(frame.to_json(orient="records"))
+    return records
+
+
+def _table(result: SweepResult) -> str:
+    table = result.table()
+    return str(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def _report(result: SweepResult, args: argparse.Namespace) -> None:
+    if args.out is not None:
+        result.recorder.to_csv(args.out)
+    if args.plot is not None:
+        from ..analysis.plots import plot_concurrency
+
+        plot_concurrency(result.runs).savefig(args.plot, dpi=110)
+    if args.json:
+        print(json.dumps(summaries(result), indent=1))
+    else:
+        print(_table(result))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.sweep import DEFAULT_PROMPT, sweep
+
+    with _llm(args) as llm:
+        result = asyncio.run(
+            sweep(
+                args.prompt or DEFAULT_PROMPT,
+                versions=args.versions,
+                concurrency=args.concurrency,
+                repeats=args.repeats,
+                include_serial=args.serial_baseline,
+                llm=llm,
+                warmup=args.warmup,
+                progress=sys.stderr.isatty(),
+            )
+        )
+    _report(result, args)
+    return 0

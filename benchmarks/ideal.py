@@ -1,0 +1,59 @@
+"""(c) Parallel wall time against the ideal when N ≤ C: all versions in one round.
+
+With N ≤ C the best possible wall time is one version's latency L, so wall / ideal shows
+what the engine adds per run (client set-up, scheduling, event handling). L is measured
+per run (the mean version duration), and also compared with the mock's configured latency.
+
+    .venv/bin/python benchmarks/ideal.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+
+from _common import machine, server_view
+
+from arboris_nb import LLMConfig, sweep
+from arboris_nb.mockserver import MockServer
+
+TTFT_S, TOKENS_PER_S, TOKENS = 0.3, 100.0, 101  # ≈ 1.3 s a version
+LATENCY_S = TTFT_S + (TOKENS - 1) / TOKENS_PER_S
+SIZES = ((1, 10), (2, 10), (3, 10), (5, 10), (10, 10), (3, 3))
+
+
+async def measure(base_url: str, repeats: int) -> None:
+    llm = LLMConfig(base_url=base_url, model="mock-model")
+    print(
+        f"{'N':>3} {'C':>3} {'wall s':>7} {'ideal s':>8} {'wall/ideal':>10} {'wall/config L':>13}"
+    )
+    for n, c in SIZES:
+        result = await sweep(
+            versions=n, concurrency=[c], repeats=repeats, include_serial=False, llm=llm,
+            progress=False,
+        )  # fmt: skip
+        runs = result.runs
+        wall = statistics.median(runs["elapsed_s"])
+        ideal = statistics.median(runs["ideal_s"])
+        ratio = statistics.median(runs["wall_over_ideal"])
+        print(f"{n:>3} {c:>3} {wall:>7.3f} {ideal:>8.3f} {ratio:>10.3f} {wall / LATENCY_S:>13.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(machine())
+    print(f"mock (own process): ttft {TTFT_S} s, {TOKENS} tokens at {TOKENS_PER_S:g}/s ≈ "
+          f"{LATENCY_S:.2f} s a version; medians over {args.repeats} repeats")  # fmt: skip
+    server = MockServer(
+        ttft_s=TTFT_S, tokens_per_s=TOKENS_PER_S, output_tokens=TOKENS, process=True
+    )
+    with server as base_url:
+        asyncio.run(measure(base_url, args.repeats))
+        print(server_view(server.stats(), LATENCY_S))
+
+
+if __name__ == "__main__":
+    main()
