@@ -5,7 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit notebooks browser clean
+.PHONY: demo test lint unit notebooks browser notebook-outputs bench clean
+
+# Strict nbval: every stored output is compared (volatile text sanitized by the cfg).
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +20,32 @@ demo: $(STAMP)
 	$(PY) -m arboris_nb.demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check arboris_nb tests benchmarks
+	$(PY) -m ruff check arboris_nb tests benchmarks scripts
 	$(PY) -m mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not browser"
 
-test: lint unit
+notebooks: $(STAMP)
+	$(PY) -m pytest notebooks $(NBVAL)
+
+browser: $(STAMP)
+	$(PY) -m pytest tests/browser
+
+# Lint, then ONE pytest session: unit tests, every notebooks/*.ipynb under nbval, and
+# the JupyterLab + Chromium test last (tests/browser/conftest.py sorts it to the end).
+test: lint
+	$(PY) -m pytest tests notebooks $(NBVAL)
+
+# Re-execute the notebooks and save their outputs (after changing a notebook).
+notebook-outputs: $(STAMP)
+	$(PY) scripts/run_notebooks.py
+
+# Benchmarks print ratios measured side by side (minutes; not part of `make test`).
+bench: $(STAMP)
+	$(PY) benchmarks/seed_table.py
+	$(PY) benchmarks/ideal.py
+	$(PY) benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -65,6 +65,8 @@ class AdaptiveLimit:
     ``history`` holds ``(t, limit)`` pairs, ``t`` in seconds since the first use.
     """
 
+    adaptive = True  # the engine labels runs under it max_parallel_requests="auto"
+
     def __init__(
         self,
         *,

@@ -445,13 +445,15 @@ async def generate_versions(
     settings = settings or WriterSettings.from_env()
     messages = as_messages(prompt)
     backend = resolve_backend(llm)
+    # A limiter passed in (shared by runs, or above the editor's 10) sets C for the record.
+    limiter = limiter or make_limiter(settings.max_parallel_requests)
     config = llm[0] if isinstance(llm, list | tuple) and llm else llm
     config = config if isinstance(config, LLMConfig) else None
     run = Run(
         run_id=run_id or uuid.uuid4().hex[:12],
         versions=[Version(index=i) for i in _indices(settings, indices)],
         parallel=settings.parallel,
-        max_parallel_requests=settings.max_parallel_requests,
+        max_parallel_requests="auto" if getattr(limiter, "adaptive", False) else limiter.limit,
         project=project,
         chapter=chapter,
         model=getattr(backend, "model", None),
@@ -461,7 +463,7 @@ async def generate_versions(
         run,
         messages,
         backend=backend,
-        limiter=limiter or make_limiter(settings.max_parallel_requests),
+        limiter=limiter,
         retry=retry or RetryPolicy(),
         handlers=_handlers(on_event),
         temperature=config.temperature if config else 0.75,

@@ -33,7 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ARBORIS_STORE"] = str(Path(_SESSION_STORE_DIR) / "runs.sqlite3")
     _SESSION_HOME_DIR = tempfile.mkdtemp(prefix="arboris-home-")
     for name, folder in _PRIVATE_DIRS.items():
-        os.environ[name] = str(Path(_SESSION_HOME_DIR) / folder)
+        path = Path(_SESSION_HOME_DIR) / folder
+        path.mkdir()
+        os.environ[name] = str(path)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

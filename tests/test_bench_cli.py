@@ -18,6 +18,8 @@ from arboris_nb.mockserver import MockServer
 # A fast mock: 20 ms to the first token, 10 tokens at 1000 tokens/s (about 30 ms a version).
 KEY = "sk-bench-0123456789abcd"
 FAST = ("--mock-ttft", "0.02", "--mock-tokens-per-s", "1000", "--mock-output-tokens", "10")
+# Slow enough (L ≈ 0.1 s) that process noise on a loaded 2-core machine can't hide speedup.
+STEADY = ("--mock-ttft", "0.1", "--mock-tokens-per-s", "1000", "--mock-output-tokens", "10")
 
 
 def bench(
@@ -39,7 +41,7 @@ def bench(
 def test_json_lists_one_summary_per_run(tmp_path: Path) -> None:
     result = bench(
         "--mock", "--versions", "3", "--concurrency", "1,3", "--repeats", "2",
-        "--serial-baseline", "--json", *FAST, cwd=tmp_path,
+        "--serial-baseline", "--json", *STEADY, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     runs = json.loads(result.stdout)

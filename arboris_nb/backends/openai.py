@@ -8,6 +8,8 @@ uses it and closed on exit — httpx clients must not cross event loops.
 from __future__ import annotations
 
 import email.utils
+import functools
+import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -15,6 +17,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import openai
+
+try:  # openai >= 3 runs on httpx2; older releases on httpx (same API)
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
 
 from .._secrets import redact
 from ..config import LLMConfig
@@ -30,10 +37,21 @@ from ..errors import (
 )
 from .base import ChatRequest, Served, StreamItem, Usage
 
-__all__ = ["OpenAIBackend", "parse_retry_after"]
+__all__ = ["OpenAIBackend", "parse_retry_after", "tls_context", "translate_error"]
 
 _CONNECT_TIMEOUT_S = 10.0
 _PLACEHOLDER_KEY = "not-needed"  # local servers take any key; the SDK insists on one
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, shared by every client (contexts are thread-safe).
+
+    Building one loads the CA bundle (~20 ms); with a new client per run — required, since
+    clients must not cross event loops — that cost would land in every run's timings.
+    It honours SSL_CERT_FILE / SSL_CERT_DIR like the SDK's own default.
+    """
+    return _http.create_ssl_context(trust_env=True)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -140,6 +158,7 @@ class OpenAIBackend:
             base_url=self.config.base_url,
             max_retries=0,
             timeout=openai.Timeout(self.config.timeout_s, connect=_CONNECT_TIMEOUT_S),
+            http_client=openai.DefaultAsyncHttpxClient(verify=tls_context()),
         )
         try:
             yield _Connection(client, self.config, self.stream_mode)

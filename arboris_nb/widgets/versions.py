@@ -542,8 +542,9 @@ class VersionsWidget:
         options = [(f"Version {v.index}", v.index) for v in self.run.ok]
         for dropdown in (self.diff_a, self.diff_b):
             dropdown.options = options
-        if len(options) > 1:
-            self.diff_b.value = options[1][1]
+        if options:  # preselect the first two, so Diff works at once
+            self.diff_a.value = options[0][1]
+            self.diff_b.value = options[min(1, len(options) - 1)][1]
         self._render_progress()
 
     # -- helpers -------------------------------------------------------------------------
