@@ -1,6 +1,11 @@
 # The two commands a new user runs: `make demo` and `make test`.
 # Both build .venv/ in the repo root first (re-built when pyproject.toml changes).
 PYTHON ?= python3
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip config names local mirror folders that may not exist; hide only those
+# "Location … is ignored" warnings (pip's own exit status still decides, via pipefail).
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -12,8 +17,8 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(PY) -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
 	touch $(STAMP)
 
 demo: $(STAMP)

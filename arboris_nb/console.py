@@ -74,10 +74,11 @@ def format_summary(run: Run) -> str:
             f"{_s(v.ttft_s):>7} {_s(v.duration_s):>7} {v.output_tokens:>7} "
             f"{_s(v.tokens_per_s, 1):>7}"
         )
-    label = "estimated" if run.serial_is_estimated else "measured"
-    lines.append(
-        f"elapsed {_s(run.elapsed_s)} s · ok {len(run.ok)}/{run.version_count} · "
-        f"serial ({label}) {_s(run.serial_s)} s · speedup {_s(run.speedup)}x · "
-        f"efficiency {_s(run.efficiency, 1)} % ({label}) · ideal {_s(run.ideal_s)} s"
-    )
+    lines.append(f"elapsed {_s(run.elapsed_s)} s · ok {len(run.ok)}/{run.version_count}")
+    if run.parallel:  # a serial run is its own baseline: speedup and efficiency say nothing
+        label = "estimated" if run.serial_is_estimated else "measured"
+        lines[-1] += (
+            f" · serial ({label}) {_s(run.serial_s)} s · speedup {_s(run.speedup)}x · "
+            f"efficiency {_s(run.efficiency, 1)} % ({label}) · ideal {_s(run.ideal_s)} s"
+        )
     return "\n".join(lines)
