@@ -144,6 +144,27 @@ class _Runner:
         log.info(_messages.text(key, i=version.index, n=self.run.version_count, **values))
 
     # -- the run ----------------------------------------------------------------------
+    async def go(self) -> None:
+        """The whole run: announce it, open the backend, run the versions, close."""
+        run = self.run
+        log.info(
+            _messages.text(
+                "plan",
+                project=run.project,
+                chapter=run.chapter,
+                n=run.version_count,
+                parallel=run.parallel,
+            )
+        )
+        self.emit(RunStarted)
+        try:
+            async with self.backend.open() as conn:
+                await self.execute(conn)
+        finally:
+            run.elapsed_s = self.now()
+            log.info(_messages.text("done", s=run.elapsed_s, parallel=run.parallel))
+            self.emit(RunFinished)
+
     async def execute(self, conn: Connection) -> None:
         for version in self.run.versions:
             version.queued_at = self.now()
@@ -445,20 +466,9 @@ async def generate_versions(
     settings = settings or WriterSettings.from_env()
     messages = as_messages(prompt)
     backend = resolve_backend(llm)
-    # A limiter passed in (shared by runs, or above the editor's 10) sets C for the record.
     limiter = limiter or make_limiter(settings.max_parallel_requests)
-    config = llm[0] if isinstance(llm, list | tuple) and llm else llm
-    config = config if isinstance(config, LLMConfig) else None
-    run = Run(
-        run_id=run_id or uuid.uuid4().hex[:12],
-        versions=[Version(index=i) for i in _indices(settings, indices)],
-        parallel=settings.parallel,
-        max_parallel_requests="auto" if getattr(limiter, "adaptive", False) else limiter.limit,
-        project=project,
-        chapter=chapter,
-        model=getattr(backend, "model", None),
-        created_at=time.time(),
-    )
+    temperature, max_tokens = _sampling(llm)
+    run = _new_run(settings, limiter, backend, indices, run_id, project, chapter)
     runner = _Runner(
         run,
         messages,
@@ -466,38 +476,54 @@ async def generate_versions(
         limiter=limiter,
         retry=retry or RetryPolicy(),
         handlers=_handlers(on_event),
-        temperature=config.temperature if config else 0.75,
-        max_tokens=config.max_tokens if config else None,
-    )
-    log.info(
-        _messages.text(
-            "plan", project=project, chapter=chapter, n=run.version_count, parallel=run.parallel
-        )
+        temperature=temperature,
+        max_tokens=max_tokens,
     )
     runner.cache = bind_cache(
         cache,
         backend=backend,
         messages=messages,
-        temperature=runner.temperature,
-        max_tokens=runner.max_tokens,
+        temperature=temperature,
+        max_tokens=max_tokens,
         refresh=refresh,
     )
-    recorder = open_recorder(
-        store, messages, temperature=runner.temperature, max_tokens=runner.max_tokens
-    )
+    recorder = open_recorder(store, messages, temperature=temperature, max_tokens=max_tokens)
     # The store hears every event first: a version is on disk before anyone else sees it.
     runner.handlers[:0] = [h for h in (recorder, runner.cache) if h is not None]
-    runner.emit(RunStarted)
-    try:
-        async with backend.open() as conn:
-            await runner.execute(conn)
-    finally:
-        run.elapsed_s = runner.now()
-        log.info(_messages.text("done", s=run.elapsed_s, parallel=run.parallel))
-        runner.emit(RunFinished)
+    await runner.go()
     if raise_on_all_failed and run.versions and all(v.status == "failed" for v in run.versions):
         raise AllVersionsFailed(run)
     return run
+
+
+def _sampling(llm: LLMArg) -> tuple[float, int | None]:
+    """Temperature and max_tokens of the request: the config's, else the defaults."""
+    config = llm[0] if isinstance(llm, list | tuple) and llm else llm
+    if isinstance(config, LLMConfig):
+        return config.temperature, config.max_tokens
+    return LLMConfig.temperature, None
+
+
+def _new_run(
+    settings: WriterSettings,
+    limiter: Limiter,
+    backend: Backend,
+    indices: Sequence[int] | None,
+    run_id: str | None,
+    project: str | None,
+    chapter: int | None,
+) -> Run:
+    return Run(
+        run_id=run_id or uuid.uuid4().hex[:12],
+        versions=[Version(index=i) for i in _indices(settings, indices)],
+        parallel=settings.parallel,
+        # The limiter in use sets C for the record (it may be shared, or above 10).
+        max_parallel_requests="auto" if getattr(limiter, "adaptive", False) else limiter.limit,
+        project=project,
+        chapter=chapter,
+        model=getattr(backend, "model", None),
+        created_at=time.time(),
+    )
 
 
 def generate_versions_sync(prompt: str | Sequence[Message], **kwargs: Any) -> Run:
