@@ -2,8 +2,10 @@
 
 * :func:`retry_version` — regenerate one version, optionally with an extra instruction
   (Arboris-Novel's retry-version: the original messages plus one user message), through
-  the engine with the same ``run_id``; the new version replaces the old one in the run.
-* :func:`edit_version` — replace a version's text by the editor's.
+  the engine; the new version replaces the old one in the run in memory, and is stored as
+  a run of its own linked to the one it retries, so the store keeps both texts.
+* :func:`edit_version` — replace a version's text by the editor's, saved to the run
+  store next to the generated text (which is kept).
 * :func:`word_diff` / :func:`diff_html` — an inline word-level diff (``difflib``).
 * :func:`evaluate` — ask the model to compare the ok versions; the reply is parsed into
   Arboris-Novel's evaluation shape (:class:`Evaluation`) by :func:`parse_evaluation`.
@@ -20,6 +22,7 @@ import difflib
 import html
 import json
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +31,13 @@ from typing import Any, Literal
 from .backends.base import Backend, ChatRequest, Message
 from .backends.simulated import SimulatedLLM, simulated_text
 from .config import LLMConfig, WriterSettings
-from .engine import generate_versions
+from .engine import Handlers, generate_versions
 from .errors import ArborisError, ConfigError
-from .events import EventHandler
+from .events import Event, EventHandler, RunStarted
 from .prompts import as_messages, strip_think
 from .results import Run, Version
 from .retry import RetryPolicy
+from .store import RunStore, StoreSpec, open_store
 
 __all__ = [
     "EVALUATION_SYSTEM_PROMPT",
@@ -46,6 +50,7 @@ __all__ = [
     "export_markdown",
     "parse_evaluation",
     "retry_messages",
+    "retry_run_id",
     "retry_version",
     "simulated_judge",
     "word_diff",
@@ -92,6 +97,11 @@ def _position(run: Run, index: int) -> int:
     raise ConfigError(f"version {index} is not in run {run.run_id} (versions: {have})")
 
 
+def retry_run_id(run_id: str) -> str:
+    """A new id for a retry of a version of ``run_id``: ``<run_id>-retry-<12 hex>``."""
+    return f"{run_id}-retry-{uuid.uuid4().hex[:12]}"
+
+
 async def retry_version(
     run: Run,
     index: int,
@@ -101,45 +111,124 @@ async def retry_version(
     llm: LLM = None,
     settings: WriterSettings | None = None,
     retry: RetryPolicy | None = None,
-    on_event: EventHandler | Sequence[EventHandler] | None = None,
+    on_event: Handlers = None,
+    store: StoreSpec = None,
 ) -> Version:
     """Regenerate version ``index`` of ``run`` and put the new one in its place.
 
-    The engine runs ``indices=[index]`` with the run's ``run_id``, so requests carry the
-    same run header. The new version's timings are offsets from the retry's own start.
-    It replaces the old one even if it failed (the old text is then gone from the run,
-    which is what "retry" means); cancelling the retry leaves the old version in place.
+    The engine runs ``indices=[index]`` under a new run id (:func:`retry_run_id`), so the
+    retry is stored as a run of its own — its messages are the original plus the
+    instruction — whose row names the run and version it retries (``parent_run_id``,
+    ``parent_index``; see ``arboris_nb.runs.retries_of``). The stored original is never
+    overwritten: both texts stay in the store. ``store`` is as for ``generate_versions``.
+
+    In memory the new version replaces the old one even if it failed (that is what
+    "retry" means); cancelling the retry leaves the old version in place. Its timings are
+    offsets from the retry's own start.
     """
     pos = _position(run, index)
-    sub = await generate_versions(
-        retry_messages(prompt, instruction),
-        settings=settings or WriterSettings(version_count=1),
-        llm=llm,
-        project=run.project,
-        chapter=run.chapter,
-        on_event=on_event,
-        retry=retry,
-        indices=[index],
-        run_id=run.run_id,
-        raise_on_all_failed=False,
-        refresh=True,  # a retry must ask the model again, never replay the reply cache
-    )
+    opened, owned = open_store(store)
+    handlers = _as_handlers(on_event)
+    if opened is not None:
+        handlers.insert(0, _retry_link(opened, run.run_id, index))
+    try:
+        sub = await generate_versions(
+            retry_messages(prompt, instruction),
+            settings=settings or WriterSettings(version_count=1),
+            llm=llm,
+            project=run.project,
+            chapter=run.chapter,
+            on_event=handlers,
+            retry=retry,
+            indices=[index],
+            run_id=retry_run_id(run.run_id),
+            raise_on_all_failed=False,
+            store=opened if opened is not None else False,
+            refresh=True,  # a retry must ask the model again, never replay the reply cache
+        )
+    finally:
+        if owned and opened is not None:
+            opened.close()
     new = sub.versions[0]
     if new.status != "cancelled":
         run.versions[pos] = new
     return new
 
 
+def _as_handlers(on_event: Handlers) -> list[EventHandler]:
+    if on_event is None:
+        return []
+    return [on_event] if callable(on_event) else list(on_event)
+
+
+def _retry_link(store: RunStore, parent_run_id: str, parent_index: int) -> EventHandler:
+    """A subscriber that links the retry's run row to its parent as soon as it exists.
+
+    The store's recorder hears ``RunStarted`` first and writes the row; linking then, not
+    at the end, keeps the link even if the process dies during the retry."""
+
+    def link(event: Event) -> None:
+        if isinstance(event, RunStarted):
+            store.link_retry(event.run.run_id, parent_run_id, parent_index)
+
+    return link
+
+
 # -- edit -------------------------------------------------------------------------------
-def edit_version(version: Version, text: str) -> Version:
-    """Replace an ok version's content with edited text (refused for failed/cancelled)."""
+def edit_version(
+    version: Version, text: str, *, run: Run | None = None, store: StoreSpec = None
+) -> Version:
+    """Replace an ok version's content with edited text (refused for failed/cancelled).
+
+    The generated text is kept in ``version.original_content``. With ``run`` (the Run
+    holding ``version``) the edit is also saved to the run store, next to the generated
+    text, which stays (``load_run`` then returns the edited text, ``edited=True``).
+    ``store``: None = ``ARBORIS_STORE`` or the default file, like the engine; a path or a
+    ``RunStore``; False = memory only. The stored row is the one that holds this
+    version's generated text — the run's own, or a retry of it; an edit that cannot be
+    saved (not stored) raises :class:`ConfigError` and leaves the version unchanged.
+    """
     if not version.ok:
         raise ConfigError(f"version {version.index} is {version.status}; only ok versions edit")
     if not text.strip():
         raise ConfigError("edited text must not be empty")
+    generated = _generated(version)
+    if run is not None and store is not False:
+        _save_edit(run, version.index, generated, text, store)
+    version.original_content = generated
     version.content = text
     version.edited = True
     return version
+
+
+def _save_edit(run: Run, index: int, generated: str | None, text: str, store: StoreSpec) -> None:
+    opened, owned = open_store(store)
+    if opened is None:  # ARBORIS_STORE=off: nothing is saved, as for a generation
+        return
+    try:
+        run_id = _stored_run_id(opened, run.run_id, index, generated)
+        opened.save_edit(run_id, index, text)
+    finally:
+        if owned:
+            opened.close()
+
+
+def _stored_run_id(store: RunStore, run_id: str, index: int, generated: str | None) -> str:
+    """The run whose stored version ``index`` has this generated text: after a retry
+    the version shown is the retry's (newest first), else the run's own."""
+    newest_first = [r.run_id for r in reversed(store.retries_of(run_id, index))]
+    for candidate in [*newest_first, run_id]:
+        for stored in store.get_versions(candidate):
+            if stored.index == index and _generated(stored) == generated:
+                return candidate
+    raise ConfigError(
+        f"version {index} of run {run_id} is not in the run store {store.path}, so the "
+        "edit cannot be saved; pass store=False to edit in memory only"
+    )
+
+
+def _generated(version: Version) -> str | None:
+    return version.original_content if version.edited else version.content
 
 
 # -- diff -------------------------------------------------------------------------------
@@ -374,14 +463,18 @@ def export_markdown(
     run: Run | None = None,
     title: str | None = None,
 ) -> Path:
-    """Write an ok version to ``path`` as Markdown (a heading, then the text); return it."""
+    """Write an ok version to ``path`` as Markdown (a heading, then the text); return it.
+
+    A comment under the heading names the run and version, and says when it was edited."""
     if not version.ok or version.content is None:
         raise ConfigError(f"version {version.index} is {version.status}; only ok versions export")
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"export path {target} is a directory; give a file name")
     heading = title or version.title or _default_title(version, run)
-    note = f"<!-- arboris run {run.run_id}, version {version.index} -->\n\n" if run else ""
+    notes = [f"arboris run {run.run_id}, version {version.index}"] if run else []
+    notes += ["edited"] if version.edited else []
+    note = f"<!-- {', '.join(notes)} -->\n\n" if notes else ""
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(f"# {heading}\n\n{note}{version.content.strip()}\n", encoding="utf-8")
     return target

@@ -95,6 +95,7 @@ class Version:
     attempt_log: list[Attempt] = field(default_factory=list)
     key_id: str | None = None
     edited: bool = False  # content changed by an editor after generation
+    original_content: str | None = None  # the generated text, kept when edited
 
     @property
     def done(self) -> bool:

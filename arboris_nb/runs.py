@@ -1,5 +1,9 @@
 """Read stored runs back: list them, rebuild a Run, export it, resume what is missing.
 
+A retry of a version is stored as its own run (``<run_id>-retry-<id>``) linked to the
+version it retries: :func:`list_runs` shows it, :func:`retries_of` finds it. Edited
+versions load with the editor's text (``edited=True``, ``original_content`` = generated).
+
 Every function takes ``store=`` like the engine does (None = ``ARBORIS_STORE`` or the
 default file; a path; an open :class:`~arboris_nb.store.RunStore`).
 """
@@ -39,6 +43,7 @@ __all__ = [
     "missing_versions",
     "resume",
     "resume_sync",
+    "retries_of",
 ]
 
 ExportFormat = Literal["json", "csv", "md"]
@@ -61,6 +66,8 @@ LIST_COLUMNS: dict[str, str] = {
     "missing": "planned versions with no stored result (never finished)",
     "elapsed_s": "generation wall time, summed over sessions (resumes)",
     "sessions": "1 + the number of times it was resumed",
+    "parent_run_id": "for a retry: the run whose version it regenerated (else empty)",
+    "parent_index": "for a retry: the version number it regenerated",
 }
 
 
@@ -98,10 +105,23 @@ def list_runs(
     project: str | None = None, limit: int | None = 50, *, store: StoreSpec = None
 ) -> pd.DataFrame:
     """Stored runs, newest first, as a DataFrame (columns: ``LIST_COLUMNS``)."""
-    import pandas as pd
-
     with _opened(store) as opened:
         records = opened.list_runs(project=project, limit=limit)
+    return _frame(records)
+
+
+def retries_of(run_id: str, index: int | None = None, *, store: StoreSpec = None) -> pd.DataFrame:
+    """The retries of run ``run_id``'s versions (only version ``index``'s if given), oldest
+    first, as :func:`list_runs` rows; load one with :func:`load_run`."""
+    with _opened(store) as opened:
+        _record(opened, run_id)  # an unknown id is an error, not an empty answer
+        records = opened.retries_of(run_id, index)
+    return _frame(records)
+
+
+def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for r in records:
         row = {name: getattr(r, name, None) for name in LIST_COLUMNS}
@@ -177,6 +197,12 @@ def _as_csv(run: Run) -> str:
     return buffer.getvalue()
 
 
+def _retry_line(record: RunRecord) -> list[str]:
+    if record.parent_run_id is None:
+        return []
+    return [f"- retry of run {record.parent_run_id}, version {record.parent_index}"]
+
+
 def _as_markdown(record: RunRecord, run: Run) -> str:
     created = _utc(record.created_at)
     elapsed = "-" if record.elapsed_s is None else f"{record.elapsed_s:.2f} s"
@@ -188,6 +214,7 @@ def _as_markdown(record: RunRecord, run: Run) -> str:
         f"N = {record.version_count} · C = {record.max_parallel_requests}",
         f"- status: {record.status} · created: {created:%Y-%m-%d %H:%M:%S} UTC"
         f" · elapsed: {elapsed}",
+        *_retry_line(record),
         "",
         "## Prompt",
         "",
@@ -203,8 +230,8 @@ def _as_markdown(record: RunRecord, run: Run) -> str:
         ]
     for v in run.versions:
         title = f" — {v.title}" if v.title else ""
-        cached = ", from cache" if v.cached else ""
-        lines += [f"## Version {v.index}{title} ({v.status}{cached})", ""]
+        notes = (", from cache" if v.cached else "") + (", edited" if v.edited else "")
+        lines += [f"## Version {v.index}{title} ({v.status}{notes})", ""]
         if v.summary:
             lines += [f"> {v.summary}", ""]
         lines += [v.display_text() or "(no result stored)", ""]

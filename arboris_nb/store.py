@@ -16,15 +16,19 @@ commits. ``FULL`` would add an fsync per version (~2 ms measured) on the event l
 
 No API key is ever written: versions carry only the masked ``key_id``.
 
-Schema version 1 (``PRAGMA user_version``)::
+Editor work is kept apart from what the model produced: an edit fills
+``versions.edited_content`` (``content`` stays the generated text), and a retry is its own
+run whose row names the run and version it retries (``parent_run_id``, ``parent_index``).
+
+Schema version 2 (``PRAGMA user_version``; older files are migrated when opened)::
 
     runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
          indices JSON, max_parallel_requests, model, messages JSON, temperature,
-         max_tokens, elapsed_s, sessions, status)
+         max_tokens, elapsed_s, sessions, status, parent_run_id, parent_index)
     versions(run_id, idx, status, content, title, summary, error, error_type,
              queued_at, started_at, first_token_at, finished_at, output_tokens,
              tokens_from_usage, attempts, attempt_log JSON, key_id, cached, session,
-             written_at; PK (run_id, idx))
+             written_at, edited_content; PK (run_id, idx))
     cache(key PK, reply JSON, model, created_at)          -- see arboris_nb.cache
 """
 
@@ -71,7 +75,7 @@ __all__ = [
 
 log = logging.getLogger("arboris_nb")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 30_000  # queue workers may wait on each other's commits
 
 _MIGRATIONS: list[str] = [
@@ -127,6 +131,13 @@ _MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 1 → 2: editor work (edits, retries) is stored without touching generated text
+    """
+    ALTER TABLE versions ADD COLUMN edited_content TEXT;
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_index INTEGER;
+    CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_run_id, created_at);
+    """,
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -151,6 +162,8 @@ class RunRecord:
     elapsed_s: float | None
     sessions: int
     status: str  # running | complete | partial | failed
+    parent_run_id: str | None = None  # set on a retry: the run and version it retries
+    parent_index: int | None = None
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -383,6 +396,38 @@ class RunStore:
             )
         return status
 
+    def link_retry(self, run_id: str, parent_run_id: str, parent_index: int) -> None:
+        """Mark run ``run_id`` as a retry of version ``parent_index`` of ``parent_run_id``."""
+        with self.transaction() as tx:
+            found = tx.execute(
+                "UPDATE runs SET parent_run_id = ?, parent_index = ? WHERE run_id = ?",
+                (parent_run_id, parent_index, run_id),
+            ).rowcount
+        if not found:
+            raise KeyError(run_id)
+
+    def save_edit(self, run_id: str, index: int, text: str) -> None:
+        """Store an editor's text for an ok version (one commit); the generated text stays.
+
+        Raises :class:`ConfigError` when the version is not stored or not ok.
+        """
+        with self.transaction() as tx:
+            row = tx.execute(
+                "SELECT status FROM versions WHERE run_id = ? AND idx = ?", (run_id, index)
+            ).fetchone()
+            if row is None or row["status"] != "ok":
+                state = "not stored" if row is None else row["status"]
+                raise ConfigError(
+                    f"run {run_id} version {index} is {state} in the run store {self.path}; "
+                    "only a stored ok version can be edited"
+                )
+            tx.execute(
+                "UPDATE versions SET edited_content = ?, written_at = ? "
+                "WHERE run_id = ? AND idx = ?",
+                (text, time.time(), run_id, index),
+            )
+            tx.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id))
+
     def delete_run(self, run_id: str) -> bool:
         """Remove a run and its versions; False when there was no such run."""
         with self.transaction() as tx:
@@ -409,6 +454,18 @@ class RunStore:
             params.append(limit)
         conn = self.connection()
         return [self._with_counts(conn, _record(row)) for row in conn.execute(sql, params)]
+
+    def retries_of(self, run_id: str, index: int | None = None) -> list[RunRecord]:
+        """The runs that retried a version of ``run_id`` (only ``index``'s if given),
+        oldest first."""
+        sql = "SELECT * FROM runs WHERE parent_run_id = ?"
+        params: list[Any] = [run_id]
+        if index is not None:
+            sql += " AND parent_index = ?"
+            params.append(index)
+        conn = self.connection()
+        rows = conn.execute(sql + " ORDER BY created_at, run_id", params)
+        return [self._with_counts(conn, _record(row)) for row in rows]
 
     def get_versions(self, run_id: str) -> list[Version]:
         """The stored versions of a run, by index (only those that finished)."""
@@ -482,14 +539,17 @@ def _record(row: sqlite3.Row) -> RunRecord:
         elapsed_s=row["elapsed_s"],
         sessions=row["sessions"],
         status=row["status"],
+        parent_run_id=row["parent_run_id"],
+        parent_index=row["parent_index"],
     )
 
 
 def _version(row: sqlite3.Row) -> Version:
+    edited = row["edited_content"]
     return Version(
         index=row["idx"],
         status=row["status"],
-        content=row["content"],
+        content=row["content"] if edited is None else edited,
         title=row["title"],
         summary=row["summary"],
         error=row["error"],
@@ -503,6 +563,8 @@ def _version(row: sqlite3.Row) -> Version:
         attempts=row["attempts"],
         attempt_log=[Attempt(**a) for a in json.loads(row["attempt_log"])],
         key_id=row["key_id"],
+        edited=edited is not None,
+        original_content=None if edited is None else row["content"],
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +24,11 @@ from arboris_nb import (
     simulated_judge,
     word_diff,
 )
+from arboris_nb.cli import main
 from arboris_nb.editor import Evaluation, retry_messages
 from arboris_nb.results import Run, Version
+from arboris_nb.runs import export_run, list_runs, load_run, retries_of
+from arboris_nb.store import RunStore
 
 XSS = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
 
@@ -48,20 +53,54 @@ def test_retry_messages_append_the_instruction_as_a_user_message() -> None:
     assert retry_messages("write") == [{"role": "user", "content": "write"}]
 
 
-async def test_retry_version_replaces_one_version_in_the_same_run() -> None:
+async def test_retry_of_an_ok_version_is_stored_as_a_linked_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "runs.sqlite3"
     llm = fast()
-    run = await generate_versions("Write", settings=WriterSettings(version_count=3), llm=llm)
+    run = await generate_versions(
+        "Write", settings=WriterSettings(version_count=3), llm=llm, store=path
+    )
     before = [v.content for v in run.versions]
-    new = await retry_version(run, 2, "Write", instruction="more rain", llm=llm)
+    new = await retry_version(run, 2, "Write", instruction="more rain", llm=llm, store=path)
+    # In memory the new version takes the old one's place.
     assert run.versions[1] is new and new.ok and new.index == 2
     assert new.content != before[1]
     assert [run.versions[0].content, run.versions[2].content] == [before[0], before[2]]
     request = llm.calls[-1]
-    assert (request.run_id, request.version_index) == (run.run_id, 2)
-    assert request.messages == [
+    retry_id = request.run_id
+    assert re.fullmatch(rf"{run.run_id}-retry-[0-9a-f]{{12}}", retry_id)
+    assert request.version_index == 2
+    retried_messages = [
         {"role": "user", "content": "Write"},
         {"role": "user", "content": "more rain"},
     ]
+    assert request.messages == retried_messages
+    # In the store both texts are kept: the original run is untouched...
+    assert [v.content for v in load_run(run.run_id, store=path).versions] == before
+    # ...and the retry is its own run, with its own messages, linked to what it retried.
+    (row,) = retries_of(run.run_id, store=path).to_dict("records")
+    assert (row["run_id"], row["parent_run_id"], row["parent_index"]) == (retry_id, run.run_id, 2)
+    assert retries_of(run.run_id, 1, store=path).empty
+    assert set(list_runs(store=path)["run_id"]) == {run.run_id, retry_id}
+    stored = load_run(retry_id, store=path)
+    assert [(v.index, v.content) for v in stored.versions] == [(2, new.content)]
+    with RunStore(path) as store:
+        record = store.get_run(retry_id)
+    assert record is not None and record.messages == retried_messages
+    assert record.status == "complete"
+    assert f"retry of run {run.run_id}, version 2" in export_run(retry_id, "md", store=path)
+    # The id works wherever a run id does, the CLI included.
+    assert main(["runs", "--store", str(path), "show", retry_id]) == 0
+    assert new.content in capsys.readouterr().out
+
+
+async def test_retry_with_the_store_off_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await generate_versions("Write", settings=WriterSettings(2), llm=fast(), store=path)
+    new = await retry_version(run, 1, "Write", llm=fast(), store=False)
+    assert run.versions[0] is new and new.ok
+    assert list(list_runs(store=path)["run_id"]) == [run.run_id]
 
 
 async def test_retry_version_refuses_an_unknown_index() -> None:
@@ -81,6 +120,82 @@ def test_edit_version_replaces_content_of_ok_versions_only() -> None:
     failed = Version(index=2, status="failed", error="boom")
     with pytest.raises(ConfigError, match="version 2 is failed"):
         edit_version(failed, "x")
+
+
+async def test_an_edit_is_saved_and_the_generated_text_kept(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await generate_versions("Write", settings=WriterSettings(2), llm=fast(), store=path)
+    generated = run.versions[0].content
+    edit_version(run.versions[0], "Edited once.", run=run, store=path)
+    edit_version(run.versions[0], "Edited <b>twice</b>.", run=run, store=path)
+    assert run.versions[0].original_content == generated
+
+    back = load_run(run.run_id, store=path).versions
+    assert (back[0].content, back[0].edited) == ("Edited <b>twice</b>.", True)
+    assert back[0].original_content == generated
+    assert back[0] == run.versions[0]  # every field, as in memory
+    assert (back[1].content, back[1].edited, back[1].original_content) == (
+        run.versions[1].content,
+        False,
+        None,
+    )
+
+    markdown = export_run(run.run_id, "md", store=path)
+    assert "## Version 1 (ok, edited)" in markdown and "Edited <b>twice</b>." in markdown
+    assert "## Version 2 (ok)" in markdown
+    document = json.loads(export_run(run.run_id, "json", store=path))
+    first = document["versions"][0]
+    assert (first["content"], first["edited"], first["original_content"]) == (
+        "Edited <b>twice</b>.",
+        True,
+        generated,
+    )
+    csv_text = export_run(run.run_id, "csv", store=path)
+    assert "Edited <b>twice</b>." in csv_text and generated not in csv_text
+    exported = export_markdown(run.versions[0], tmp_path / "ch.md", run=run)
+    assert f"<!-- arboris run {run.run_id}, version 1, edited -->" in exported.read_text()
+
+
+async def test_an_edit_after_a_retry_goes_to_the_retry_run(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await generate_versions("Write", settings=WriterSettings(2), llm=fast(), store=path)
+    original = run.versions[1].content
+    await retry_version(run, 2, "Write", instruction="again", llm=fast(), store=path)
+    edit_version(run.versions[1], "Edited retry.", run=run, store=path)
+    retry_id = retries_of(run.run_id, store=path)["run_id"][0]
+    assert load_run(retry_id, store=path).versions[0].content == "Edited retry."
+    parent = load_run(run.run_id, store=path).versions[1]
+    assert (parent.content, parent.edited) == (original, False)
+
+
+@pytest.mark.looptime  # the failing version's retry backoff passes on the fake clock
+async def test_edits_that_cannot_be_saved_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await generate_versions(
+        "Write", settings=WriterSettings(2), llm=fast(fail_versions=[2]), store=path
+    )
+    with pytest.raises(ConfigError, match="version 2 is failed"):
+        edit_version(run.versions[1], "x", run=run, store=path)
+    with RunStore(path) as store:
+        with pytest.raises(ConfigError, match="version 2 is failed in the run store"):
+            store.save_edit(run.run_id, 2, "x")
+        with pytest.raises(ConfigError, match="version 3 is not stored"):
+            store.save_edit(run.run_id, 3, "x")
+    unsaved = await generate_versions("Write", settings=WriterSettings(1), llm=fast(), store=False)
+    text = unsaved.versions[0].content
+    with pytest.raises(ConfigError, match=r"not in the run store .* store=False"):
+        edit_version(unsaved.versions[0], "lost?", run=unsaved, store=path)
+    assert (unsaved.versions[0].content, unsaved.versions[0].edited) == (text, False)
+
+
+async def test_store_false_edits_in_memory_only(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await generate_versions("Write", settings=WriterSettings(1), llm=fast(), store=path)
+    generated = run.versions[0].content
+    edit_version(run.versions[0], "Only here.", run=run, store=False)
+    assert (run.versions[0].content, run.versions[0].edited) == ("Only here.", True)
+    back = load_run(run.run_id, store=path).versions[0]
+    assert (back.content, back.edited) == (generated, False)
 
 
 # -- diff -------------------------------------------------------------------------------

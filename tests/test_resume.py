@@ -21,6 +21,7 @@ from arboris_nb import (
     WriterSettings,
     generate_versions,
 )
+from arboris_nb.editor import edit_version
 from arboris_nb.events import Event, VersionFinished
 from arboris_nb.prompts import parse_reply
 from arboris_nb.runs import (
@@ -118,6 +119,28 @@ async def test_resume_generates_only_what_is_not_ok(tmp_path: Path) -> None:
         (record,) = store.list_runs()
     assert (record.status, record.sessions, record.ok) == ("complete", 2, 4)
     assert record.elapsed_s == pytest.approx(merged.elapsed_s)
+
+
+@pytest.mark.looptime
+async def test_resume_keeps_an_edited_version_as_edited(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    first = await generate_versions(
+        "ch",
+        settings=WriterSettings(2),
+        llm=SimulatedLLM(fail_versions=[2], reply=reply),
+        store=path,
+    )
+    edit_version(first.versions[0], "The editor's text.", run=first, store=path)
+    llm = SimulatedLLM(reply=reply)
+    merged = await resume(first.run_id, llm=llm, store=path)
+    assert [c.version_index for c in llm.calls] == [2]
+    kept = merged.versions[0]
+    assert (kept.content, kept.edited, kept.original_content) == (
+        "The editor's text.",
+        True,
+        expected_content(1),
+    )
+    assert merged.versions[1].content == expected_content(2)
 
 
 @pytest.mark.looptime

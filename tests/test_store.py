@@ -80,6 +80,64 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         RunStore(path)
 
 
+def columns(path: Path, table: str) -> set[str]:
+    return {r["name"] for r in rows(path, f"PRAGMA table_info({table})")}
+
+
+def test_a_version_1_store_is_migrated_without_losing_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arboris_nb import store as store_module
+    from arboris_nb.results import Run
+
+    path = tmp_path / "runs.sqlite3"
+    with monkeypatch.context() as old:  # an arboris_nb that knew only schema 1 writes it
+        old.setattr(store_module, "SCHEMA_VERSION", 1)
+        with RunStore(path) as v1:
+            v1.begin_run(Run(run_id="old", versions=[Version(1), Version(2)]), [])
+            v1.save_version("old", Version(index=1, status="ok", content="paid for"))
+            v1.save_version("old", Version(index=2, status="failed", error="boom"))
+    assert rows(path, "PRAGMA user_version")[0][0] == 1
+    assert "edited_content" not in columns(path, "versions")
+
+    with RunStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        record = store.get_run("old")
+        assert record is not None
+        assert (record.version_count, record.ok, record.failed) == (2, 1, 1)
+        assert (record.parent_run_id, record.parent_index) == (None, None)
+        first, second = store.get_versions("old")
+        assert (first.content, first.edited, first.original_content) == ("paid for", False, None)
+        assert (second.status, second.error) == ("failed", "boom")
+        store.save_edit("old", 1, "edited after the upgrade")
+    assert {"parent_run_id", "parent_index"} <= columns(path, "runs")
+    (row,) = rows(path, "SELECT content, edited_content FROM versions WHERE idx = 1")
+    assert tuple(row) == ("paid for", "edited after the upgrade")
+    with RunStore(path) as again:  # opening a migrated file again changes nothing
+        assert again.schema_version == SCHEMA_VERSION
+        assert again.get_versions("old")[0].content == "edited after the upgrade"
+
+
+def test_an_edit_is_one_commit_and_keeps_the_generated_text(tmp_path: Path) -> None:
+    from arboris_nb.results import Run
+
+    path = tmp_path / "runs.sqlite3"
+    with CountingStore(path) as store:
+        store.begin_run(Run(run_id="r1", versions=[Version(index=1)]), [])
+        store.save_version("r1", Version(index=1, status="ok", content="generated"))
+        before = store.commits
+        store.save_edit("r1", 1, "edited")
+        assert store.commits == before + 1
+        (version,) = store.get_versions("r1")
+    assert (version.content, version.edited, version.original_content) == (
+        "edited",
+        True,
+        "generated",
+    )
+    (row,) = rows(path, "SELECT content, edited_content FROM versions")
+    assert tuple(row) == ("generated", "edited")
+
+
 def test_an_unwritable_store_path_names_the_setting(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

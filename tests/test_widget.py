@@ -26,6 +26,7 @@ from arboris_nb import (
 )
 from arboris_nb.backends.base import ChatRequest, StreamItem, Usage
 from arboris_nb.errors import ServerError
+from arboris_nb.runs import load_run, retries_of
 
 XSS = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
 
@@ -285,6 +286,9 @@ async def test_select_edit_diff_evaluate_export_and_retry(tmp_path: Path) -> Non
     panel.save_button.click()
     assert run.versions[0].content == "An edited <b>first</b> version." == text_of(w, 1)
     assert "edited" in panel.header.value and panel.edit_box.layout.display == "none"
+    saved = load_run(run.run_id).versions[0]  # the default store (ARBORIS_STORE)
+    assert (saved.content, saved.edited) == ("An edited <b>first</b> version.", True)
+    assert saved.original_content == run.versions[0].original_content is not None
 
     out = w.diff(1, 2)
     assert "<del>" in out and "<ins>" in out and out in w.compare_out.value
@@ -306,6 +310,10 @@ async def test_select_edit_diff_evaluate_export_and_retry(tmp_path: Path) -> Non
     assert text_of(w, 2) == new.content and status_of(w, 2) == "done"
     assert w.selected is None  # the chosen text is gone, so is the choice
     assert judge.calls[-1].messages[-1] == {"role": "user", "content": "make it rain"}
+    # The store keeps both: the original run as it was, the retry as a run linked to it.
+    assert load_run(run.run_id).versions[1].content == old
+    (retry_id,) = retries_of(run.run_id, 2)["run_id"]
+    assert load_run(retry_id).versions[0].content == new.content
 
 
 @pytest.mark.looptime
@@ -315,6 +323,23 @@ async def test_evaluate_error_is_shown_not_lost() -> None:
     with pytest.raises(Exception, match="not a JSON object"):
         await w.evaluate()
     assert "not a JSON object" in w.message.value
+
+
+@pytest.mark.looptime
+async def test_an_edit_that_cannot_be_saved_keeps_the_editor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = make(n=1)
+    run = await w.generate("p")
+    generated = run.versions[0].content
+    monkeypatch.setenv("ARBORIS_STORE", str(tmp_path / "another.sqlite3"))  # run not in it
+    panel = w._panels[1]
+    panel.edit_button.click()
+    panel.editor.value = "my careful edit"
+    panel.save_button.click()
+    assert "cannot be saved" in w.message.value
+    assert panel.edit_box.layout.display == "flex" and panel.editor.value == "my careful edit"
+    assert (run.versions[0].content, run.versions[0].edited) == (generated, False)
 
 
 # -- layout and display ----------------------------------------------------------------------------

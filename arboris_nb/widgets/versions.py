@@ -308,7 +308,10 @@ class VersionsWidget:
         return version
 
     def retry(self, index: int, instruction: str | None = None) -> asyncio.Task[Version]:
-        """Regenerate one version (with an optional extra instruction); returns its task."""
+        """Regenerate one version (with an optional extra instruction); returns its task.
+
+        The new version replaces the old one here; the store keeps both (the retry is a
+        run of its own, linked to this one: ``arboris_nb.runs.retries_of(run_id)``)."""
         loop = _running_loop("VersionsWidget.retry()")
         if self.run is None or self.busy:
             raise RuntimeError("retry needs a finished run and nothing else running")
@@ -328,8 +331,10 @@ class VersionsWidget:
         return self._start_job(loop, coro, f"retry of version {index}", self._after_retry)
 
     def edit(self, index: int, text: str) -> Version:
-        """Replace version ``index``'s text with ``text`` and mark the panel edited."""
-        version = editor.edit_version(self._version(index), text)
+        """Replace version ``index``'s text with ``text`` and mark the panel edited.
+
+        The edit is saved to the run store (the generated text is kept there too)."""
+        version = editor.edit_version(self._version(index), text, run=self.run)
         panel = self._panels[index]
         panel.edited, panel.dirty = True, True
         panel.close_editor()
