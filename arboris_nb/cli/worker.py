@@ -15,7 +15,9 @@ def register(subparsers: Any) -> None:
         help="run a Celery worker for book jobs",
         description="Start a Celery worker that generates book units. The global limit is "
         "shared through Redis by every worker; the API key is read from this process's "
-        "environment (never from the broker). See docs/book-queue.md.",
+        "environment (never from the broker). Results are recorded in Redis, where the "
+        "submitter collects them; ARBORIS_STORE (a local copy) is optional: set it to off "
+        "on machines without one. See docs/book-queue.md.",
     )
     p.add_argument(
         "--concurrency", type=int, default=2, metavar="K", help="pool processes (default: 2)"

@@ -5,15 +5,19 @@ Settings come from the environment of each process:
 
 * ``ARBORIS_CELERY_BROKER`` (else ``ARBORIS_REDIS_URL``, else ``redis://127.0.0.1:6379/0``)
   — broker and result backend; ``ARBORIS_REDIS_URL`` (else the broker) — the global limit;
-* ``ARBORIS_STORE`` — the run store the workers write to (shared with the notebook);
+* ``ARBORIS_STORE`` — optional: a run store on the worker's machine that it also writes
+  (``off`` for none); the submitter's store is filled from Redis (:mod:`.board`);
+* ``ARBORIS_BOOK_TTL_S`` — how long a job's keys in Redis live after their last write;
 * ``ARBORIS_LEASE_S`` — seconds a dead worker keeps a concurrency slot (default 30);
 * ``ARBORIS_CELERY_VISIBILITY_S`` — seconds before a task taken by a worker that died is
   handed to another (default 7200: longer than any unit, or live units get a twin).
 
 Delivery is at least once (``acks_late``, ``task_reject_on_worker_lost``): a task may run
-again after a crash or a visibility timeout. Each run is idempotent: it skips a version
-already ok in the store, and a per-unit claim (a Redis lease of one) makes a twin wait
-for the first to end and then skip, so a version is never paid for twice.
+again after a crash or a visibility timeout. Each run is idempotent: a per-unit claim (a
+Redis lease of one) makes a twin wait for the first copy to end; then the unit is skipped
+if Redis (or the worker's own store) already holds its result, so a version is never paid
+for twice, whichever machine the task lands on. The result is written to Redis before the
+task returns, hence before it is acknowledged.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from typing import Any
 
 from celery import Celery
 
-from ..errors import ConfigError
+from ..results import Version
 from ..store import open_store
+from .board import Board, env_seconds, set_cancelled
 from .records import BookRecords
 from .redis_limit import DEFAULT_LEASE_S, RedisLimit
 from .unit import BookSpec, backend_from_spec, run_unit
@@ -42,6 +47,7 @@ __all__ = [
     "execute_unit",
     "generate_unit",
     "make_app",
+    "redis_client",
     "redis_url",
     "submit_units",
 ]
@@ -65,25 +71,12 @@ def redis_url(env: Mapping[str, str] | None = None) -> str:
     return env.get("ARBORIS_REDIS_URL", "").strip() or broker_url(env)
 
 
-def _seconds(name: str, default: float, env: Mapping[str, str]) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{name} must be a number of seconds above 0, got {raw!r}")
-    return value
-
-
 def make_app(broker: str | None = None, env: Mapping[str, str] | None = None) -> Celery:
     """A Celery app on ``broker`` (default: :func:`broker_url`), configured for long,
     expensive, at-least-once tasks."""
     env = os.environ if env is None else env
     url = broker or broker_url(env)
-    visibility = _seconds("ARBORIS_CELERY_VISIBILITY_S", _DEFAULT_VISIBILITY_S, env)
+    visibility = env_seconds("ARBORIS_CELERY_VISIBILITY_S", _DEFAULT_VISIBILITY_S, env)
     celery = Celery("arboris_nb", broker=url, backend=url)
     celery.conf.update(
         task_acks_late=True,  # a unit is acknowledged only once recorded
@@ -107,12 +100,8 @@ def make_app(broker: str | None = None, env: Mapping[str, str] | None = None) ->
 app = make_app()
 
 
-def _cancel_key(job_id: str) -> str:
-    return f"arboris_nb:book:{job_id}:cancelled"
-
-
 def _lease_s() -> float:
-    return _seconds("ARBORIS_LEASE_S", DEFAULT_LEASE_S, os.environ)
+    return env_seconds("ARBORIS_LEASE_S", DEFAULT_LEASE_S)
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -123,19 +112,22 @@ def generate_unit(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def execute_unit(payload: dict[str, Any], *, worker: str) -> dict[str, Any]:
-    """Skip if cancelled or already ok; else claim the unit and generate it."""
+    """Skip if cancelled or already done; else claim the unit, generate it and record
+    the result in Redis (and in this worker's store, if it has one)."""
     import redis.asyncio
 
     spec = BookSpec.from_dict(payload["spec"])
     chapter, version = int(payload["chapter"]), int(payload["version"])
-    store, owned = open_store(None)
-    if store is None:
-        raise ConfigError("the worker needs the run store: set ARBORIS_STORE to a path")
+    submission = str(payload.get("submission", ""))
+    store, owned = open_store(None)  # None with ARBORIS_STORE=off: Redis alone records
+    records = None if store is None else BookRecords(store)
     client = redis.asyncio.Redis.from_url(redis_url())
+    board = Board(client, spec.job_id)
     try:
-        records = BookRecords(store)
-        if await client.exists(_cancel_key(spec.job_id)):
-            records.set_state(spec.job_id, chapter, version, "cancelled")
+        if await board.cancelled():
+            await board.mark(chapter, version, "cancelled", worker=worker, submission=submission)
+            if records is not None:
+                records.set_state(spec.job_id, chapter, version, "cancelled")
             return {"status": "cancelled", "requested": False}
         lease = _lease_s()
         claim = RedisLimit(
@@ -143,31 +135,93 @@ async def execute_unit(payload: dict[str, Any], *, worker: str) -> dict[str, Any
         )
         # A twin of this task (redelivered while the first still runs) waits here.
         async with claim.slot():
-            if version in records.ok_versions(spec.job_id, chapter):
-                records.set_state(spec.job_id, chapter, version, "ok")
-                return {"status": "ok", "requested": False}
+            done = await _done_status(board, records, spec, chapter, version, submission, worker)
+            if done is not None:
+                return {"status": done, "requested": False}
+            await board.mark(chapter, version, "running", worker=worker, submission=submission)
             limiter = RedisLimit(client, spec.limit, name=spec.limit_name, lease_s=lease)
-            result = await run_unit(
-                spec,
+            result = await _generate(
+                spec, chapter, version, board, records, limiter, worker, submission
+            )
+            await board.record(
                 chapter,
-                version,
-                llm=backend_from_spec(spec.llm),
-                limiter=limiter,
-                records=records,
+                result,
                 worker=worker,
+                submission=submission,
+                elapsed_s=result.finished_at or 0.0,
             )
         return {"status": result.status, "requested": True, "attempts": result.attempts}
     finally:
         await client.aclose()
-        if owned:
+        if owned and store is not None:
             store.close()
 
 
+async def _generate(
+    spec: BookSpec,
+    chapter: int,
+    version: int,
+    board: Board,
+    records: BookRecords | None,
+    limiter: RedisLimit,
+    worker: str,
+    submission: str,
+) -> Version:
+    try:
+        return await run_unit(
+            spec,
+            chapter,
+            version,
+            llm=backend_from_spec(spec.llm),
+            limiter=limiter,
+            records=records,
+            worker=worker,
+        )
+    except BaseException as exc:
+        # Not left "running" for ever: the submitter would wait on it.
+        state = "failed" if isinstance(exc, Exception) else "cancelled"
+        mark = board.mark(chapter, version, state, worker=worker, submission=submission)
+        await asyncio.shield(mark)
+        raise
+
+
+async def _done_status(
+    board: Board,
+    records: BookRecords | None,
+    spec: BookSpec,
+    chapter: int,
+    version: int,
+    submission: str,
+    worker: str,
+) -> str | None:
+    """The unit's status if this delivery must not call the model: ok in Redis, failed
+    for good in this submission, or ok in this worker's own store. None = generate."""
+    found = await board.result(chapter, version)
+    if found is not None and (found["status"] == "ok" or found["submission"] == submission):
+        if records is not None and found["status"] == "ok":
+            records.set_state(spec.job_id, chapter, version, "ok")
+        return str(found["status"])
+    if records is None or version not in records.ok_versions(spec.job_id, chapter):
+        return None
+    # Done on this machine but not in Redis (its keys expired): publish it again.
+    stored = {v.index: v for v in records.store.get_versions(spec.run_id(chapter))}
+    await board.record(
+        chapter, stored[version], worker=worker, submission=submission, elapsed_s=0.0
+    )
+    records.set_state(spec.job_id, chapter, version, "ok")
+    return "ok"
+
+
 def submit_units(
-    spec: BookSpec, units: list[tuple[int, int]], broker: str | None = None
+    spec: BookSpec,
+    units: list[tuple[int, int]],
+    broker: str | None = None,
+    *,
+    submission: str = "",
 ) -> list[str]:
     """Queue one task per unit; returns the task ids. The payload carries the chapter's
-    prompt and the model's public spec — never a key."""
+    prompt and the model's public spec — never a key — and the ``submission`` id, so a
+    unit that failed for good is not retried by a redelivery of the same submission."""
     celery = app if broker is None else make_app(broker)
     ids = []
     with celery.connection_for_write() as conn:
@@ -176,13 +230,15 @@ def submit_units(
                 "spec": spec.for_chapter(chapter).to_dict(),
                 "chapter": chapter,
                 "version": version,
+                "submission": submission,
             }
             result = celery.send_task(TASK_NAME, args=[payload], connection=conn)
             ids.append(result.id)
     return ids
 
 
-def _client(broker: str | None) -> Any:
+def redis_client(broker: str | None = None) -> Any:
+    """A synchronous client on ``broker`` (default: :func:`redis_url`); close it after."""
     import redis
 
     return redis.Redis.from_url(redis_url() if broker is None else broker)
@@ -190,17 +246,17 @@ def _client(broker: str | None) -> Any:
 
 def cancel_job(job_id: str, broker: str | None = None) -> None:
     """Tell queued tasks of this job to skip (running units finish)."""
-    client = _client(broker)
+    client = redis_client(broker)
     try:
-        client.set(_cancel_key(job_id), "1")
+        set_cancelled(client, job_id, True)
     finally:
         client.close()
 
 
 def clear_cancel(job_id: str, broker: str | None = None) -> None:
     """Undo :func:`cancel_job` before a resume."""
-    client = _client(broker)
+    client = redis_client(broker)
     try:
-        client.delete(_cancel_key(job_id))
+        set_cancelled(client, job_id, False)
     finally:
         client.close()

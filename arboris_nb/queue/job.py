@@ -6,7 +6,8 @@ the units that are not already ok there — in this process on an asyncio queue
 (``backend="celery"``, see :mod:`arboris_nb.queue.celery_app`). Either way each unit is
 one engine call (``indices=[v]``) into the store run ``<job_id>-ch<chapter>``, so a
 version already ok is never requested again and a job can be resumed from any process
-with :meth:`BookJob.load`.
+with :meth:`BookJob.load`. With Celery, workers record results in Redis (they may have
+no access to this store) and :meth:`BookJob.collect` copies them into this job's store.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import threading
 import time
 import uuid
 from collections import Counter
@@ -27,8 +30,17 @@ from ..errors import ConfigError
 from ..events import Event, TokenDelta
 from ..limits import FixedLimit, Limiter
 from ..prompts import as_messages
+from ..results import Run, Version
 from ..retry import RetryPolicy
-from ..store import RunStore, StoreSpec, open_store
+from ..store import RunRecord, RunStore, StoreSpec, open_store
+from .board import (
+    UnitReport,
+    forget_units,
+    read_results,
+    read_units,
+    set_cancelled,
+    version_from_payload,
+)
 from .records import FINAL, BookRecords, chapter_run_id
 from .unit import BookSpec, backend_from_spec, llm_spec, run_unit
 
@@ -40,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["BOOK_FRAME_COLUMNS", "BookJob", "parse_chapters"]
 
 log = logging.getLogger("arboris_nb")
+
+_SYNC_EVERY_S = 0.5  # status() and the widget read Redis at most this often
 
 BackendName = Literal["local", "celery"]
 PromptSource = (
@@ -191,6 +205,9 @@ class BookJob:
         self._session_start: float | None = None
         self._session_end: float | None = None
         self._task_ids: list[str] = []
+        self._collect_lock = threading.Lock()
+        self._collected: set[str] = set()  # result ids already copied into the store
+        self._synced_at = -math.inf
 
     @classmethod
     def load(
@@ -235,12 +252,14 @@ class BookJob:
 
     # -- planning ------------------------------------------------------------------------
     def pending_units(self) -> list[tuple[int, int]]:
-        """Units not yet ok in the store (a complete chapter contributes none)."""
+        """Units not yet ok in the store (a complete chapter contributes none); with
+        Celery, after collecting what the workers recorded in Redis."""
+        self.collect()
+        done = self.records.ok_units(self.job_id, self.spec.chapters)
         todo: list[tuple[int, int]] = []
         for chapter in self.spec.chapters:
-            done = self.records.ok_versions(self.job_id, chapter)
             for version in range(1, self.spec.versions + 1):
-                if version in done:
+                if (chapter, version) in done:
                     self.records.set_state(self.job_id, chapter, version, "ok")
                 else:
                     todo.append((chapter, version))
@@ -335,29 +354,149 @@ class BookJob:
         Watch with :meth:`status` or the widget; :meth:`run` submits and waits."""
         if self.backend != "celery":
             raise ConfigError('submit() is for backend="celery"; use run() or start()')
-        from .celery_app import clear_cancel, submit_units
+        from .celery_app import redis_client, submit_units
 
         todo = self.pending_units()
+        client = redis_client(self.broker)
+        try:
+            # Old failed/cancelled records of these units would read as this run's end.
+            forget_units(client, self.job_id, todo)
+            set_cancelled(client, self.job_id, False)
+        finally:
+            client.close()
         for chapter, version in todo:
             self.records.set_state(self.job_id, chapter, version, "queued")
-        clear_cancel(self.job_id, self.broker)
-        self._task_ids = submit_units(self.spec, todo, self.broker)
+        submission = uuid.uuid4().hex[:12]
+        self._task_ids = submit_units(self.spec, todo, self.broker, submission=submission)
         return self._task_ids
 
     async def _run_celery(self) -> None:
+        from redis.exceptions import RedisError
+
         await asyncio.to_thread(self.submit)
-        # Workers write to the store; the notebook only watches it.
-        while not self.finished():
-            await asyncio.sleep(self.poll_s)
+        # Workers record in Redis; this loop copies their results into this job's store.
+        while True:
+            try:
+                await asyncio.to_thread(self.collect)
+            except (RedisError, OSError) as exc:  # a blip: the workers carry on
+                log.warning("book job %s: cannot read Redis (%s); retrying", self.job_id, exc)
             self.refresh()
+            if self._all_final():
+                return
+            await asyncio.sleep(self.poll_s)
+
+    # -- collecting (Celery) -------------------------------------------------------------
+    def collect(self) -> int:
+        """Celery: copy what the workers recorded in Redis into this job's store — each
+        unit's state, worker and requests, and every finished version not stored yet.
+        Returns how many versions were written. Safe to repeat; :meth:`run` does it on
+        every poll, and :meth:`status`, :meth:`frame` and :meth:`export` on their own."""
+        if self.backend != "celery":
+            return 0
+        from .celery_app import redis_client
+
+        with self._collect_lock:
+            client = redis_client(self.broker)
+            try:
+                reports = read_units(client, self.job_id)
+                have = self.records.ok_units(self.job_id, self.spec.chapters)
+                new = [r for r in reports if r.result and r.result not in self._collected]
+                wanted = [(r.chapter, r.version) for r in new if (r.chapter, r.version) not in have]
+                results = read_results(client, self.job_id, wanted)
+            finally:
+                client.close()
+            # Versions first, then states: a unit never reads ok before its text is here.
+            written = {unit for unit, data in results.items() if self._store_result(*unit, data)}
+            changed = self._sync_states(reports)
+            for chapter in changed | {c for c, _ in written}:
+                self._finish_chapter(chapter)
+            self._collected.update(r.result for r in reports if r.result)
+            self._synced_at = time.monotonic()
+        return len(written)
+
+    def _store_result(self, chapter: int, version: int, data: dict[str, Any]) -> bool:
+        store = self.records.store
+        run_id = chapter_run_id(self.job_id, chapter)
+        record = store.get_run(run_id) or self._begin_chapter(chapter)
+        got = version_from_payload(data["version"])
+        mine = next((v for v in store.get_versions(run_id) if v.index == version), None)
+        if mine is not None and (mine.ok or mine == got):
+            return False  # a worker sharing this store file wrote it already
+        elapsed = (record.elapsed_s or 0.0) + float(data.get("elapsed_s") or 0.0)
+        return store.save_version(run_id, got, session=record.sessions, elapsed_s=elapsed)
+
+    def _begin_chapter(self, chapter: int) -> RunRecord:
+        """The chapter's store run, as the engine would have written it on a worker."""
+        spec, store = self.spec, self.records.store
+        run = Run(
+            run_id=chapter_run_id(self.job_id, chapter),
+            versions=[Version(i) for i in range(1, spec.versions + 1)],
+            max_parallel_requests=min(spec.limit, 10),
+            project=spec.project,
+            chapter=chapter,
+            model=spec.llm.get("model"),
+            created_at=time.time(),
+        )
+        store.begin_run(
+            run,
+            spec.prompts[chapter],
+            temperature=spec.llm.get("temperature"),
+            max_tokens=spec.llm.get("max_tokens"),
+        )
+        record = store.get_run(run.run_id)
+        assert record is not None
+        return record
+
+    def _sync_states(self, reports: list[UnitReport]) -> set[int]:
+        """Write the units whose state, worker or requests changed; their chapters."""
+        current = {(u["chapter"], u["version"]): u for u in self.records.units(self.job_id)}
+        rows = []
+        for r in reports:
+            unit = current.get((r.chapter, r.version))
+            if unit is None:
+                continue
+            state = "ok" if unit["state"] == "ok" else r.state  # ok stays ok
+            if (state, r.worker) != (unit["state"], unit["worker"]) or (
+                r.requests > unit["requests"]
+            ):
+                rows.append((r.chapter, r.version, state, r.worker, r.requests))
+        if rows:
+            self.records.sync_units(self.job_id, rows)
+        return {row[0] for row in rows}
+
+    def _finish_chapter(self, chapter: int) -> None:
+        """Set the chapter run's final status once all its units have ended."""
+        states = [u["state"] for u in self.records.units(self.job_id) if u["chapter"] == chapter]
+        run_id = chapter_run_id(self.job_id, chapter)
+        # No run row when no version of it was ever stored (a unit that crashed).
+        if all(state in FINAL for state in states) and self.records.store.get_run(run_id):
+            self.records.store.finish_run(run_id)
+
+    def _sync(self, every_s: float = _SYNC_EVERY_S) -> None:
+        """:meth:`collect` for readers, at most every ``every_s``; if Redis cannot be
+        reached, readers get what the store has (and a warning), not an exception."""
+        if self.backend != "celery" or time.monotonic() - self._synced_at < every_s:
+            return
+        from redis.exceptions import RedisError
+
+        try:
+            self.collect()
+        except (RedisError, OSError) as exc:
+            self._synced_at = time.monotonic()
+            log.warning("book job %s: cannot read Redis (%s); showing the store", self.job_id, exc)
 
     # -- watching ------------------------------------------------------------------------
     def finished(self) -> bool:
         """True when every unit is ok or failed."""
+        self._sync()
+        return self._all_final()
+
+    def _all_final(self) -> bool:
         return all(u["state"] in FINAL for u in self.records.units(self.job_id))
 
     def status(self) -> dict[str, Any]:
         """Counts, chapters done, elapsed and ETA of this session (JSON-ready)."""
+        self._sync()
         units = self.records.units(self.job_id)
         states = Counter(u["state"] for u in units)
         by_chapter: dict[int, list[str]] = {}
@@ -391,6 +530,7 @@ class BookJob:
         """One row per unit; columns in :data:`BOOK_FRAME_COLUMNS`."""
         import pandas as pd
 
+        self._sync()
         stored = {
             (c, v.index): v
             for c in self.spec.chapters
@@ -422,6 +562,7 @@ class BookJob:
 
     def export(self, out: str | Path) -> list[Path]:
         """Write ``chapter-<c>/version-<v>.md`` for every ok version; returns the paths."""
+        self._sync(every_s=0.0)
         written: list[Path] = []
         for chapter in self.spec.chapters:
             for v in self.records.store.get_versions(chapter_run_id(self.job_id, chapter)):

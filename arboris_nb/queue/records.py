@@ -11,13 +11,16 @@ running on which worker), which the store does not know until a version finishes
                PK (job_id, chapter, version))
 
 ``requests`` counts attempts made for a unit over all sessions (a cancelled or retried
-unit keeps its earlier attempts), so what was paid for stays visible.
+unit keeps its earlier attempts), so what was paid for stays visible. With Celery the
+submitter copies states and counts from Redis (:meth:`BookRecords.sync_units`, see
+:mod:`arboris_nb.queue.board`), so workers need no access to this file.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..store import RunStore
@@ -121,6 +124,23 @@ class BookRecords:
                 (job_id, chapter, version, state, worker, requests, time.time()),
             )
 
+    def sync_units(self, job_id: str, rows: list[tuple[int, int, str, str | None, int]]) -> None:
+        """Set units to what the workers reported — ``(chapter, version, state, worker,
+        requests)`` with ``requests`` the total so far — in one transaction. An ``ok`` unit
+        stays ok, and a total never lowers the count (it may include this store's own)."""
+        now = time.time()
+        with self.store.transaction() as tx:
+            tx.executemany(
+                "INSERT INTO book_units (job_id, chapter, version, state, worker, requests, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, chapter, version) DO UPDATE SET "
+                "state = CASE WHEN book_units.state = 'ok' THEN 'ok' ELSE excluded.state END, "
+                "worker = COALESCE(excluded.worker, book_units.worker), "
+                "requests = MAX(book_units.requests, excluded.requests), "
+                "updated_at = excluded.updated_at",
+                [(job_id, c, v, state, worker, n, now) for c, v, state, worker, n in rows],
+            )
+
     def units(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.store.connection().execute(
             "SELECT chapter, version, state, worker, requests, updated_at FROM book_units "
@@ -128,6 +148,16 @@ class BookRecords:
             (job_id,),
         )
         return [dict(row) for row in rows]
+
+    def ok_units(self, job_id: str, chapters: Sequence[int]) -> set[tuple[int, int]]:
+        """(chapter, version) of every version of these chapters already ok in the store."""
+        run_ids = {chapter_run_id(job_id, c): c for c in chapters}
+        marks = ", ".join("?" * len(run_ids))
+        rows = self.store.connection().execute(
+            f"SELECT run_id, idx FROM versions WHERE status = 'ok' AND run_id IN ({marks})",
+            list(run_ids),
+        )
+        return {(run_ids[run_id], int(idx)) for run_id, idx in rows}
 
     def ok_versions(self, job_id: str, chapter: int) -> set[int]:
         """Version numbers of this chapter already ok in the store (never to be re-asked)."""

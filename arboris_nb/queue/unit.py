@@ -156,7 +156,7 @@ async def run_unit(
     *,
     llm: LLMConfig | Backend,
     limiter: Any,
-    records: BookRecords,
+    records: BookRecords | None,
     worker: str,
     on_event: EventHandler | None = None,
 ) -> Version:
@@ -164,7 +164,8 @@ async def run_unit(
 
     The engine saves the version in the store run ``spec.run_id(chapter)`` as it
     finishes. If cancelled, whatever was finished is kept and the unit goes back to
-    ``cancelled`` with the attempts it made counted.
+    ``cancelled`` with the attempts it made counted. ``records=None`` (a Celery worker
+    with ``ARBORIS_STORE=off``) writes no store: the caller records the result elsewhere.
     """
     holder: list[Run] = []
 
@@ -172,7 +173,11 @@ async def run_unit(
         if isinstance(event, RunStarted):
             holder.append(event.run)
 
-    records.set_state(spec.job_id, chapter, version, "running", worker=worker)
+    def note(state: str, **extra: Any) -> None:
+        if records is not None:
+            records.set_state(spec.job_id, chapter, version, state, **extra)
+
+    note("running", worker=worker)
     handlers: list[Callable[[Event], None]] = [keep, *([on_event] if on_event else [])]
     try:
         run = await generate_versions(
@@ -187,17 +192,17 @@ async def run_unit(
             indices=[version],
             run_id=spec.run_id(chapter),
             raise_on_all_failed=False,
-            store=records.store,
+            store=False if records is None else records.store,
         )
     except asyncio.CancelledError:
         made = holder[0].versions[0] if holder else None
         state = made.status if made is not None and made.ok else "cancelled"
         requests = made.attempts if made is not None else 0
-        records.set_state(spec.job_id, chapter, version, state, requests=requests)
+        note(state, requests=requests)
         raise
     except Exception:
-        records.set_state(spec.job_id, chapter, version, "failed")
+        note("failed")
         raise
     result = run.versions[0]
-    records.set_state(spec.job_id, chapter, version, result.status, requests=result.attempts)
+    note(result.status, requests=result.attempts)
     return result
