@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import LLMConfig
 from ..errors import ConfigError
+from ._api import config_from_args
 
 if TYPE_CHECKING:
     from ..analysis.sweep import SweepResult
@@ -152,9 +153,7 @@ def register(subparsers: Any) -> None:
 def _llm(args: argparse.Namespace) -> Iterator[LLMConfig]:
     """The API to measure: the mock (started here, stopped on exit) or a configured one."""
     if not args.mock:
-        config = LLMConfig.from_env(
-            api_key_env=args.api_key_env, base_url=args.base_url, model=args.model
-        )
+        config = config_from_args(args)
         if not config.configured:
             raise ConfigError(f"bench needs --mock, --base-url or {args.api_key_env}")
         yield config

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ._api import config_from_args
 
 __all__ = ["register", "run"]
 
@@ -52,13 +53,10 @@ def register(subparsers: Any) -> None:
 
 def _llm(args: argparse.Namespace) -> Any:
     from ..backends.simulated import SimulatedLLM
-    from ..config import LLMConfig
 
     if args.simulated:
         return SimulatedLLM(model=args.model or "simulated")
-    config = LLMConfig.from_env(
-        api_key_env=args.api_key_env, base_url=args.base_url, model=args.model
-    )
+    config = config_from_args(args)
     if not config.configured:
         raise ConfigError(
             "no model: pass --simulated or --base-url, or set OPENAI_API_KEY / OPENAI_API_BASE_URL"

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..backends.simulated import SimulatedLLM
-from ..config import LLMConfig, WriterSettings, load_api_keys, parse_count, parse_limit
+from ..config import WriterSettings, load_api_keys, parse_count, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, generate_versions
 from ..errors import AllVersionsFailed, ConfigError
 from ..events import Event, RunStarted
 from ..results import Run
+from ._api import DEFAULT_KEY_ENV, config_from_args
 
 __all__ = ["register", "run"]
 
@@ -94,11 +94,7 @@ def _prompt(args: argparse.Namespace) -> str:
 def _backend(args: argparse.Namespace) -> LLMArg:
     if args.simulated:
         return SimulatedLLM()
-    if args.api_key_env != "OPENAI_API_KEY" and not os.environ.get(args.api_key_env):
-        raise ConfigError(f"--api-key-env: the variable {args.api_key_env} is not set")
-    config = LLMConfig.from_env(
-        api_key_env=args.api_key_env, model=args.model, base_url=args.base_url
-    )
+    config = config_from_args(args)
     if not config.configured:
         print(
             "arboris-nb: no OPENAI_API_KEY or OPENAI_API_BASE_URL set; "
@@ -106,7 +102,7 @@ def _backend(args: argparse.Namespace) -> LLMArg:
             file=sys.stderr,
         )
         return SimulatedLLM(model=args.model or "simulated")
-    keys = load_api_keys() if args.api_key_env == "OPENAI_API_KEY" else []
+    keys = load_api_keys() if args.api_key_env == DEFAULT_KEY_ENV else []
     if len(keys) > 1:  # OPENAI_API_KEYS: a key pool, round-robin by version
         return [config.with_(api_key=key) for key in keys]
     return config

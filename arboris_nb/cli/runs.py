@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._api import DEFAULT_KEY_ENV, config_from_args
+
 __all__ = ["register", "run"]
 
 
@@ -116,9 +118,8 @@ def _resume(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..backends.simulated import SimulatedLLM
-    from ..config import LLMConfig
     from ..console import ProgressPrinter, format_summary
-    from ..errors import AllVersionsFailed, ConfigError
+    from ..errors import AllVersionsFailed
     from ..runs import missing_versions, resume
     from .generate import EXIT_ALL_FAILED, run_json
 
@@ -127,14 +128,8 @@ def _resume(args: argparse.Namespace) -> int:
     llm: Any = None
     if args.simulated:
         llm = SimulatedLLM()
-    elif args.base_url or args.model or args.api_key_env != "OPENAI_API_KEY":
-        import os
-
-        if args.api_key_env != "OPENAI_API_KEY" and not os.environ.get(args.api_key_env):
-            raise ConfigError(f"--api-key-env: the variable {args.api_key_env} is not set")
-        llm = LLMConfig.from_env(
-            api_key_env=args.api_key_env, model=args.model, base_url=args.base_url
-        )
+    elif args.base_url or args.model or args.api_key_env != DEFAULT_KEY_ENV:
+        llm = config_from_args(args)
     try:
         merged = asyncio.run(
             resume(args.run_id, llm=llm, store=args.store, on_event=ProgressPrinter())
