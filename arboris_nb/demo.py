@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from .backends.simulated import SimulatedLLM
-from .config import WriterSettings
+from .config import WriterSettings, store_setting
 from .console import ProgressPrinter, format_summary, head
 from .engine import generate_versions
 from .results import Run
@@ -55,6 +55,9 @@ def main() -> int:
         f"{parallel.speedup:.2f}x faster, efficiency {parallel.efficiency:.1f} % "
         f"(the seed's 30 → 10 minutes is 66.7 %)"
     )
+    store, _ = store_setting()
+    if store is not None:
+        print(f"\nboth runs are saved in {store} (ARBORIS_STORE); see: arboris-nb runs list")
     return 0
 
 
