@@ -9,14 +9,11 @@ per run (the mean version duration), and also compared with the mock's configure
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
 
-from _common import machine, server_view
+from _common import run_on_mock
 
 from arboris_nb import LLMConfig, sweep
-from arboris_nb.mockserver import MockServer
 
 TTFT_S, TOKENS_PER_S, TOKENS = 0.3, 100.0, 101  # ≈ 1.3 s a version
 LATENCY_S = TTFT_S + (TOKENS - 1) / TOKENS_PER_S
@@ -41,18 +38,15 @@ async def measure(base_url: str, repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(machine())
-    print(f"mock (own process): ttft {TTFT_S} s, {TOKENS} tokens at {TOKENS_PER_S:g}/s ≈ "
-          f"{LATENCY_S:.2f} s a version; medians over {args.repeats} repeats")  # fmt: skip
-    server = MockServer(
-        ttft_s=TTFT_S, tokens_per_s=TOKENS_PER_S, output_tokens=TOKENS, process=True
+    run_on_mock(
+        measure,
+        description=__doc__.splitlines()[0],
+        repeats=5,
+        ttft_s=TTFT_S,
+        tokens_per_s=TOKENS_PER_S,
+        tokens=TOKENS,
+        what="; medians",
     )
-    with server as base_url:
-        asyncio.run(measure(base_url, args.repeats))
-        print(server_view(server.stats(), LATENCY_S))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,9 @@ takes about 1 s on the mock server (1 s stands for 10 minutes), over real HTTP.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-
-from _common import machine, server_view
+from _common import run_on_mock
 
 from arboris_nb import LLMConfig, sweep
-from arboris_nb.mockserver import MockServer
 
 TTFT_S, TOKENS_PER_S, TOKENS = 0.2, 100.0, 81  # 0.2 s + 80 gaps of 10 ms = 1.0 s
 LATENCY_S = TTFT_S + (TOKENS - 1) / TOKENS_PER_S
@@ -38,18 +34,15 @@ async def measure(base_url: str, repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    print(machine())
-    print(f"mock: ttft {TTFT_S} s, {TOKENS} tokens at {TOKENS_PER_S:g}/s ≈ {LATENCY_S:.2f} s a "
-          f"version (1 s = 10 minutes); means over {args.repeats} repeats")  # fmt: skip
-    server = MockServer(
-        ttft_s=TTFT_S, tokens_per_s=TOKENS_PER_S, output_tokens=TOKENS, process=True
+    run_on_mock(
+        measure,
+        description=__doc__.splitlines()[0],
+        repeats=3,
+        ttft_s=TTFT_S,
+        tokens_per_s=TOKENS_PER_S,
+        tokens=TOKENS,
+        what=" (1 s = 10 minutes); means",
     )
-    with server as base_url:
-        asyncio.run(measure(base_url, args.repeats))
-        print(server_view(server.stats(), LATENCY_S))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,20 @@ def _ping(app: Any, names: list[str]) -> Callable[[], bool]:
     return ready
 
 
+def _celery_job(base_url: str, redis_url: str, **options: Any) -> BookJob:
+    """The tests' book: 3 chapters × 3 versions, global limit 2, the notebook's own key."""
+    settings: dict[str, Any] = {"chapters": [1, 2, 3], "versions_per_chapter": 3, "limit": 2}
+    settings.update(options)
+    return BookJob(
+        "novel",
+        prompts="Write chapter {chapter}.",
+        llm=LLMConfig(api_key=NOTEBOOK_KEY, base_url=base_url),
+        backend="celery",
+        broker=redis_url,
+        **settings,
+    )
+
+
 def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) -> None:
     app = make_app(redis_url)
     mock = MockServer(ttft_s=0.1, tokens_per_s=60, output_tokens=30)
@@ -116,16 +130,7 @@ def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) 
         workers.start("a")
         workers.start("b")
         _wait(_ping(app, ["a", "b"]), 30, "workers a and b to answer ping")
-        job = BookJob(
-            "novel",
-            chapters=[1, 2, 3],
-            versions_per_chapter=3,
-            prompts="Write chapter {chapter}.",
-            llm=LLMConfig(api_key=NOTEBOOK_KEY, base_url=base_url),
-            limit=2,
-            backend="celery",
-            broker=redis_url,
-        )
+        job = _celery_job(base_url, redis_url)
         job.submit()
 
         def a_is_busy() -> bool:
@@ -235,16 +240,7 @@ def test_workers_without_the_notebooks_store(
         workers.start("a", ARBORIS_STORE="off", **ttl)
         workers.start("b", ARBORIS_STORE=str(b_store), **ttl)
         _wait(_ping(app, ["a", "b"]), 30, "workers a and b to answer ping")
-        job = BookJob(
-            "novel",
-            chapters=[1, 2, 3],
-            versions_per_chapter=3,
-            prompts="Write chapter {chapter}.",
-            llm=LLMConfig(api_key=NOTEBOOK_KEY, base_url=base_url),
-            limit=2,
-            backend="celery",
-            broker=redis_url,
-        )
+        job = _celery_job(base_url, redis_url)
         job.submit()
 
         def a_is_busy() -> bool:
@@ -326,15 +322,11 @@ def test_run_collects_and_resume_redoes_only_the_failed_unit(
     try:
         workers.start("solo", ARBORIS_STORE="off")
         _wait(_ping(app, ["solo"]), 30, "the worker to answer ping")
-        job = BookJob(
-            "novel",
+        job = _celery_job(
+            base_url,
+            redis_url,
             chapters=[1, 2],
             versions_per_chapter=2,
-            prompts="Write chapter {chapter}.",
-            llm=LLMConfig(api_key=NOTEBOOK_KEY, base_url=base_url),
-            limit=2,
-            backend="celery",
-            broker=redis_url,
             retry=RetryPolicy(attempts=1),
             poll_s=0.1,
         )
@@ -370,15 +362,8 @@ async def test_a_redelivered_unit_is_skipped_on_any_machine(
     mock = MockServer(ttft_s=0.01, tokens_per_s=500, output_tokens=5, fail_requests={2: 400})
     base_url = mock.start()
     try:
-        job = BookJob(
-            "novel",
-            chapters=[1],
-            versions_per_chapter=2,
-            prompts="Write chapter {chapter}.",
-            llm=LLMConfig(api_key=NOTEBOOK_KEY, base_url=base_url),
-            backend="celery",
-            broker=redis_url,
-            retry=RetryPolicy(attempts=1),
+        job = _celery_job(
+            base_url, redis_url, chapters=[1], versions_per_chapter=2, retry=RetryPolicy(attempts=1)
         )
         spec = job.spec.for_chapter(1).to_dict()
 
