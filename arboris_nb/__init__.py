@@ -48,6 +48,7 @@ from .errors import (
     ConnectionFailed,
     RateLimited,
     ServerError,
+    StateError,
     StreamInterrupted,
 )
 from .events import (
@@ -107,6 +108,7 @@ __all__ = [
     "SQLiteCache",
     "ServerError",
     "SimulatedLLM",
+    "StateError",
     "StreamInterrupted",
     "SweepResult",
     "TokenDelta",

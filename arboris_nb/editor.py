@@ -10,7 +10,8 @@
 * :func:`evaluate` — ask the model to compare the ok versions; the reply is parsed into
   Arboris-Novel's evaluation shape (:class:`Evaluation`) by :func:`parse_evaluation`.
   :func:`simulated_judge` is an offline model that writes chapters *and* answers
-  evaluation requests with deterministic JSON, so Evaluate works without an API.
+  evaluation requests with deterministic JSON, so Evaluate works without an API; a plain
+  :class:`SimulatedLLM` is judged by it too.
 * :func:`export_markdown` — one version to a Markdown file.
 
 Everything that becomes HTML here is escaped: model output is untrusted.
@@ -24,7 +25,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from .backends.base import Backend, ChatRequest, Message
 from .backends.simulated import SimulatedLLM, simulated_text
 from .config import LLMConfig, WriterSettings
 from .engine import Handlers, generate_versions
-from .errors import ArborisError, ConfigError
+from .errors import ArborisError, ConfigError, StateError
 from .events import Event, EventHandler, RunStarted
 from .prompts import as_messages, strip_think
 from .results import Run, Version
@@ -46,6 +47,7 @@ __all__ = [
     "diff_html",
     "edit_version",
     "evaluate",
+    "evaluation_candidates",
     "evaluation_messages",
     "export_markdown",
     "parse_evaluation",
@@ -71,11 +73,20 @@ _HEADING_RE = re.compile(r"^\[Version (\d+)\]$", re.MULTILINE)
 
 
 class EvaluationError(ArborisError):
-    """The model's evaluation reply could not be parsed; ``reply`` holds it."""
+    """No usable verdict: the judge's reply could not be parsed, chose a version that is
+    not a candidate, or the judge request failed. ``reply`` holds the reply ("" if none)."""
 
     def __init__(self, message: str, reply: str) -> None:
         super().__init__(message)
         self.reply = reply
+
+
+def _not_ok(version: Version, done_to_it: str) -> StateError:
+    """The error for acting on a version that is not done (failed, cancelled, running)."""
+    return StateError(
+        f"version {version.index} is {version.status}: only a done version can be "
+        f"{done_to_it}; retry it (or wait for it) first"
+    )
 
 
 # -- retry ------------------------------------------------------------------------------
@@ -189,7 +200,7 @@ def edit_version(
     saved (not stored) raises :class:`ConfigError` and leaves the version unchanged.
     """
     if not version.ok:
-        raise ConfigError(f"version {version.index} is {version.status}; only ok versions edit")
+        raise _not_ok(version, "edited")
     if not text.strip():
         raise ConfigError("edited text must not be empty")
     generated = _generated(version)
@@ -372,6 +383,17 @@ def parse_evaluation(text: str) -> Evaluation:
     return Evaluation(best_choice=best, reason=reason, versions=versions, raw=text)
 
 
+def evaluation_candidates(run: Run) -> list[Version]:
+    """The versions :func:`evaluate` compares: the run's ok ones, at least two of them."""
+    candidates = run.ok
+    if len(candidates) < 2:
+        raise StateError(
+            f"Evaluate needs at least 2 done versions; the run has {len(candidates)}: "
+            "retry the failed or cancelled ones first"
+        )
+    return candidates
+
+
 async def evaluate(
     run: Run,
     *,
@@ -383,19 +405,26 @@ async def evaluate(
 
     The request goes through the engine (one version, so retries and timing are the
     engine's). Needs at least two ok versions; the chosen version must be one of them.
+    A plain :class:`SimulatedLLM` (no ``reply`` of its own) answers as
+    :func:`simulated_judge` does, so an offline model evaluates offline. Raises
+    :class:`EvaluationError` when there is no usable verdict.
     """
-    candidates = run.ok
-    if len(candidates) < 2:
-        raise ConfigError(f"evaluate needs at least 2 ok versions, the run has {len(candidates)}")
+    candidates = evaluation_candidates(run)
     judged = await generate_versions(
         evaluation_messages(candidates, goal),
         settings=WriterSettings(version_count=1, max_parallel_requests=1),
-        llm=llm,
+        llm=_offline_judge(llm),
         retry=retry,
         run_id=f"{run.run_id}-eval",
         store=False,  # an evaluation is not a run of chapter versions
+        raise_on_all_failed=False,  # a failed judge is an EvaluationError, said below
     )
-    reply = judged.versions[0].content or ""
+    answer = judged.versions[0]
+    if not answer.ok:
+        raise EvaluationError(
+            f"the judge model gave no reply ({answer.status}: {answer.error})", ""
+        )
+    reply = answer.content or ""
     evaluation = parse_evaluation(reply)
     if evaluation.best_choice not in {v.index for v in candidates}:
         raise EvaluationError(
@@ -428,6 +457,16 @@ def _judge_reply(user: str) -> str:
         "evaluation": evaluation,
     }
     return json.dumps(verdict, ensure_ascii=False)
+
+
+def _offline_judge(llm: LLM) -> LLM:
+    """A plain SimulatedLLM writes prose, never a verdict: judge with its simulated_judge
+    twin (same timing, seed and faults; requests still recorded in its ``calls``)."""
+    if not isinstance(llm, SimulatedLLM) or llm.reply is not None:
+        return llm  # a real model, or a scripted reply the caller chose on purpose
+    twin = replace(llm)  # shares the `calls` list
+    twin.reply = _judge_replier(twin)
+    return twin
 
 
 def simulated_judge(**options: Any) -> SimulatedLLM:
@@ -467,7 +506,7 @@ def export_markdown(
 
     A comment under the heading names the run and version, and says when it was edited."""
     if not version.ok or version.content is None:
-        raise ConfigError(f"version {version.index} is {version.status}; only ok versions export")
+        raise _not_ok(version, "exported")
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"export path {target} is a directory; give a file name")

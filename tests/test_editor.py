@@ -13,6 +13,7 @@ from arboris_nb import (
     ConfigError,
     EvaluationError,
     SimulatedLLM,
+    StateError,
     WriterSettings,
     diff_html,
     edit_version,
@@ -25,7 +26,7 @@ from arboris_nb import (
     word_diff,
 )
 from arboris_nb.cli import main
-from arboris_nb.editor import Evaluation, retry_messages
+from arboris_nb.editor import Evaluation, evaluation_candidates, retry_messages
 from arboris_nb.results import Run, Version
 from arboris_nb.runs import export_run, list_runs, load_run, retries_of
 from arboris_nb.store import RunStore
@@ -118,7 +119,7 @@ def test_edit_version_replaces_content_of_ok_versions_only() -> None:
     with pytest.raises(ConfigError, match="must not be empty"):
         edit_version(run.versions[0], "  ")
     failed = Version(index=2, status="failed", error="boom")
-    with pytest.raises(ConfigError, match="version 2 is failed"):
+    with pytest.raises(StateError, match="version 2 is failed: only a done version can be edited"):
         edit_version(failed, "x")
 
 
@@ -174,7 +175,7 @@ async def test_edits_that_cannot_be_saved_are_refused_and_change_nothing(tmp_pat
     run = await generate_versions(
         "Write", settings=WriterSettings(2), llm=fast(fail_versions=[2]), store=path
     )
-    with pytest.raises(ConfigError, match="version 2 is failed"):
+    with pytest.raises(StateError, match="version 2 is failed"):
         edit_version(run.versions[1], "x", run=run, store=path)
     with RunStore(path) as store:
         with pytest.raises(ConfigError, match="version 2 is failed in the run store"):
@@ -280,14 +281,30 @@ async def test_evaluate_with_the_simulated_judge_picks_the_most_varied_version()
     assert ev.versions[1]["cons"] and not ev.versions[2]["cons"]
 
 
+async def test_a_plain_simulated_model_evaluates_offline_as_the_simulated_judge() -> None:
+    run = ok_run("a a a a a a", "rain falls on the old stone gate")
+    llm = fast()  # writes prose; evaluate() judges with its simulated_judge twin
+    ev = await evaluate(run, llm=llm, goal="the gate")
+    assert (ev.best_choice, set(ev.versions)) == (2, {1, 2})
+    assert llm.reply is None  # the caller's model is left as it was...
+    (request,) = llm.calls  # ...and still records the request it was sent
+    assert request.run_id == "r1-eval" and "[Version 2]" in request.prompt
+
+
+@pytest.mark.looptime  # the failing judge's retry backoff passes on the fake clock
 async def test_evaluate_refuses_unparseable_or_impossible_verdicts() -> None:
     run = ok_run("one text", "two text")
-    with pytest.raises(EvaluationError, match="not a JSON object"):
-        await evaluate(run, llm=fast())  # plain prose, not a verdict
+    with pytest.raises(EvaluationError, match="not a JSON object") as info:
+        await evaluate(run, llm=fast(reply="Version 2 is better."))  # prose, not a verdict
+    assert info.value.reply == "Version 2 is better."
     with pytest.raises(EvaluationError, match="version 9, which is not an ok version"):
         await evaluate(run, llm=fast(reply='{"best_choice": 9, "reason_for_choice": "x"}'))
-    with pytest.raises(ConfigError, match="at least 2 ok versions"):
+    with pytest.raises(EvaluationError, match=r"no reply \(failed: .*simulated failure"):
+        await evaluate(run, llm=fast(fail_versions=[1]))  # the judge's request fails
+    with pytest.raises(StateError, match="at least 2 done versions; the run has 1"):
         await evaluate(ok_run("alone"), llm=fast())
+    with pytest.raises(StateError, match="the run has 0"):
+        evaluation_candidates(Run(run_id="r", versions=[Version(index=1, status="failed")]))
 
 
 def test_simulated_judge_still_writes_chapters_and_refuses_reply() -> None:
@@ -313,7 +330,7 @@ def test_export_markdown_writes_heading_and_text(tmp_path: pytest.TempPathFactor
 
 
 def test_export_markdown_refuses_failed_versions_and_directories(tmp_path: object) -> None:
-    with pytest.raises(ConfigError, match="only ok versions export"):
+    with pytest.raises(StateError, match="only a done version can be exported"):
         export_markdown(Version(index=1, status="failed"), "x.md")
     with pytest.raises(ConfigError, match="is a directory"):
         export_markdown(ok_run("t").versions[0], tmp_path)  # type: ignore[arg-type]
