@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from arboris_nb import LLMConfig, SimulatedLLM
-from arboris_nb.errors import ConfigError
+from arboris_nb.errors import ConfigError, StateError
 from arboris_nb.mockserver import MockServer
 from arboris_nb.queue import BookJob, parse_chapters
 from arboris_nb.queue.unit import llm_spec
@@ -197,7 +197,7 @@ def test_bad_input_is_refused_clearly() -> None:
             backend="celery",
         )
     job = BookJob(chapters=[1], prompts="c{chapter}", llm=sim, job_id="dup")
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(StateError, match="already exists"):
         BookJob(chapters=[1], prompts="c{chapter}", llm=sim, job_id=job.job_id)
     with pytest.raises(ConfigError, match="no book job"):
         BookJob.load("nope")
@@ -234,4 +234,7 @@ def test_cli_submit_status_resume_export(
     assert main(["book", "export", "cli-job", "--out", str(tmp_path)]) == 0
     assert len(list(tmp_path.rglob("*.md"))) == 4
     assert main(["book", "status", "missing"]) == 2
+    capsys.readouterr()
+    assert main([*argv, "--simulated", "--job-id", "cli-job"]) == 1  # a state, not a config
+    assert "arboris-nb: book job 'cli-job' already exists: resume it" in capsys.readouterr().err
     assert main([*argv, "--simulated", "--limit", "0"]) == 2

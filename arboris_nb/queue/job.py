@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..backends.base import Backend, Message
 from ..config import LLMConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, StateError
 from ..events import Event, TokenDelta
 from ..limits import FixedLimit, Limiter
 from ..prompts import as_messages
@@ -176,7 +176,10 @@ class BookJob:
         self._setup(spec, llm=llm, backend=backend, store=store, limiter=limiter)
         self.broker, self.poll_s = broker, poll_s
         if not self.records.save_job(spec.job_id, project, {**spec.to_dict(), "backend": backend}):
-            raise ConfigError(f"book job {spec.job_id!r} already exists: use BookJob.load()")
+            raise StateError(
+                f"book job {spec.job_id!r} already exists: resume it with "
+                f"BookJob.load({spec.job_id!r}) or `arboris-nb book resume {spec.job_id}`"
+            )
         self.records.add_units(spec.job_id, spec.units())
 
     def _setup(
@@ -291,7 +294,7 @@ class BookJob:
     def start(self) -> asyncio.Task[dict[str, Any]]:
         """:meth:`run` as a task on the running loop (the job keeps a reference)."""
         if self._task is not None and not self._task.done():
-            raise ConfigError(f"book job {self.job_id} is already running")
+            raise StateError(f"book job {self.job_id} is already running: await it or cancel it")
         self._task = asyncio.get_running_loop().create_task(self.run())
         return self._task
 

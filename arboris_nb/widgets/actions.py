@@ -62,6 +62,8 @@ def explain(exc: BaseException, action: str) -> str:
         return f"{action} failed: {exc}.{_EVALUATION_HINT}"
     if isinstance(exc, ArborisError):
         return f"{action} failed: {exc}"
+    if isinstance(exc, OSError):  # a file or folder the system refused: not a bug
+        return f"{action} failed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
     return (
         f"{action} failed unexpectedly ({type(exc).__name__}: {exc}); this is a bug in "
         "arboris_nb — the details are in the log (logger arboris_nb.widgets)"
@@ -84,7 +86,7 @@ def error_html(exc: BaseException, action: str) -> str:
 def report(exc: BaseException, action: str, show: Callable[[str], None]) -> None:
     """Log ``exc`` and show it through ``show`` (which sets some HTML widget's value)."""
     what = action.lower()
-    if isinstance(exc, ArborisError):
+    if isinstance(exc, ArborisError | OSError):
         log.error("%s failed: %s", what, exc)  # expected; the message says it all
     else:
         log.error("%s failed: %s", what, exc, exc_info=exc)

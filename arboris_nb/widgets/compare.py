@@ -188,7 +188,8 @@ class CompareTab:
             return
         a = a if a in indices else indices[0]
         others = [i for i in indices if i != a] or [a]
-        self.diff_a.value, self.diff_b.value = a, b if b in indices else others[0]
+        self.diff_a.value = a
+        self.diff_b.value = b if b in indices and b != a else others[0]
 
     def follow_selection(self, version: Version) -> None:
         """The selection changed: the file name follows it unless the user typed one."""
