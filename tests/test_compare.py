@@ -84,7 +84,7 @@ async def test_export_saves_the_selected_version_under_its_own_name(tmp_path: Pa
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# Chapter 5 — Version 2\n") and run.versions[1].content in text
     assert f"run {run.run_id}, version 2 -->" in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chapter-5-v2.md"]
+    assert not (tmp_path / "chapter-5-v3.md").exists()  # nothing under the old name
     assert shown(w.compare.note) == f"Exported version 2 to {path}"
     assert w.message.value == ""
 
