@@ -19,7 +19,17 @@ from ..editor import EvaluationError
 from ..errors import ArborisError, ConfigError, StateError
 from ..results import Run, Version
 
-__all__ = ["act", "error_html", "explain", "note_html", "report", "running_loop", "version_of"]
+__all__ = [
+    "act",
+    "error_html",
+    "explain",
+    "note_html",
+    "report",
+    "require_run",
+    "running_loop",
+    "version_of",
+    "wait_error",
+]
 
 log = logging.getLogger("arboris_nb.widgets")
 
@@ -40,10 +50,23 @@ def running_loop(what: str) -> asyncio.AbstractEventLoop:
         ) from None
 
 
-def version_of(run: Run | None, index: int) -> Version:
-    """Version ``index`` of ``run``: StateError before any run, ConfigError if absent."""
+def require_run(run: Run | None) -> Run:
+    """``run``, or a StateError saying to generate first."""
     if run is None:
         raise StateError("Nothing generated yet: press Generate first")
+    return run
+
+
+def wait_error(action: str) -> StateError:
+    """The error for ``action`` asked for while a run or another action is in progress."""
+    return StateError(
+        f"Wait until the run or the action in progress ends (or press Stop), then press {action}"
+    )
+
+
+def version_of(run: Run | None, index: int) -> Version:
+    """Version ``index`` of ``run``: StateError before any run, ConfigError if absent."""
+    run = require_run(run)
     for version in run.versions:
         if version.index == index:
             return version

@@ -32,7 +32,7 @@ from ..config import LLMConfig
 from ..errors import StateError
 from ..results import Run, Version
 from ..retry import RetryPolicy
-from .actions import act, note_html, report, running_loop, version_of
+from .actions import act, note_html, report, require_run, running_loop, version_of, wait_error
 
 __all__ = ["CompareHost", "CompareTab", "export_name"]
 
@@ -130,14 +130,9 @@ class CompareTab:
     def evaluate(self) -> asyncio.Task[editor.Evaluation]:
         """Ask the judge model to compare the done versions; returns the task at once."""
         loop = running_loop("Evaluate")
-        run = self._host.run
-        if run is None:
-            raise StateError("Nothing generated yet: press Generate first")
+        run = require_run(self._host.run)
         if self._host.busy:
-            raise StateError(
-                "Wait until the run or the action in progress ends (or press Stop), "
-                "then press Evaluate"
-            )
+            raise wait_error("Evaluate")
         names = ", ".join(str(v.index) for v in editor.evaluation_candidates(run))
         self._say(note_html(f"Evaluating versions {names}…"))
         coro = editor.evaluate(

@@ -61,7 +61,7 @@ from ..events import (
 from ..prompts import as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
-from .actions import act, report, running_loop, version_of
+from .actions import act, report, running_loop, version_of, wait_error
 from .compare import CompareTab
 from .panels import VersionPanel
 from .timeline import timeline_html
@@ -294,10 +294,7 @@ class VersionsWidget:
         loop = running_loop("VersionsWidget.retry()")
         self._version(index)  # refuses an unknown index (or no run) now, not in the task
         if self.run is None or self.busy:
-            raise StateError(
-                "Wait until the run or the action in progress ends (or press Stop), "
-                "then press Retry"
-            )
+            raise wait_error("Retry")
         if self._selected == index:
             self._selected = None
         coro = editor.retry_version(
@@ -416,8 +413,12 @@ class VersionsWidget:
         return result
 
     def _after_retry(self, version: Version) -> None:
+        panel = self._panels[version.index]
+        if version.status == "cancelled":  # editor.retry_version kept the old version
+            panel.show_note(html.escape("Retry cancelled: the previous text is kept."))
+            return
         word = "done" if version.ok else version.status
-        self._panels[version.index].show_note(html.escape(f"Regenerated: {word}."))
+        panel.show_note(html.escape(f"Regenerated: {word}."))
         self.compare.versions_changed([version.index])
 
     # -- events (the widget is a subscriber; it never times or retries anything) --------
