@@ -222,6 +222,18 @@ async def test_a_retry_drops_the_verdict_and_diffs_of_the_retried_version(
 
 
 @pytest.mark.looptime
+async def test_a_verdict_on_text_edited_meanwhile_is_not_shown(tmp_path: Path) -> None:
+    w = make(tmp_path, judge=simulated_judge(ttft_s=2.0))
+    await w.generate("p")
+    task = w.evaluate()
+    await asyncio.sleep(1.0)  # the judge is reading the old texts
+    w.edit(1, "A new first version.")
+    await task
+    assert w.compare.evaluation is None and w.compare.output.value == ""
+    assert shown(w.compare.note) == "The versions changed meanwhile: press Evaluate again."
+
+
+@pytest.mark.looptime
 async def test_the_diff_choices_survive_evaluate_and_retry(tmp_path: Path) -> None:
     w = make(tmp_path, simulated_judge(**FAST))  # type: ignore[arg-type]
     await w.generate("p")
