@@ -4,8 +4,8 @@ errors told to the person in words, where the action was started.
 A button click must never raise into the void (ipywidgets would only log it) nor read
 like a traceback: :func:`act` runs the action and shows a failure as a sentence that
 says what to do — the message of a :class:`~arboris_nb.errors.StateError` is already
-such a sentence; other known errors get the action's name in front; anything else is a
-bug, named as one and logged with its traceback.
+such a sentence; other arboris errors and file-system errors get the action's name in
+front; anything else is a bug, named as one and logged with its traceback.
 """
 
 from __future__ import annotations
