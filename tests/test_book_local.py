@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import re
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import arboris_nb.queue
 from arboris_nb import BookProgress, LLMConfig, SimulatedLLM
 from arboris_nb.errors import ConfigError
 from arboris_nb.limits import FixedLimit
@@ -303,3 +305,16 @@ def test_cli_submit_status_resume_export(
     assert len(list(tmp_path.rglob("*.md"))) == 4
     assert main(["book", "status", "missing"]) == 2
     assert main([*argv, "--simulated", "--limit", "0"]) == 2
+
+
+def test_the_queue_layer_imports_no_widget() -> None:
+    """Views subscribe to the job; the job never reaches for a view (not even lazily)."""
+    imports = []
+    for path in Path(arboris_nb.queue.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                imports.append((path.name, "." * node.level + (node.module or "")))
+            elif isinstance(node, ast.Import):
+                imports += [(path.name, alias.name) for alias in node.names]
+    assert len(imports) > 50  # the scan sees the package's imports
+    assert [(f, m) for f, m in imports if "widgets" in m or "ipywidgets" in m] == []
