@@ -71,7 +71,7 @@ from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
-from .widgets import VersionsWidget
+from .widgets import BookProgress, VersionsWidget
 
 __version__ = "0.1.0"
 
@@ -85,6 +85,7 @@ __all__ = [
     "BackendTimeout",
     "BadRequest",
     "BookJob",
+    "BookProgress",
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",

@@ -73,8 +73,8 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     print(
         f"{status['job_id']} ({status['backend']}): chapters {status['chapters_done']}/"
         f"{status['chapters']}, versions {status['ok']}/{status['units']} ok, "
-        f"{status['failed']} failed, {status['running']} running, "
-        f"{status['queued'] + status['pending'] + status['cancelled']} waiting; "
+        f"{status['failed']} failed, {status['running']} running (limit {status['limit']}), "
+        f"{status['queued']} waiting for a slot, {status['pending'] + status['cancelled']} to do; "
         f"{status['requests']} requests; elapsed {format_seconds(status['elapsed_s'])}"
     )
 
@@ -92,6 +92,9 @@ def _drive(job: Any, as_json: bool) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from ..queue.job import BookJob
 
+    if args.no_wait and args.backend != "celery":
+        raise ConfigError("--no-wait is for --backend celery (a local job runs in this process)")
+
     job = BookJob(
         args.project,
         chapters=args.chapters,
@@ -104,7 +107,7 @@ def _submit(args: argparse.Namespace) -> int:
         api_key_env=args.api_key_env,
     )
     print(job.job_id)
-    if args.backend == "celery" and args.no_wait:
+    if args.no_wait:
         job.submit()
         return 0
     return _drive(job, as_json=False)

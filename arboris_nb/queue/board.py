@@ -12,6 +12,9 @@ default 30 days) that every write pushes forward::
     cancelled  "1" while the job is cancelled
 
 ``units`` is small and polled; ``results`` holds the texts and is read once per result.
+A unit's ``state`` there is ``queued`` from when a worker takes its task until it ends: whether
+it is *running* — holds a slot of the global limit — is read from the limit's own leases,
+which name the unit (:func:`slot_holder`), so "running" never counts more than the limit.
 A unit's final write (``results``, ``units`` and ``requests`` together) is one Lua
 script, run before the task is acknowledged; an ``ok`` result is never overwritten.
 No API key is ever written: a Version carries only the masked ``key_id``.
@@ -41,6 +44,7 @@ __all__ = [
     "read_results",
     "read_units",
     "set_cancelled",
+    "slot_holder",
     "ttl_s",
     "unit_field",
     "version_from_payload",
@@ -111,6 +115,11 @@ def unit_field(chapter: int, version: int) -> str:
     return f"{chapter}:{version}"
 
 
+def slot_holder(job_id: str, chapter: int, version: int) -> str:
+    """How a unit names the leases it takes on the global limit (see ``RedisLimit``)."""
+    return f"book:{job_id}:{chapter}:{version}"
+
+
 def _unit(field: str | bytes) -> tuple[int, int]:
     text = field.decode() if isinstance(field, bytes) else field
     chapter, _, version = text.partition(":")
@@ -144,7 +153,7 @@ class UnitReport:
 
     chapter: int
     version: int
-    state: str  # running | ok | failed | cancelled
+    state: str  # queued | running | ok | failed | cancelled
     worker: str | None
     requests: int
     result: str | None  # id of the stored result, None until the unit ends ok or failed

@@ -3,8 +3,9 @@
 The versions themselves (texts, timings, attempts) are the store's ``versions`` rows:
 chapter ``c`` of job ``J`` is the store run ``J-chc`` (see :func:`chapter_run_id`), so
 ``arboris-nb runs`` and ``resume`` see book chapters like any other run. These two
-extra tables only say what the job *is* and where each unit stands right now (queued,
-running on which worker), which the store does not know until a version finishes::
+extra tables only say what the job *is* and where each unit stands right now (queued:
+waiting for a slot; running: holding one; on which worker), which the store does not know
+until a version finishes::
 
     book_jobs(job_id PK, project, created_at, spec JSON)
     book_units(job_id, chapter, version, state, worker, requests, updated_at;
@@ -149,6 +150,10 @@ class BookRecords:
         )
         return [dict(row) for row in rows]
 
+    def all_final(self, job_id: str) -> bool:
+        """True when every unit of the job is ok or failed."""
+        return all(u["state"] in FINAL for u in self.units(job_id))
+
     def ok_units(self, job_id: str, chapters: Sequence[int]) -> set[tuple[int, int]]:
         """(chapter, version) of every version of these chapters already ok in the store."""
         run_ids = {chapter_run_id(job_id, c): c for c in chapters}
@@ -158,8 +163,3 @@ class BookRecords:
             list(run_ids),
         )
         return {(run_ids[run_id], int(idx)) for run_id, idx in rows}
-
-    def ok_versions(self, job_id: str, chapter: int) -> set[int]:
-        """Version numbers of this chapter already ok in the store (never to be re-asked)."""
-        versions = self.store.get_versions(chapter_run_id(job_id, chapter))
-        return {v.index for v in versions if v.status == "ok"}
