@@ -36,7 +36,7 @@ from .editor import (
     simulated_judge,
     word_diff,
 )
-from .engine import generate_versions, generate_versions_sync
+from .engine import generate_versions, generate_versions_sync, start_versions
 from .errors import (
     AllVersionsFailed,
     ArborisError,
@@ -63,6 +63,7 @@ from .events import (
     VersionRetrying,
     VersionStarted,
 )
+from .handle import RunHandle
 from .limits import FixedLimit, Limiter
 from .prompts import chapter_messages, parse_reply
 from .queue import BookJob
@@ -102,6 +103,7 @@ __all__ = [
     "RetryPolicy",
     "Run",
     "RunFinished",
+    "RunHandle",
     "RunStarted",
     "RunStore",
     "SQLiteCache",
@@ -144,6 +146,7 @@ __all__ = [
     "resume_sync",
     "retry_version",
     "simulated_judge",
+    "start_versions",
     "sweep",
     "sweep_sync",
     "unload_ipython_extension",

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 from .backends.base import Message
 from .config import cache_setting, store_setting
 from .errors import ConfigError
-from .events import Event, RunFinished, TokenDelta, VersionFinished
+from .events import Event, TokenDelta, VersionFinished
 from .results import Version
 from .store import CACHE_KEY_ID, RunStore
 
@@ -329,7 +329,10 @@ class BoundCache:
             version: Version = event.version  # type: ignore[attr-defined]
             if version.ok and version.key_id != CACHE_KEY_ID and version.content:
                 self.store(version)
-        elif kind is RunFinished and self.owns_cache:
+
+    def close(self) -> None:
+        """Close the cache if it was opened for this run (the engine calls this at the end)."""
+        if self.owns_cache:
             self.cache.close()
 
 

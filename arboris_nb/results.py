@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -171,7 +170,12 @@ class Version:
 
 @dataclass
 class Run:
-    """A batch of versions for one prompt, with its metrics."""
+    """A batch of versions for one prompt, with its metrics.
+
+    A Run is the record of a run, not its control: to stop a run in progress use the
+    :class:`~arboris_nb.handle.RunHandle` that ``start_versions`` returned (or cancel the
+    task awaiting ``generate_versions``).
+    """
 
     run_id: str
     versions: list[Version]
@@ -183,7 +187,8 @@ class Run:
     created_at: float = 0.0  # wall-clock epoch seconds, for stores and humans
     elapsed_s: float | None = None
     measured_serial_s: float | None = None
-    _cancel: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    parent_run_id: str | None = None  # a retry: the run and version it regenerates
+    parent_index: int | None = None
 
     @property
     def mode(self) -> str:
@@ -204,11 +209,6 @@ class Run:
     @property
     def done(self) -> bool:
         return all(v.done for v in self.versions)
-
-    def cancel(self) -> None:
-        """Cancel every version still queued or running; finished ones are kept."""
-        if self._cancel is not None:
-            self._cancel()
 
     def _durations(self) -> list[float]:
         return [v.duration_s for v in self.versions if v.ok and v.duration_s is not None]

@@ -307,8 +307,9 @@ class RunStore:
                 tx.execute(
                     "INSERT INTO runs (run_id, project, chapter, created_at, updated_at, mode, "
                     "version_count, indices, max_parallel_requests, model, messages, "
-                    "temperature, max_tokens, elapsed_s, sessions, status) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running')",
+                    "temperature, max_tokens, elapsed_s, sessions, status, parent_run_id, "
+                    "parent_index) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', ?, ?)",
                     (
                         run.run_id,
                         run.project,
@@ -323,6 +324,8 @@ class RunStore:
                         json.dumps(list(messages), ensure_ascii=False),
                         temperature,
                         max_tokens,
+                        run.parent_run_id,
+                        run.parent_index,
                     ),
                 )
                 return 1, 0.0
@@ -395,16 +398,6 @@ class RunStore:
                 (status, time.time(), elapsed_s, run_id),
             )
         return status
-
-    def link_retry(self, run_id: str, parent_run_id: str, parent_index: int) -> None:
-        """Mark run ``run_id`` as a retry of version ``parent_index`` of ``parent_run_id``."""
-        with self.transaction() as tx:
-            found = tx.execute(
-                "UPDATE runs SET parent_run_id = ?, parent_index = ? WHERE run_id = ?",
-                (parent_run_id, parent_index, run_id),
-            ).rowcount
-        if not found:
-            raise KeyError(run_id)
 
     def save_edit(self, run_id: str, index: int, text: str) -> None:
         """Store an editor's text for an ok version (one commit); the generated text stays.
@@ -577,7 +570,7 @@ class RunRecorder:
     """The ``on_event`` subscriber that writes a run to a :class:`RunStore`.
 
     It writes at ``RunStarted``, at each version's final event and at ``RunFinished``
-    only; ``TokenDelta`` returns at once. ``owns_store`` closes the store at the end.
+    only; ``TokenDelta`` returns at once. ``owns_store``: :meth:`close` closes the store.
     """
 
     def __init__(
@@ -614,11 +607,12 @@ class RunRecorder:
                 elapsed_s=self.elapsed_before + event.t,
             )
         elif kind is RunFinished:
-            try:
-                self.store.finish_run(event.run.run_id, elapsed_s=self.elapsed_before + event.t)
-            finally:
-                if self.owns_store:
-                    self.store.close()
+            self.store.finish_run(event.run.run_id, elapsed_s=self.elapsed_before + event.t)
+
+    def close(self) -> None:
+        """Close the store if this recorder opened it (the engine calls this at the end)."""
+        if self.owns_store:
+            self.store.close()
 
 
 def open_store(spec: StoreSpec = None) -> tuple[RunStore | None, bool]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions
+from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions, start_versions
 from arboris_nb.errors import ConfigError
 from arboris_nb.events import Event, VersionFinished
 from arboris_nb.mockserver import MockServer
@@ -88,15 +88,23 @@ def test_a_version_1_store_is_migrated_without_losing_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from arboris_nb import store as store_module
-    from arboris_nb.results import Run
 
     path = tmp_path / "runs.sqlite3"
-    with monkeypatch.context() as old:  # an arboris_nb that knew only schema 1 writes it
-        old.setattr(store_module, "SCHEMA_VERSION", 1)
-        with RunStore(path) as v1:
-            v1.begin_run(Run(run_id="old", versions=[Version(1), Version(2)]), [])
-            v1.save_version("old", Version(index=1, status="ok", content="paid for"))
-            v1.save_version("old", Version(index=2, status="failed", error="boom"))
+    v1 = sqlite3.connect(path)  # what an arboris_nb that knew only schema 1 wrote
+    v1.executescript(store_module._MIGRATIONS[0])
+    v1.execute(
+        "INSERT INTO runs (run_id, created_at, updated_at, mode, version_count, indices, "
+        "max_parallel_requests, messages, status) "
+        "VALUES ('old', 0, 0, 'parallel', 2, '[1, 2]', '3', '[]', 'partial')"
+    )
+    v1.executemany(
+        "INSERT INTO versions (run_id, idx, status, content, error, written_at) "
+        "VALUES ('old', ?, ?, ?, ?, 0)",
+        [(1, "ok", "paid for", None), (2, "failed", None, "boom")],
+    )
+    v1.execute("PRAGMA user_version = 1")
+    v1.commit()
+    v1.close()
     assert rows(path, "PRAGMA user_version")[0][0] == 1
     assert "edited_content" not in columns(path, "versions")
 
@@ -217,15 +225,16 @@ async def test_cancelled_versions_are_stored_with_the_finished_ones(tmp_path: Pa
 
     def cancel_after_first(event: Event) -> None:
         if isinstance(event, VersionFinished):
-            event.run.cancel()
+            handle.cancel()
 
-    await generate_versions(
+    handle = start_versions(
         "p",
         settings=WriterSettings(3),
         llm=SimulatedLLM(reply=by_length, tokens_per_s=20.0),
         on_event=cancel_after_first,
         store=path,
     )
+    await handle
     statuses = {r["idx"]: r["status"] for r in rows(path, "SELECT idx, status FROM versions")}
     assert statuses == {1: "ok", 2: "cancelled", 3: "cancelled"}
     assert rows(path, "SELECT status FROM runs")[0]["status"] == "partial"

@@ -13,9 +13,9 @@ from typing import Any
 from ..backends.simulated import SimulatedLLM
 from ..config import WriterSettings, load_api_keys, parse_count, parse_limit
 from ..console import ProgressPrinter, format_summary
-from ..engine import LLMArg, generate_versions
+from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
-from ..events import Event, RunStarted
+from ..handle import RunHandle
 from ..results import Run
 from ._api import DEFAULT_KEY_ENV, config_from_args
 
@@ -159,29 +159,29 @@ def run(args: argparse.Namespace) -> int:
         version_count=args.versions, parallel=args.parallel, max_parallel_requests=args.max_parallel
     )
     prompt, backend = _prompt(args), _backend(args)
-    holder: list[Run] = []
+    started: list[RunHandle] = []  # so Ctrl-C can still show what finished
 
-    def keep(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            holder.append(event.run)
+    async def generate() -> Run:
+        handle = start_versions(
+            prompt,
+            settings=settings,
+            llm=backend,
+            project=args.project,
+            chapter=args.chapter,
+            on_event=ProgressPrinter(),
+        )
+        started.append(handle)
+        return await handle
 
-    coro = generate_versions(
-        prompt,
-        settings=settings,
-        llm=backend,
-        project=args.project,
-        chapter=args.chapter,
-        on_event=[keep, ProgressPrinter()],
-    )
     try:
-        result = asyncio.run(coro)
+        result = asyncio.run(generate())
     except AllVersionsFailed as exc:
         _report(exc.run, args)
         print(f"arboris-nb: {exc}", file=sys.stderr)
         return EXIT_ALL_FAILED
     except KeyboardInterrupt:
-        if holder:
-            _report(holder[0], args)
+        if started:
+            _report(started[0].run, args)
         print("arboris-nb: interrupted; finished versions are shown above", file=sys.stderr)
         return EXIT_INTERRUPTED
     _report(result, args)
