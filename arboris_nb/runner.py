@@ -46,7 +46,7 @@ from .events import (
 )
 from .limits import Limiter
 from .prompts import parse_reply
-from .results import CACHE_KEY_ID, Attempt, Run, Version
+from .results import Attempt, Run, Version
 from .retry import RetryPolicy
 
 if sys.version_info >= (3, 11):
@@ -229,7 +229,7 @@ class Runner:
             return False
         version.content, version.title, version.summary = reply.content, reply.title, reply.summary
         version.output_tokens = reply.output_tokens
-        version.key_id = CACHE_KEY_ID
+        version.cached = True
         version.finished_at = self.now()
         version.status = "ok"
         self.emit(VersionFinished, version=version)

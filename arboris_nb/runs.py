@@ -15,7 +15,6 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -167,25 +166,13 @@ def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
 # -- export -----------------------------------------------------------------------------
 
 
-def _version_dict(version: Version) -> dict[str, Any]:
-    data = asdict(version)
-    data["cached"] = version.cached
-    data.update(
-        queue_wait_s=version.queue_wait_s,
-        ttft_s=version.ttft_s,
-        duration_s=version.duration_s,
-        tokens_per_s=version.tokens_per_s,
-    )
-    return data
-
-
 def _as_json(record: RunRecord, run: Run) -> str:
     head = record.to_dict()
     head["created_at_utc"] = str(_utc(record.created_at))
     document = {
         "run": head,
         "metrics": run.summary(),
-        "versions": [_version_dict(v) for v in run.versions],
+        "versions": [v.to_dict(metrics=True) for v in run.versions],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from arboris_nb.results import Run
+
 SENTINEL = "sk-SENTINEL-cli-0123456789wxyz"
 
 
@@ -55,7 +57,7 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {
+    assert set(data) >= {
         "run_id",
         "project",
         "chapter",
@@ -73,7 +75,7 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
         2,
     )
     assert (data["project"], data["chapter"], data["ok"], data["failed"]) == ("demo", 3, 3, 0)
-    assert set(data["versions"][0]) == {
+    assert set(data["versions"][0]) >= {
         "index",
         "status",
         "content",
@@ -85,6 +87,10 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
         "attempts",
     }
     assert [v["index"] for v in data["versions"]] == [1, 2, 3]
+    # Versions are Version.to_dict(metrics=True): every field, so they read back as Versions.
+    assert {"attempt_log", "cached", "key_id", "title"} <= set(data["versions"][0])
+    back = Run.from_dict(data)
+    assert [v.content for v in back.versions] == [v["content"] for v in data["versions"]]
     assert "v1/3 done" in result.stderr  # live progress goes to stderr
 
 

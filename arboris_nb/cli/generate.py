@@ -109,32 +109,11 @@ def _backend(args: argparse.Namespace) -> LLMArg:
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    """The ``--json`` object (a contract: keep the keys)."""
-    return {
-        "run_id": run.run_id,
-        "project": run.project,
-        "chapter": run.chapter,
-        "mode": run.mode,
-        "version_count": run.version_count,
-        "max_parallel_requests": run.max_parallel_requests,
-        "elapsed_s": run.elapsed_s,
-        "ok": len(run.ok),
-        "failed": len(run.failed),
-        "versions": [
-            {
-                "index": v.index,
-                "status": v.status,
-                "content": v.content,
-                "error": v.error,
-                "queue_wait_s": v.queue_wait_s,
-                "ttft_s": v.ttft_s,
-                "duration_s": v.duration_s,
-                "output_tokens": v.output_tokens,
-                "attempts": v.attempts,
-            }
-            for v in run.versions
-        ],
-    }
+    """The ``--json`` object: ``Run.to_dict(metrics=True)``. A contract: it always has
+    run_id, project, chapter, mode, version_count, max_parallel_requests, elapsed_s, ok,
+    failed and versions, each with index, status, content, error, queue_wait_s, ttft_s,
+    duration_s, output_tokens and attempts (and every other Version field)."""
+    return run.to_dict(metrics=True)
 
 
 def _write_versions(run: Run, out: Path) -> None:

@@ -39,9 +39,8 @@ from .board import (
     read_results,
     read_units,
     set_cancelled,
-    version_from_payload,
 )
-from .records import FINAL, BookRecords, chapter_run_id
+from .records import SETTLED, BookRecords, chapter_run_id
 from .unit import BookSpec, backend_from_spec, llm_spec, run_unit
 
 if TYPE_CHECKING:
@@ -418,7 +417,7 @@ class BookJob:
         store = self.records.store
         run_id = chapter_run_id(self.job_id, chapter)
         record = store.get_run(run_id) or self._begin_chapter(chapter)
-        got = version_from_payload(data["version"])
+        got = Version.from_dict(data["version"])
         mine = next((v for v in store.get_versions(run_id) if v.index == version), None)
         if mine is not None and (mine.ok or mine == got):
             return False  # a worker sharing this store file wrote it already
@@ -469,7 +468,7 @@ class BookJob:
         states = [u["state"] for u in self.records.units(self.job_id) if u["chapter"] == chapter]
         run_id = chapter_run_id(self.job_id, chapter)
         # No run row when no version of it was ever stored (a unit that crashed).
-        if all(state in FINAL for state in states) and self.records.store.get_run(run_id):
+        if all(state in SETTLED for state in states) and self.records.store.get_run(run_id):
             self.records.store.finish_run(run_id)
 
     def _sync(self, every_s: float = _SYNC_EVERY_S) -> None:
@@ -492,7 +491,7 @@ class BookJob:
         return self._all_final()
 
     def _all_final(self) -> bool:
-        return all(u["state"] in FINAL for u in self.records.units(self.job_id))
+        return all(u["state"] in SETTLED for u in self.records.units(self.job_id))
 
     def status(self) -> dict[str, Any]:
         """Counts, chapters done, elapsed and ETA of this session (JSON-ready)."""
@@ -506,7 +505,7 @@ class BookJob:
         start = self._session_start
         elapsed = None if start is None else now - start
         finished_now = sum(
-            u["state"] in FINAL and start is not None and u["updated_at"] >= start for u in units
+            u["state"] in SETTLED and start is not None and u["updated_at"] >= start for u in units
         )
         remaining = len(units) - states["ok"] - states["failed"]
         eta = None
