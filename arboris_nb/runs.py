@@ -19,10 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .backends.base import Backend
 from .cache import CacheSpec
 from .config import COUNT_RANGE, LLMConfig, WriterSettings
-from .engine import Handlers, generate_versions
+from .engine import Handlers, LLMArg, generate_versions
 from .errors import AllVersionsFailed, ConfigError
 from .limits import Limiter
 from .results import Run, Version
@@ -276,7 +275,7 @@ def _resume_llm(record: RunRecord) -> LLMConfig:
 async def resume(
     run_id: str,
     *,
-    llm: LLMConfig | Backend | None = None,
+    llm: LLMArg = None,
     settings: WriterSettings | None = None,
     on_event: Handlers = None,
     store: StoreSpec = None,

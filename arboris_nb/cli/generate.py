@@ -10,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..backends.simulated import SimulatedLLM
-from ..config import WriterSettings, load_api_keys, parse_count, parse_limit
+from ..config import WriterSettings, parse_count, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
 from ..handle import RunHandle
 from ..results import Run
-from ._api import DEFAULT_KEY_ENV, config_from_args
+from ._api import add_api_flags, llm_from_args, simulated_from_args
 
 __all__ = ["register", "run"]
 
@@ -66,15 +65,7 @@ def register(subparsers: Any) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
     mode.add_argument("--parallel", dest="parallel", action="store_true")
-    p.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME or gpt-4o-mini)")
-    p.add_argument("--base-url", help="OpenAI-compatible base URL (default: OPENAI_API_BASE_URL)")
-    p.add_argument(
-        "--api-key-env",
-        default="OPENAI_API_KEY",
-        metavar="VAR",
-        help="environment variable holding the API key (default: OPENAI_API_KEY)",
-    )
-    p.add_argument("--simulated", action="store_true", help="use the offline simulated model")
+    add_api_flags(p, pool=True)
     p.add_argument("--project", help="project name, for logs and the run record")
     p.add_argument("--chapter", type=int, help="chapter number, for logs and the run record")
     p.add_argument("--out", type=Path, metavar="DIR", help="write one file per version here")
@@ -93,19 +84,16 @@ def _prompt(args: argparse.Namespace) -> str:
 
 def _backend(args: argparse.Namespace) -> LLMArg:
     if args.simulated:
-        return SimulatedLLM()
-    config = config_from_args(args)
-    if not config.configured:
+        return simulated_from_args(args)
+    llm = llm_from_args(args)
+    if not (llm[0] if isinstance(llm, list) else llm).configured:
         print(
             "arboris-nb: no OPENAI_API_KEY or OPENAI_API_BASE_URL set; "
             "using the offline simulated model",
             file=sys.stderr,
         )
-        return SimulatedLLM(model=args.model or "simulated")
-    keys = load_api_keys() if args.api_key_env == DEFAULT_KEY_ENV else []
-    if len(keys) > 1:  # OPENAI_API_KEYS: a key pool, round-robin by version
-        return [config.with_(api_key=key) for key in keys]
-    return config
+        return simulated_from_args(args)
+    return llm
 
 
 def run_json(run: Run) -> dict[str, Any]:
