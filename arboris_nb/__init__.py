@@ -6,7 +6,9 @@ stream side by side, and measure what the parallelism bought.
 
 from __future__ import annotations
 
+import importlib as _importlib
 import logging
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from .adaptive import AdaptiveLimit, plot_limit_history
@@ -20,8 +22,7 @@ from .analysis import (
     sweep,
     sweep_sync,
 )
-from .backends import Backend, ChatRequest, OpenAIBackend, SimulatedLLM, Usage
-from .backends.pool import KeyPool
+from .backends import Backend, ChatRequest, SimulatedLLM, Usage
 from .cache import RedisCache, SQLiteCache
 from .config import LLMConfig, WriterSettings, mask_key
 from .editor import (
@@ -71,7 +72,18 @@ from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
-from .widgets import VersionsWidget
+
+# Loaded on first use, so `import arboris_nb` (and so every CLI command) does not pay for
+# packages a path may never need: openai (+ aiohttp, pydantic) and ipywidgets (+ IPython).
+_LAZY = {
+    "KeyPool": ".backends.pool",
+    "OpenAIBackend": ".backends.openai",
+    "VersionsWidget": ".widgets.versions",
+}
+if _TYPE_CHECKING:
+    from .backends.openai import OpenAIBackend
+    from .backends.pool import KeyPool
+    from .widgets.versions import VersionsWidget
 
 __version__ = "0.1.0"
 
@@ -166,6 +178,18 @@ def unload_ipython_extension(ipython: _Any) -> None:
     from .magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 # A library logs nothing unless the application configures logging.

@@ -20,8 +20,6 @@ from contextlib import ExitStack
 from typing import Any, ParamSpec
 
 from .backends.base import Backend, Message
-from .backends.openai import OpenAIBackend
-from .backends.pool import KeyPool
 from .cache import CacheSpec, bind_cache
 from .config import LLMConfig, WriterSettings, load_api_keys, load_env
 from .errors import ConfigError
@@ -53,6 +51,12 @@ P = ParamSpec("P")
 def resolve_backend(llm: LLMArg) -> Backend:
     """An ``LLMConfig`` becomes an ``OpenAIBackend``, a list of them (or several keys in
     ``OPENAI_API_KEYS``) a ``KeyPool``; a backend object is used as is."""
+    if isinstance(llm, Backend):
+        return llm
+    # Imported only now: they load the openai package, which a simulated run never needs.
+    from .backends.openai import OpenAIBackend
+    from .backends.pool import KeyPool
+
     if llm is None:
         env = load_env()
         if len(load_api_keys(env)) > 1:
@@ -67,8 +71,6 @@ def resolve_backend(llm: LLMArg) -> Backend:
                 "(or pass llm=SimulatedLLM() to run offline)"
             )
         return OpenAIBackend(llm)
-    if isinstance(llm, Backend):
-        return llm
     raise ConfigError(f"llm must be an LLMConfig or a backend, got {type(llm).__name__}")
 
 
