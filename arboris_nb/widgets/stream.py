@@ -47,7 +47,7 @@ class DeltaStream:
     def __init__(
         self,
         *,
-        budget_bytes: int = 1024,
+        budget_bytes: int = 2048,
         min_interval_s: float = 0.1,
         max_interval_s: float = 1.0,
     ) -> None:

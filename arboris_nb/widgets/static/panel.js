@@ -28,10 +28,12 @@ export default {
     const title = make("b", "arboris-title");
     const status = make("span", "arboris-status");
     const badges = make("span", "arboris-badges");
+    const note = make("span", "arboris-note");
+    const line = make("div", "arboris-statsline");
     const stats = make("span", "arboris-stats");
     const clock = make("span", "arboris-clock");
-    const note = make("span", "arboris-note");
-    header.append(title, " ", status, badges, " ", stats, clock, note);
+    line.append(stats, clock);
+    header.append(title, " ", status, badges, note, line);
     const body = make("div", "arboris-panel-text");
     body.setAttribute("role", "log");
     el.append(header, body);
@@ -52,7 +54,8 @@ export default {
         return;
       }
       const elapsed = clockBase + (performance.now() - clockAt) / 1000;
-      clock.textContent = ` · ${seconds(elapsed)}` + (tokens ? ` · ${tokens} tok` : "");
+      const parts = [seconds(elapsed), ...(tokens ? [`${tokens} tok`] : [])];
+      clock.textContent = (model.get("stats") ? " · " : "") + parts.join(" · ");
     };
     const drawHeader = () => {
       const word = model.get("status");

@@ -21,9 +21,11 @@ export default {
       SEGMENTS.map((name) => [name, make("span", `arboris-bar-${name}`)]),
     );
     bar.append(...SEGMENTS.map((name) => parts[name]));
+    const line = make("span", "arboris-line");
     const summary = make("span", "arboris-summary");
     const clock = make("span", "arboris-clock");
-    el.append(bar, summary, clock);
+    line.append(summary, clock);
+    el.append(bar, line);
 
     let base = model.get("clock_s");
     let at = performance.now();
