@@ -79,6 +79,10 @@ class VersionsWidget:
     Evaluate (default: ``llm``). ``stream`` tunes how streamed text is batched
     (:class:`~arboris_nb.widgets.stream.DeltaStream`). ``w.panels`` are the panels, each
     showing a status word, stats and text (:class:`VersionPanel`).
+
+    Size: this class holds the controls, the run's task, the action jobs (retry, evaluate)
+    and the editor actions' wiring; everything live — panels and their transitions,
+    progress, streaming — is :class:`PanelBoard` and what it owns.
     """
 
     def __init__(
