@@ -311,8 +311,9 @@ async def test_deltas_rebuild_exactly_the_text_and_the_final_text_is_synced(
     for v in run.versions:
         streamed = replay(deltas, v.index)  # the tail comes with the final text
         assert v.content.startswith(streamed) and len(streamed) > 0.5 * len(v.content)
-    # One message carries every panel's deltas.
-    assert sum(len(d["p"]) for d in deltas) > len(deltas) * 2
+    # Each first token goes alone, at once; after that one message carries every panel's.
+    assert [len(d["p"]) for d in deltas[:3]] == [1, 1, 1]
+    assert len(deltas) > 3 and max(len(d["p"]) for d in deltas[3:]) == 3
 
 
 @pytest.mark.looptime
