@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .backends.base import Backend, ChatRequest, Message
-from .backends.simulated import SimulatedLLM, simulated_text
+from .backends.simulated import SimulatedLLM
 from .config import LLMConfig, WriterSettings
 from .engine import Handlers, generate_versions, start_versions
 from .errors import ArborisError, ConfigError, StateError
@@ -469,7 +469,7 @@ def _judge_replier(llm: SimulatedLLM) -> Callable[[ChatRequest], str]:
         system = next((m["content"] for m in request.messages if m["role"] == "system"), "")
         if system == EVALUATION_SYSTEM_PROMPT:
             return _judge_reply(request.prompt)
-        return simulated_text(request.prompt, request.version_index, llm.output_tokens, llm.seed)
+        return llm.prose(request)
 
     return reply
 
