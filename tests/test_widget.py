@@ -31,7 +31,7 @@ from arboris_nb import (
     simulated_judge,
 )
 from arboris_nb.backends.base import ChatRequest, StreamItem, Usage
-from arboris_nb.errors import ServerError
+from arboris_nb.errors import ConnectionFailed, ServerError
 from arboris_nb.runs import load_run, retries_of
 from arboris_nb.widgets import DeltaStream
 
@@ -240,6 +240,24 @@ async def test_stop_cancels_in_flight_versions_and_counts_outcomes_apart() -> No
     assert w.select(1) is run.versions[0]
 
 
+@pytest.mark.looptime
+async def test_cancelling_the_task_cancels_the_run_too() -> None:
+    for wait in (0.0, 0.1):  # before the task first ran, and while the versions stream
+        w = make(n=3)
+        task = w.generate("p")
+        run = w.run
+        assert run is not None and [v.status for v in run.versions] == ["queued"] * 3
+        if wait:  # (no await at all for 0: the task has not taken its first step)
+            await asyncio.sleep(wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # time enough to finish, had the run gone on
+        assert [v.status for v in run.versions] == ["cancelled"] * 3, wait
+        assert statuses(w) == ["cancelled"] * 3 and not w.busy
+        assert not any(p.text for p in w.panels)
+
+
 # -- safety and errors -------------------------------------------------------------------------
 def _walk(widget: ipywidgets.Widget) -> Iterator[ipywidgets.Widget]:
     yield widget
@@ -267,18 +285,55 @@ async def test_model_output_is_never_html() -> None:
     assert not any("<script" in v or "<img" in v for v in values)
 
 
-async def test_errors_in_the_background_task_are_shown_and_logged(
+@pytest.mark.looptime
+async def test_a_run_the_engine_refuses_is_refused_at_once_and_keeps_what_is_shown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     w = VersionsWidget(llm=LLMConfig(), settings=WriterSettings(version_count=2))
+    with pytest.raises(ConfigError, match="no API configured"):
+        w.generate("p")
+    assert w.task is None and w.run is None and statuses(w) == ["idle"] * 2  # nothing ran
+    w.llm = SimulatedLLM(ttft_s=0.05, tokens_per_s=200.0, output_tokens=40)
+    run = await w.generate("p")
+    w.llm = LLMConfig()
+    with caplog.at_level(logging.ERROR, logger="arboris_nb"):
+        w.generate_button.click()  # the button path shows it on the status line
+    assert "Generate failed: no API configured" in w.message.value
+    assert any("generate failed" in r.getMessage() for r in caplog.records)
+    assert w.run is run and statuses(w) == ["done"] * 2  # the last run's texts stay
+    assert not w.busy and not w.generate_button.disabled
+
+
+class Unreachable:
+    """A backend whose connection cannot be opened (the real interface)."""
+
+    model = "unreachable"
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Unreachable]:
+        await asyncio.sleep(0.01)
+        raise ConnectionFailed("cannot connect to 127.0.0.1:9")
+        yield self  # pragma: no cover - an async generator that never yields
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        raise AssertionError("never asked: the connection did not open")
+        yield ""  # pragma: no cover
+
+
+@pytest.mark.looptime
+async def test_errors_in_the_background_task_are_shown_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = VersionsWidget(llm=Unreachable(), settings=WriterSettings(version_count=2))
     with caplog.at_level(logging.ERROR, logger="arboris_nb"):
         task = w.generate("p")
-        with pytest.raises(ConfigError, match="no API configured"):
+        with pytest.raises(ConnectionFailed, match="cannot connect"):
             await task
-    assert "no API configured" in w.message.value
+    assert "Generation failed: cannot connect to 127.0.0.1:9" in w.message.value
     assert any("generation failed" in r.getMessage() for r in caplog.records)
-    assert not w.generate_button.disabled
+    assert not w.busy and not w.generate_button.disabled
     assert statuses(w) == ["idle"] * 2  # nothing ran
+    assert w.progress.text == "2 versions · ready"
 
 
 def test_generate_without_a_running_loop_points_to_the_sync_api() -> None:

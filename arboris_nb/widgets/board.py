@@ -84,15 +84,10 @@ class PanelBoard:
         self._render_progress()
 
     def abandon(self) -> None:
-        """The run could not start (e.g. no API configured): back to idle."""
+        """The run could not start (e.g. its client did not open): back to idle."""
+        self._elapsed, self._t0 = 0.0, None
         for panel in self.panels.values():
             panel.idle()
-        self._render_progress()
-
-    def cancel_unstarted(self) -> None:
-        """Stopped before the engine started the run: every unfinished panel is cancelled."""
-        for panel in self.panels.values():
-            panel.cancel()
         self._render_progress()
 
     def set_busy(self, busy: bool) -> None:

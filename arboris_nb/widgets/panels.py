@@ -208,11 +208,6 @@ class VersionPanel:
         text = version.display_text(lang)
         self._show(word, placeholder=placeholder, text=text, restart=True)
 
-    def cancel(self) -> None:
-        """Stopped before the engine started (no Version to show)."""
-        if self.status not in _ENDED:
-            self._show("cancelled", placeholder="Stopped before it started.", restart=True)
-
     def mark_selected(self, selected: bool) -> None:
         self._selected = selected
         self._show(self.status, text=self.view.text)

@@ -21,6 +21,10 @@ the engine's events; panel header and text are drawn in the browser by an anywid
 receives streamed text as deltas (one small message per flush for all panels, see
 ``stream.py``), so a run costs a constant number of bytes per character however long the
 chapter. This class holds the controls, the editor actions and the run's task.
+
+A run is started with :func:`~arboris_nb.engine.start_versions`: the widget keeps the
+returned :class:`~arboris_nb.handle.RunHandle` (``w.run`` is ``handle.run`` from the first
+moment, Stop is ``handle.cancel()``) and subscribes the board to the run's events.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import ipywidgets as widgets
 from .. import _messages, editor
 from ..backends.base import Backend, Message
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
-from ..engine import generate_versions
+from ..engine import start_versions
 from ..errors import ConfigError, StateError
 from ..events import Event, RunFinished, RunStarted
 from ..prompts import as_messages
@@ -52,6 +56,9 @@ from .timeline import timeline_html
 
 if TYPE_CHECKING:  # pandas is heavy; imported when a frame is asked for
     import pandas as pd
+
+    from ..events import EventHandler
+    from ..handle import RunHandle
 
 __all__ = ["VersionsWidget"]
 
@@ -99,12 +106,14 @@ class VersionsWidget:
         self.export_dir = Path(export_dir)
         self.run: Run | None = None
         self.task: asyncio.Task[Run] | None = None
+        self._handle: RunHandle | None = None
         self._messages: list[Message] = []
         self._selected: int | None = None
         self._jobs: set[asyncio.Task[Any]] = set()  # strong refs to action tasks
-        self._stopping = False
         self._timeline_timer: asyncio.TimerHandle | None = None
         self.board = PanelBoard(self.settings.version_count, stream)
+        # What hears a run's events (the main run's and a retry's): the board first.
+        self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
         self.board.on(select=self._select_clicked, retry=self._retry_clicked, save=self._save)
         self._build(prompt)
         if note:
@@ -216,7 +225,9 @@ class VersionsWidget:
     ) -> asyncio.Task[Run]:
         """Start a run on the running loop and return its task at once (await it for the Run).
 
-        ``prompt`` defaults to the prompt box. Settings come from the controls.
+        ``prompt`` defaults to the prompt box. Settings come from the controls. A setting
+        the engine refuses (or no API configured) raises :class:`ConfigError` here, and
+        what the widget showed stays as it was.
         """
         loop = running_loop("VersionsWidget.generate()")
         if self.busy:
@@ -225,20 +236,33 @@ class VersionsWidget:
             self.prompt.value = prompt
         messages = as_messages(self.prompt.value if prompt is None else prompt)
         settings = self._settings_from_controls()
-        llm = self._llm_for_run()
-        self._messages, self.settings = messages, settings
-        self._reset(settings.version_count)
-        coro = self._generate(messages, settings, llm, project, chapter)
-        self.task = loop.create_task(coro, name="arboris-generate")
+        handle = start_versions(
+            messages,
+            settings=settings,
+            llm=self._llm_for_run(),
+            project=project,
+            chapter=chapter,
+            on_event=self._subscribers,
+            retry=self.retry_policy,
+            raise_on_all_failed=False,
+        )
+        # The run's first event comes when the loop next runs: the panels are reset first.
+        self._messages, self.settings, self._handle = messages, settings, handle
+        self._reset(handle.run)
+        self.task = loop.create_task(self._generate(handle), name="arboris-generate")
+        self.task.add_done_callback(lambda task: self._generation_ended(task, handle))
         self.task.add_done_callback(self._finished_task)
         self._sync_busy()
         return self.task
 
     def stop(self) -> None:
-        """Cancel every in-flight request; finished versions stay, the rest are cancelled."""
-        self._stopping = True
-        for task in [self.task, *self._jobs]:
-            if task is not None and not task.done():
+        """Cancel every in-flight request; finished versions stay, the rest are cancelled.
+
+        The run is cancelled through its handle, so ``w.task`` still returns the Run."""
+        if self._handle is not None:
+            self._handle.cancel()  # safe when it has ended: then nothing happens
+        for task in self._jobs:
+            if not task.done():
                 task.cancel()
         self.compare.cancel()
 
@@ -275,7 +299,7 @@ class VersionsWidget:
             llm=self._llm_for_run(),
             settings=self.settings,
             retry=self.retry_policy,
-            on_event=self._on_event,
+            on_event=self._subscribers,
         )
         return self._start_job(loop, coro, "Retry", self._after_retry, self.panel(index))
 
@@ -306,45 +330,32 @@ class VersionsWidget:
         return self.compare.export(path, index=index)
 
     # -- the run -------------------------------------------------------------------------
-    async def _generate(
-        self,
-        messages: list[Message],
-        settings: WriterSettings,
-        llm: LLMConfig | Backend,
-        project: str | None,
-        chapter: int | None,
-    ) -> Run:
+    async def _generate(self, handle: RunHandle) -> Run:
+        """Await the run; its failure is shown in words, and ``w.task`` resolves to it."""
         try:
-            run = await generate_versions(
-                messages,
-                settings=settings,
-                llm=llm,
-                project=project,
-                chapter=chapter,
-                on_event=self._on_main_event,
-                retry=self.retry_policy,
-                raise_on_all_failed=False,
-            )
-        except asyncio.CancelledError:
-            # Stop cancels this task; the engine has already marked what was unfinished.
-            if self._stopping and self.run is not None:
-                return self.run
-            self.board.cancel_unstarted()  # stopped before the engine started the run
-            raise
+            run = await handle
         except Exception as exc:
-            if self.run is None:
-                self.board.abandon()
+            if not any(v.started_at is not None for v in handle.run.versions):
+                self.board.abandon()  # the run could not start (e.g. the client did not open)
             report(exc, "Generation", self._show_message)
             raise
         if not run.ok:
             self._say(f"All {run.version_count} versions failed.")
         return run
 
+    def _generation_ended(self, task: asyncio.Task[Run], handle: RunHandle) -> None:
+        """``w.task`` itself was cancelled (Stop cancels the handle, and the Run returns).
+
+        Cancelled while awaiting the handle, the run was cancelled with it; cancelled
+        before its first step, it never awaited the handle: the run is stopped here. Either
+        way the engine marks the versions cancelled, and the panels hear it as events."""
+        if task.cancelled():
+            handle.cancel()
+
     def _finished_task(self, task: asyncio.Task[Any]) -> None:
         # Retrieve the outcome so an error is never "never retrieved"; it was shown already.
         if not task.cancelled():
             task.exception()
-        self._stopping = False
         self._sync_busy()
         self._refresh_data()
 
@@ -401,13 +412,8 @@ class VersionsWidget:
             panel.finished(kept, _messages.lang())
 
     # -- events (the widget is a subscriber; it never times or retries anything) --------
-    def _on_main_event(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.run = event.run
-        self._on_event(event)
-
-    def _on_event(self, event: Event) -> None:
-        self.board.on_event(event)
+    def _on_run_event(self, event: Event) -> None:
+        """What the widget itself follows of a run (the board follows the rest)."""
         if isinstance(event, RunStarted) and self._timeline_timer is None:
             self._tick_timeline()
         elif isinstance(event, RunFinished):
@@ -432,12 +438,12 @@ class VersionsWidget:
         self.compare.refresh(self.run)
 
     # -- helpers -------------------------------------------------------------------------
-    def _reset(self, n: int) -> None:
-        self.run, self._selected = None, None
-        self._stopping = False
+    def _reset(self, run: Run) -> None:
+        """A new run (every version queued) replaces what was shown."""
+        self.run, self._selected = run, None
         self.message.value = ""
         self.compare.reset(_goal(self._messages))
-        self.board.start(n)
+        self.board.start(run.version_count)
 
     def _sync_busy(self) -> None:
         busy = self.busy
