@@ -66,10 +66,12 @@ from .events import (
 from .limits import FixedLimit, Limiter
 from .prompts import chapter_messages, parse_reply
 from .queue import BookJob
+from .render import render_book, render_run
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
+from .textstats import text_metrics
 from .widgets import VersionsWidget
 
 __version__ = "0.1.0"
@@ -140,12 +142,15 @@ __all__ = [
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
+    "render_book",
+    "render_run",
     "resume",
     "resume_sync",
     "retry_version",
     "simulated_judge",
     "sweep",
     "sweep_sync",
+    "text_metrics",
     "unload_ipython_extension",
     "word_diff",
 ]
