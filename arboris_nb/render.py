@@ -29,6 +29,7 @@ _PANEL = (
     "flex:1 1 18em;min-width:0;border:1px solid #ccc;border-radius:4px;padding:0 .6em;"
     "line-height:1.5"
 )
+_CELL = ' style="padding:2px 10px;text-align:left"'  # readable where no table CSS applies
 _STATUS_COLOUR = {"ok": "#2e7d32", "failed": "#c62828", "cancelled": "#8d6e00"}
 
 
@@ -132,7 +133,7 @@ def _paragraphs(text: str) -> str:
 
 def _metrics_table(versions: list[Version]) -> str:
     head = "".join(
-        f"<th>{h}</th>"
+        f"<th{_CELL}>{h}</th>"
         for h in ("version", "characters", "words", "paragraphs", "dialogue", "repeated phrases",
                   "reading time")
     )  # fmt: skip
@@ -145,7 +146,7 @@ def _metrics_table(versions: list[Version]) -> str:
             v.index, m["chars"], m["words"], m["paragraphs"], f"{m['dialogue_share']:.0%}",
             f"{m['repeated_phrase_ratio']:.0%}", f"{m['reading_min']:.1f} min",
         )  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td{_CELL}>{c}</td>" for c in cells) + "</tr>")
     if not rows:
         return ""
     return f'<table class="arboris-run-metrics"><tr>{head}</tr>{"".join(rows)}</table>'
@@ -159,16 +160,20 @@ def render_book(job: _Book) -> Snapshot:
     chapters = frame.groupby("chapter", sort=True)
     done = sum(bool((units["status"] == "ok").all()) for _, units in chapters)
     width = int(frame["version"].max()) if len(frame) else 0
-    head = "".join(f"<th>v{i}</th>" for i in range(1, width + 1))
+    head = "".join(f"<th{_CELL}>v{i}</th>" for i in range(1, width + 1))
     rows = "".join(
-        f"<tr><td>{chapter}</td>" + "".join(_unit_cell(u) for u in units.itertuples()) + "</tr>"
+        f"<tr><td{_CELL}>{chapter}</td>"
+        + "".join(_unit_cell(u) for u in units.itertuples())
+        + "</tr>"
         for chapter, units in chapters
     )
     line = (
         f"<b>{_esc(job.job_id)}</b> · {done}/{frame['chapter'].nunique()} chapters complete · "
         f"{len(frame)} versions: {summary}"
     )
-    table = f'<table class="arboris-book-chapters"><tr><th>chapter</th>{head}</tr>{rows}</table>'
+    table = (
+        f'<table class="arboris-book-chapters"><tr><th{_CELL}>chapter</th>{head}</tr>{rows}</table>'
+    )
     text = f"<book job {job.job_id}: {len(frame)} versions, {summary}>"
     return Snapshot(f'<div class="arboris-book-view"><p>{line}</p>{table}</div>', text)
 
@@ -176,7 +181,7 @@ def render_book(job: _Book) -> Snapshot:
 def _unit_cell(unit: Any) -> str:
     colour = _STATUS_COLOUR.get(unit.status, "#555")
     size = f" · {unit.chars} chars" if unit.status == "ok" else ""
-    return f'<td><span style="color:{colour}">{_esc(unit.status)}</span>{size}</td>'
+    return f'<td{_CELL}><span style="color:{colour}">{_esc(unit.status)}</span>{size}</td>'
 
 
 def _esc(value: object) -> str:
