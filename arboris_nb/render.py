@@ -13,6 +13,7 @@ stripped).
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from .results import Run, Version
 
-__all__ = ["Snapshot", "render_book", "render_run"]
+__all__ = ["Snapshot", "metrics_table", "render_book", "render_run"]
 
 _PANEL = (
     "flex:1 1 18em;min-width:0;border:1px solid #ccc;border-radius:4px;padding:0 .6em;"
@@ -75,7 +76,7 @@ def render_run(
     body = [
         f"<p>{_summary(run, selected, evaluation)}</p>",
         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{panels}</div>',
-        _metrics_table(run.versions),
+        metrics_table(run.versions),
     ]
     if evaluation is not None:
         body.append(evaluation.to_html())
@@ -131,7 +132,9 @@ def _paragraphs(text: str) -> str:
     return "".join(f"<p>{_esc(line)}</p>" for line in lines)
 
 
-def _metrics_table(versions: list[Version]) -> str:
+def metrics_table(versions: Sequence[Version]) -> str:
+    """The text metrics of the ok versions as an HTML table (class ``arboris-run-metrics``;
+    empty when none is ok) — for the readers' view and the widget's Compare tab."""
     head = "".join(
         f"<th{_CELL}>{h}</th>"
         for h in ("version", "characters", "words", "paragraphs", "dialogue", "repeated phrases",

@@ -19,6 +19,7 @@ from arboris_nb import (
     render_run,
     text_metrics,
 )
+from arboris_nb.render import metrics_table
 from arboris_nb.results import Run
 
 XSS = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
@@ -60,6 +61,8 @@ async def test_every_version_shows_its_full_text_status_and_metrics() -> None:
     for version, row in zip(run.versions[:2], rows, strict=True):
         m = text_metrics(version.content or "")
         assert row[1:4] == [str(m["chars"]), str(m["words"]), str(m["paragraphs"])]
+    assert metrics_table(run.versions) in view.html
+    assert metrics_table(run.versions[2:]) == ""  # no ok version, no table
     assert repr(view) == f"<run {run.run_id}: 3 versions, ok ok failed>"
     assert "2 ok, 1 failed" in view.html
 
