@@ -65,12 +65,13 @@ from .events import (
     VersionStarted,
 )
 from .limits import FixedLimit, Limiter
-from .prompts import chapter_messages, parse_reply
+from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
+from .verdict import JudgeCall, PairVerdict
 from .widgets import BookProgress, VersionsWidget
 
 __version__ = "0.1.0"
@@ -86,6 +87,7 @@ __all__ = [
     "BadRequest",
     "BookJob",
     "BookProgress",
+    "ChapterContext",
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",
@@ -93,11 +95,13 @@ __all__ = [
     "EvaluationError",
     "Event",
     "FixedLimit",
+    "JudgeCall",
     "KeyPool",
     "LLMConfig",
     "LimitChanged",
     "Limiter",
     "OpenAIBackend",
+    "PairVerdict",
     "RateLimited",
     "Recorder",
     "RedisCache",

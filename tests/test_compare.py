@@ -143,7 +143,7 @@ async def test_evaluate_works_offline_with_a_plain_simulated_model(tmp_path: Pat
     assert not w.busy and not w.compare.evaluate_button.disabled
     request = llm.calls[-1]  # the judge answered on the user's model, offline
     assert request.messages[0]["content"] == EVALUATION_SYSTEM_PROMPT
-    assert "[Chapter goal]\nWrite chapter 5: the letter" in request.prompt
+    assert "[This chapter's goal]\nWrite chapter 5: the letter\n\n[Criteria]" in request.prompt
 
 
 @pytest.mark.looptime
