@@ -34,7 +34,7 @@ __all__ = ["CLOSE_CALL", "offline_judge", "simulated_judge"]
 
 #: Scores closer than this are a close call, which the simulated judge gives to
 #: whichever version it read first.
-CLOSE_CALL = 0.05
+CLOSE_CALL = 0.03
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
