@@ -38,7 +38,7 @@ from .results import Run, Version
 from .retry import RetryPolicy
 from .verdict import Evaluation, EvaluationError, JudgeCall, JudgeMode, PairVerdict
 
-__all__ = ["MODES", "evaluate", "evaluation_candidates", "judge_requests"]
+__all__ = ["MODES", "check_mode", "evaluate", "evaluation_candidates", "judge_requests"]
 
 LLM = LLMConfig | Backend | None
 #: The modes of :func:`evaluate`.
@@ -84,7 +84,7 @@ async def evaluate(
     :class:`EvaluationError` when there is no usable verdict.
     """
     candidates = evaluation_candidates(run)
-    chosen = _check_mode(mode)
+    chosen = check_mode(mode)
     settings = _Judging(
         context=_as_context(context, goal),
         criteria=_check_criteria(criteria),
@@ -109,7 +109,8 @@ async def evaluate(
 
 
 # -- checking what the caller asked for ---------------------------------------------------
-def _check_mode(mode: object) -> JudgeMode:
+def check_mode(mode: object) -> JudgeMode:
+    """``mode`` if it is one of :data:`MODES`, else a ConfigError naming them."""
     for known in MODES:
         if mode == known:
             return known
@@ -235,18 +236,19 @@ async def _pairwise(candidates: list[Version], judging: _Judging) -> Evaluation:
             for first, second in orders
         )
     )
-    winners = {call.pair: _pair_winner(call) for call in calls if call.pair is not None}
+    said = {
+        (first.index, second.index): _pair_winner(call, first.index, second.index)
+        for (first, second), call in zip(orders, calls, strict=True)
+    }
     pairs = tuple(
-        PairVerdict(a.index, b.index, *_both(winners, a.index, b.index))
-        for a, b in combinations(candidates, 2)
+        PairVerdict(a, b, said[a, b][0], said[b, a][0], said[a, b][1], said[b, a][1])
+        for a, b in combinations([v.index for v in candidates], 2)
     )
     return _ranked([v.index for v in candidates], pairs, tuple(calls))
 
 
-def _pair_winner(call: JudgeCall) -> tuple[int | None, str]:
+def _pair_winner(call: JudgeCall, first: int, second: int) -> tuple[int | None, str]:
     """(the winning version number, None for a tie; the reason) of one pair request."""
-    assert call.pair is not None
-    first, second = call.pair
     reply = _answered(call, f" comparing versions {first} and {second}")
     try:
         letter, reason = parse_pair_reply(reply)
@@ -257,28 +259,22 @@ def _pair_winner(call: JudgeCall) -> tuple[int | None, str]:
     return {"A": first, "B": second, None: None}[letter], reason
 
 
-def _both(
-    winners: dict[tuple[int, int], tuple[int | None, str]], a: int, b: int
-) -> tuple[int | None, int | None, str, str]:
-    (win_ab, why_ab), (win_ba, why_ba) = winners[(a, b)], winners[(b, a)]
-    return win_ab, win_ba, why_ab, why_ba
-
-
 def _ranked(
     indices: list[int], pairs: tuple[PairVerdict, ...], calls: tuple[JudgeCall, ...]
 ) -> Evaluation:
     wins = dict.fromkeys(indices, 0.0)
     notes: dict[int, dict[str, list[str]]] = {i: {"pros": [], "cons": []} for i in indices}
     for pair in pairs:
-        for winner, reason in ((pair.winner_ab, pair.reason_ab), (pair.winner_ba, pair.reason_ba)):
-            _count(wins, notes, pair, winner, reason)
+        _count(wins, notes, pair, pair.winner_ab, pair.reason_ab, first=pair.a)
+        _count(wins, notes, pair, pair.winner_ba, pair.reason_ba, first=pair.b)
     ranking = tuple(sorted(indices, key=lambda i: (-wins[i], i)))
     best = ranking[0]
     total = 2 * (len(indices) - 1)
     tied = [i for i in ranking[1:] if wins[i] == wins[best]]
     reason = f"version {best} won {wins[best]:g} of {total} comparisons"
     if tied:
-        reason += f" (tied with version {', '.join(map(str, tied))}; the lower number is first)"
+        others = f"version {tied[0]}" if len(tied) == 1 else f"versions {', '.join(map(str, tied))}"
+        reason += f" (tied with {others}; the lower number is first)"
     agreement = sum(p.agree for p in pairs) / len(pairs)
     return Evaluation(
         best,
@@ -298,12 +294,17 @@ def _count(
     pair: PairVerdict,
     winner: int | None,
     reason: str,
+    *,
+    first: int,
 ) -> None:
+    """Score one answer; its reason goes to the pros of the winner and the cons of the
+    loser, saying which letter each was read as (the judge's reason names A and B)."""
     if winner is None:
         wins[pair.a] += 0.5
         wins[pair.b] += 0.5
         return
     loser = pair.b if winner == pair.a else pair.a
     wins[winner] += 1.0
-    notes[winner]["pros"].append(f"beat version {loser}: {reason}")
-    notes[loser]["cons"].append(f"lost to version {winner}: {reason}")
+    letter = "A" if winner == first else "B"
+    notes[winner]["pros"].append(f"beat version {loser} (read as {letter}): {reason}")
+    notes[loser]["cons"].append(f"lost to version {winner} (read as {letter}): {reason}")

@@ -183,8 +183,8 @@ def _pairwise_html(evaluation: Evaluation) -> str:
     share = f"{evaluation.agreement:.0%}" if evaluation.agreement is not None else "—"
     pairs = "".join(
         f"<tr><td>{p.a} vs {p.b}</td>"
-        f"<td>{_winner(p.winner_ab)}: {html.escape(p.reason_ab)}</td>"
-        f"<td>{_winner(p.winner_ba)}: {html.escape(p.reason_ba)}</td>"
+        f"<td>A = {p.a}: {_winner(p.winner_ab)}: {html.escape(p.reason_ab)}</td>"
+        f"<td>A = {p.b}: {_winner(p.winner_ba)}: {html.escape(p.reason_ba)}</td>"
         f"<td>{'yes' if p.agree else 'no'}</td></tr>"
         for p in evaluation.pairs
     )
@@ -193,6 +193,6 @@ def _pairwise_html(evaluation: Evaluation) -> str:
         f"<th>wins</th></tr>{ranks}</table>"
         f'<p class="arboris-agreement">Both orders agreed on {agreed} of '
         f"{len(evaluation.pairs)} pairs ({share}).</p>"
-        '<table class="arboris-pairs"><tr><th>pair</th><th>lower number shown first</th>'
-        f"<th>higher number shown first</th><th>agree</th></tr>{pairs}</table>"
+        '<table class="arboris-pairs"><tr><th>pair</th><th>lower number read first (as A)</th>'
+        f"<th>higher number read first</th><th>agree</th></tr>{pairs}</table>"
     )

@@ -256,6 +256,10 @@ async def test_pairwise_judges_every_pair_in_both_orders_and_reports_agreement()
         == "version 1 won 3 of 4 comparisons (tied with version 3; the lower number is first)"
     )
     assert ev.versions[2]["pros"] == [] and len(ev.versions[2]["cons"]) == 4
+    assert ev.versions[3]["pros"][0] == (
+        "beat version 1 (read as A): a close call; the first one read slightly better "
+        "(simulated judge)"
+    )
 
 
 async def test_pairwise_with_a_judge_that_always_says_a() -> None:
@@ -295,7 +299,7 @@ def test_pairwise_html_shows_ranking_and_agreement_and_escapes_reasons() -> None
     assert "<script" not in out and "<img" not in out and out.count("&lt;script&gt;") == 2
     assert "Both orders agreed on 0 of 1 pairs (0%)." in out
     assert "<td>1</td><td>version 1</td><td>1.5 of 2</td>" in out
-    assert "<td>tie: even</td>" in out
+    assert "<td>A = 2: tie: even</td>" in out
 
 
 def test_evaluation_html_is_escaped() -> None:

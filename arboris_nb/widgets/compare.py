@@ -35,8 +35,8 @@ import ipywidgets as widgets
 from .. import editor
 from ..backends.base import Backend
 from ..config import LLMConfig
-from ..errors import ConfigError, StateError
-from ..judge import MODES, judge_requests
+from ..errors import StateError
+from ..judge import MODES, check_mode, judge_requests
 from ..judge_prompts import DEFAULT_CRITERIA
 from ..prompts import ChapterContext
 from ..results import Run, Version
@@ -46,6 +46,10 @@ from .actions import act, note_html, report, require_run, running_loop, version_
 __all__ = ["CompareHost", "CompareTab", "EvaluateForm", "export_name"]
 
 _MODE_LABELS = {"all": "All at once", "pairwise": "Pairwise"}
+_MODE_TIPS = {
+    "all": "one request: the judge reads every version and picks the best",
+    "pairwise": "each pair judged twice, in both orders, to cancel position bias",
+}
 
 
 class CompareHost(Protocol):
@@ -79,11 +83,13 @@ class EvaluateForm:
 
     def __init__(self) -> None:
         self.mode = widgets.ToggleButtons(
-            options=[(_MODE_LABELS[m], m) for m in MODES], value="all", description="Mode"
+            options=[(_MODE_LABELS[m], m) for m in MODES],
+            value="all",
+            description="Mode",
+            tooltips=[_MODE_TIPS[m] for m in MODES],
         )
-        self.criteria = widgets.Textarea(
-            value="\n".join(DEFAULT_CRITERIA), description="Criteria", placeholder="one per line"
-        )
+        self.criteria = _field("Criteria", "one per line")
+        self.criteria.value = "\n".join(DEFAULT_CRITERIA)
         self.blueprint = _field("Blueprint", "the outline or world blueprint")
         self.summaries = _field(
             "Previous", "previous chapters' summaries, one per line, oldest first"
@@ -121,9 +127,7 @@ class EvaluateForm:
     ) -> None:
         """Set what is given: the context's fields (all four), the criteria, the mode."""
         if mode is not None:
-            if mode not in MODES:
-                raise ConfigError(f'mode must be "all" or "pairwise", got {mode!r}')
-            self.mode.value = mode
+            self.mode.value = check_mode(mode)
         if criteria is not None:
             self.criteria.value = "\n".join([criteria] if isinstance(criteria, str) else criteria)
         if context is not None:
@@ -149,7 +153,12 @@ class EvaluateForm:
 
 
 def _field(description: str, placeholder: str) -> widgets.Textarea:
-    return widgets.Textarea(description=description, placeholder=placeholder)
+    return widgets.Textarea(
+        description=description,
+        placeholder=placeholder,
+        rows=4,
+        layout=widgets.Layout(width="32em"),
+    )
 
 
 class CompareTab:
