@@ -168,6 +168,9 @@ def _notes_html(evaluation: Evaluation) -> str:
     return _ranking_html(evaluation.ranking) + "".join(rows)
 
 
+_SPACED = "border-spacing: 1em 0.3em; margin-left: -1em"  # columns apart, text aligned
+
+
 def _winner(winner: int | None) -> str:
     return "tie" if winner is None else f"version {winner}"
 
@@ -182,17 +185,18 @@ def _pairwise_html(evaluation: Evaluation) -> str:
     agreed = sum(p.agree for p in evaluation.pairs)
     share = f"{evaluation.agreement:.0%}" if evaluation.agreement is not None else "—"
     pairs = "".join(
-        f"<tr><td>{p.a} vs {p.b}</td>"
-        f"<td>A = {p.a}: {_winner(p.winner_ab)}: {html.escape(p.reason_ab)}</td>"
-        f"<td>A = {p.b}: {_winner(p.winner_ba)}: {html.escape(p.reason_ba)}</td>"
+        f"<tr><td>{p.a}&nbsp;vs&nbsp;{p.b}</td>"
+        f"<td>{_winner(p.winner_ab)} — {html.escape(p.reason_ab)}</td>"
+        f"<td>{_winner(p.winner_ba)} — {html.escape(p.reason_ba)}</td>"
         f"<td>{'yes' if p.agree else 'no'}</td></tr>"
         for p in evaluation.pairs
     )
     return (
-        '<table class="arboris-ranking"><tr><th>rank</th><th>version</th>'
-        f"<th>wins</th></tr>{ranks}</table>"
+        f'<table class="arboris-ranking" style="{_SPACED}"><tr><th>rank</th>'
+        f"<th>version</th><th>wins</th></tr>{ranks}</table>"
         f'<p class="arboris-agreement">Both orders agreed on {agreed} of '
         f"{len(evaluation.pairs)} pairs ({share}).</p>"
-        '<table class="arboris-pairs"><tr><th>pair</th><th>lower number read first (as A)</th>'
-        f"<th>higher number read first</th><th>agree</th></tr>{pairs}</table>"
+        f'<table class="arboris-pairs" style="{_SPACED}"><tr><th>pair</th>'
+        "<th>lower number read first (as A)</th><th>higher number read first (as A)</th>"
+        f"<th>agree</th></tr>{pairs}</table>"
     )

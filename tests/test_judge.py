@@ -299,7 +299,7 @@ def test_pairwise_html_shows_ranking_and_agreement_and_escapes_reasons() -> None
     assert "<script" not in out and "<img" not in out and out.count("&lt;script&gt;") == 2
     assert "Both orders agreed on 0 of 1 pairs (0%)." in out
     assert "<td>1</td><td>version 1</td><td>1.5 of 2</td>" in out
-    assert "<td>A = 2: tie: even</td>" in out
+    assert "<td>tie — even</td>" in out
 
 
 def test_evaluation_html_is_escaped() -> None:

@@ -87,6 +87,7 @@ class EvaluateForm:
             value="all",
             description="Mode",
             tooltips=[_MODE_TIPS[m] for m in MODES],
+            style={"description_width": "initial"},
         )
         self.criteria = _field("Criteria", "one per line")
         self.criteria.value = "\n".join(DEFAULT_CRITERIA)
