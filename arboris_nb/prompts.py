@@ -4,8 +4,9 @@ Plain prompts stay the simple path (``as_messages("Write chapter 3 …")``);
 ``chapter_messages`` reproduces Arboris-Novel's writing request: a system prompt, then a
 user message of labelled sections (blueprint, previous summary and tail, this chapter's
 goal, writing notes), which :class:`ChapterContext` holds — the judge gets the same
-sections, and ``ChapterContext.from_prompt`` reads them back. Replies may be plain text or the JSON that prompt asks for
-(``{title, summary, full_content}``, also ``content`` / ``chapter_content``);
+sections, and ``ChapterContext.from_prompt`` reads them back. Replies may be plain text
+or the JSON that prompt asks for (``{title, summary, full_content}``, also ``content`` /
+``chapter_content``);
 ``<think>…</think>`` reasoning is stripped either way.
 """
 
