@@ -26,9 +26,8 @@ from typing import Literal
 
 from .backends.base import Backend, Message
 from .config import LLMConfig, WriterSettings
-from .engine import Handlers, generate_versions
+from .engine import Handlers, start_versions
 from .errors import ConfigError, StateError
-from .events import Event, EventHandler, RunStarted
 from .judge import evaluate, evaluation_candidates
 from .judge_prompts import EVALUATION_SYSTEM_PROMPT, evaluation_messages, parse_evaluation
 from .judge_sim import simulated_judge
@@ -118,17 +117,14 @@ async def retry_version(
     """
     pos = _position(run, index)
     opened, owned = open_store(store)
-    handlers = _as_handlers(on_event)
-    if opened is not None:
-        handlers.insert(0, _retry_link(opened, run.run_id, index))
     try:
-        sub = await generate_versions(
+        handle = start_versions(
             retry_messages(prompt, instruction),
             settings=settings or WriterSettings(version_count=1),
             llm=llm,
             project=run.project,
             chapter=run.chapter,
-            on_event=handlers,
+            on_event=on_event,
             retry=retry,
             indices=[index],
             run_id=retry_run_id(run.run_id),
@@ -136,6 +132,9 @@ async def retry_version(
             store=opened if opened is not None else False,
             refresh=True,  # a retry must ask the model again, never replay the reply cache
         )
+        # Set before the run starts, so the store writes the link with the run's row.
+        handle.run.parent_run_id, handle.run.parent_index = run.run_id, index
+        sub = await handle
     finally:
         if owned and opened is not None:
             opened.close()
@@ -143,25 +142,6 @@ async def retry_version(
     if new.status != "cancelled":
         run.versions[pos] = new
     return new
-
-
-def _as_handlers(on_event: Handlers) -> list[EventHandler]:
-    if on_event is None:
-        return []
-    return [on_event] if callable(on_event) else list(on_event)
-
-
-def _retry_link(store: RunStore, parent_run_id: str, parent_index: int) -> EventHandler:
-    """A subscriber that links the retry's run row to its parent as soon as it exists.
-
-    The store's recorder hears ``RunStarted`` first and writes the row; linking then, not
-    at the end, keeps the link even if the process dies during the retry."""
-
-    def link(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            store.link_retry(event.run.run_id, parent_run_id, parent_index)
-
-    return link
 
 
 # -- edit -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ default 30 days) that every write pushes forward::
 
     units      hash "<chapter>:<version>" → JSON {state, worker, submission, result, at}
     results    hash "<chapter>:<version>" → JSON {status, submission, result, elapsed_s,
-                                                   version: the Version's fields}
+                                                   version: Version.to_dict(editor=False)}
     requests   hash "<chapter>:<version>" → attempts paid for, over all deliveries
     cancelled  "1" while the job is cancelled
 
@@ -22,7 +22,6 @@ No API key is ever written: a Version carries only the masked ``key_id``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..results import Attempt, Version
+from ..results import Version
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -47,8 +46,6 @@ __all__ = [
     "slot_holder",
     "ttl_s",
     "unit_field",
-    "version_from_payload",
-    "version_payload",
 ]
 
 DEFAULT_TTL_S = 30 * 24 * 3600.0  # a long book runs for days; results wait to be collected
@@ -126,27 +123,6 @@ def _unit(field: str | bytes) -> tuple[int, int]:
     return int(chapter), int(version)
 
 
-_EDITOR_FIELDS = ("edited", "original_content")  # an editor's, never a worker's
-
-
-def version_payload(version: Version) -> dict[str, Any]:
-    """A Version's generated fields as JSON-ready data."""
-    data = dataclasses.asdict(version)
-    for name in _EDITOR_FIELDS:
-        data.pop(name, None)
-    return data
-
-
-_VERSION_FIELDS = frozenset(f.name for f in dataclasses.fields(Version))
-
-
-def version_from_payload(data: Mapping[str, Any]) -> Version:
-    """The Version of :func:`version_payload` (unknown fields, from a newer worker, dropped)."""
-    fields = {k: v for k, v in data.items() if k in _VERSION_FIELDS and k != "attempt_log"}
-    log = [Attempt(**a) for a in data.get("attempt_log", [])]
-    return Version(**fields, attempt_log=log)
-
-
 @dataclass(frozen=True)
 class UnitReport:
     """What Redis says about one unit (the submitter's view)."""
@@ -200,7 +176,7 @@ class Board:
             "submission": submission,
             "result": result_id,
             "elapsed_s": elapsed_s,
-            "version": version_payload(version),
+            "version": version.to_dict(editor=False),
         }
         unit = {
             "state": version.status,

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..results import Run, Version
 from ..store import RunRecord
-from .board import UnitReport, read_results, read_units, slot_holder, version_from_payload
-from .records import FINAL, BookRecords, chapter_run_id
+from .board import UnitReport, read_results, read_units, slot_holder
+from .records import SETTLED, BookRecords, chapter_run_id
 from .redis_limit import live_holders
 from .unit import BookSpec
 
@@ -104,7 +104,7 @@ class Collector:
         store = self.records.store
         run_id = chapter_run_id(self.job_id, chapter)
         record = store.get_run(run_id) or self._begin_chapter(chapter)
-        got = version_from_payload(data["version"])
+        got = Version.from_dict(data["version"])
         mine = next((v for v in store.get_versions(run_id) if v.index == version), None)
         if mine is not None and (mine.ok or mine == got):
             return False  # a worker sharing this store file wrote it already
@@ -157,5 +157,5 @@ class Collector:
         states = [u["state"] for u in self.records.units(self.job_id) if u["chapter"] == chapter]
         run_id = chapter_run_id(self.job_id, chapter)
         # No run row when no version of it was ever stored (a unit that crashed).
-        if all(state in FINAL for state in states) and self.records.store.get_run(run_id):
+        if all(state in SETTLED for state in states) and self.records.store.get_run(run_id):
             self.records.store.finish_run(run_id)

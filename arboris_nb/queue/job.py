@@ -34,7 +34,7 @@ from ..results import Version
 from ..retry import RetryPolicy
 from ..store import RunStore, StoreSpec, open_store
 from .executor import BackendName, Executor, Notify, Unit, make_executor
-from .records import FINAL, BookRecords, chapter_run_id
+from .records import SETTLED, BookRecords, chapter_run_id
 from .unit import BookSpec, llm_spec
 
 if TYPE_CHECKING:
@@ -370,7 +370,7 @@ class BookJob:
         if start is None:
             return None, (0.0 if remaining == 0 else None)
         elapsed = (self._session_end or time.time()) - start
-        finished_now = sum(u["state"] in FINAL and u["updated_at"] >= start for u in units)
+        finished_now = sum(u["state"] in SETTLED and u["updated_at"] >= start for u in units)
         if remaining == 0:
             return elapsed, 0.0
         return elapsed, (elapsed / finished_now * remaining if finished_now else None)

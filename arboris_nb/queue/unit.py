@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,11 @@ from .. import errors
 from ..backends.base import Backend, Message
 from ..backends.simulated import SimulatedLLM
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
-from ..engine import generate_versions
+from ..engine import start_versions
 from ..errors import ConfigError
-from ..events import Event, EventHandler, RunStarted
-from ..results import Run, Version
+from ..events import EventHandler
+from ..handle import RunHandle
+from ..results import Version
 from ..retry import RetryPolicy
 from ..store import RunStore
 from .records import BookRecords, chapter_run_id
@@ -177,26 +178,21 @@ async def run_unit(
     with the attempts it made counted. ``records=None`` (a Celery worker) writes no unit
     state: the caller records it elsewhere (Redis).
     """
-    holder: list[Run] = []
-
-    def keep(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            holder.append(event.run)
 
     def note(state: str, **extra: Any) -> None:
         if records is not None:
             records.set_state(spec.job_id, chapter, version, state, **extra)
 
     note("queued", worker=worker)
-    handlers: list[Callable[[Event], None]] = [keep, *([on_event] if on_event else [])]
+    handle: RunHandle | None = None
     try:
-        run = await generate_versions(
+        handle = start_versions(
             spec.prompts[chapter],
             settings=_settings(spec),
             llm=llm,
             project=spec.project,
             chapter=chapter,
-            on_event=handlers,
+            on_event=on_event,
             retry=spec.retry_policy(),
             limiter=limiter,
             indices=[version],
@@ -204,8 +200,9 @@ async def run_unit(
             raise_on_all_failed=False,
             store=_store(store, records),
         )
+        run = await handle
     except asyncio.CancelledError:
-        made = holder[0].versions[0] if holder else None
+        made = None if handle is None else handle.run.versions[0]
         state = made.status if made is not None and made.ok else "cancelled"
         requests = made.attempts if made is not None else 0
         note(state, requests=requests)
