@@ -64,14 +64,15 @@ def render_run(
     source: Any, *, selected: int | None = None, evaluation: _Judged | None = None
 ) -> Snapshot:
     """The final view of a run: ``source`` is a ``Run`` or a ``VersionsWidget`` (its run,
-    selection and last evaluation are used unless ``selected``/``evaluation`` are given).
+    selection and the Compare tab's last evaluation are used unless ``selected`` /
+    ``evaluation`` are given).
     """
     run: Run | None = getattr(source, "run", source)
     if run is None:
         return Snapshot("<p>No run yet.</p>", "<no run yet>")
     if selected is None and getattr(source, "selected", None) is not None:
         selected = source.selected.index
-    evaluation = evaluation or getattr(source, "evaluation", None)
+    evaluation = evaluation or _last_evaluation(source)
     panels = "".join(_panel(v, v.index == selected) for v in run.versions)
     body = [
         f"<p>{_summary(run, selected, evaluation)}</p>",
@@ -83,6 +84,11 @@ def render_run(
     statuses = " ".join(v.status for v in run.versions)
     text = f"<run {run.run_id}: {run.version_count} versions, {statuses}>"
     return Snapshot(f'<div class="arboris-run">{"".join(body)}</div>', text)
+
+
+def _last_evaluation(source: Any) -> _Judged | None:
+    """A widget keeps its last verdict on its Compare tab; a run has none."""
+    return getattr(getattr(source, "compare", None), "evaluation", None)
 
 
 def _summary(run: Run, selected: int | None, evaluation: _Judged | None) -> str:

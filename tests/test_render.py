@@ -95,7 +95,7 @@ async def test_a_widget_renders_its_run_selection_and_evaluation() -> None:
     assert repr(render_run(w)) == "<no run yet>"
     run = await w.generate("p")
     w.select(2)
-    w.evaluation = Evaluation(best_choice=1, reason="r", versions={})
+    w.compare.evaluation = Evaluation(best_choice=1, reason="r", versions={})
     markup = render_run(w).html
     assert f"Run {run.run_id}" in markup
     assert "selected: version 2" in markup and "judge's choice: version 1" in markup

@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..mockserver import MockConfig, serve
+if TYPE_CHECKING:
+    from ..mockserver import MockConfig
 
 __all__ = ["register", "run"]
-
-_DEFAULTS = MockConfig()
 
 # (flag, MockConfig field, type, metavar, help). Flags default to None and only the ones
 # given reach MockConfig, so the defaults live in one place (the dataclass), not two.
@@ -49,6 +48,26 @@ def _fail_requests(text: str) -> dict[int, int]:
     return result
 
 
+class _MockDefaults(argparse.HelpFormatter):
+    """Shows each mock field's default (read from ``MockConfig``) in its help.
+
+    Read when the help is shown, not when the parser is built: the mock server module
+    loads aiohttp, and every other command's start would pay for it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if action.dest not in _FIELD_NAMES:
+            return text
+        from ..mockserver import MockConfig
+
+        default = getattr(MockConfig(), action.dest)
+        return f"{text} (default: {'off' if default is None else default})"
+
+
+_FIELD_NAMES = frozenset(name for _, name, _, _, _ in _FIELD_FLAGS)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``serve-mock`` subcommand (its handler is ``run``)."""
     parser = subparsers.add_parser(
@@ -56,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the OpenAI-compatible mock server",
         description="Serve an OpenAI-compatible mock with a latency, load and fault model "
         "(see docs/mockserver.md). Prints the base URL on stderr; Ctrl-C stops it.",
+        formatter_class=_MockDefaults,
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
@@ -64,10 +84,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--port", type=int, default=8765, help="0 = any free port (default: %(default)s)"
     )
     for flag, name, kind, metavar, text in _FIELD_FLAGS:
-        default = getattr(_DEFAULTS, name)
-        shown = "off" if default is None else default
-        help_text = f"{text} (default: {shown})"
-        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
+        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=text)
     parser.add_argument(
         "--fail-requests",
         type=_fail_requests,
@@ -88,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _config(args: argparse.Namespace) -> MockConfig:
+    from ..mockserver import MockConfig
+
     names = [name for _, name, _, _, _ in _FIELD_FLAGS] + ["fail_requests", "reply_format"]
     fields = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if args.require_key_env:
@@ -100,6 +119,8 @@ def _config(args: argparse.Namespace) -> MockConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted. Returns 0; 2 for an invalid configuration, 1 if binding fails."""
+    from ..mockserver import serve
+
     try:
         config = _config(args)
     except ValueError as exc:
