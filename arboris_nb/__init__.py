@@ -67,12 +67,15 @@ from .events import (
 )
 from .handle import RunHandle
 from .limits import FixedLimit, Limiter
-from .prompts import chapter_messages, parse_reply
+from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
+from .render import render_book, render_run
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
+from .textstats import text_metrics
+from .verdict import JudgeCall, PairVerdict
 
 # Loaded on first use, so `import arboris_nb` (and so every CLI command) does not pay for
 # packages a path may never need: openai (+ aiohttp, pydantic) and ipywidgets (+ IPython).
@@ -101,6 +104,7 @@ __all__ = [
     "BadRequest",
     "BookJob",
     "BookProgress",
+    "ChapterContext",
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",
@@ -108,11 +112,13 @@ __all__ = [
     "EvaluationError",
     "Event",
     "FixedLimit",
+    "JudgeCall",
     "KeyPool",
     "LLMConfig",
     "LimitChanged",
     "Limiter",
     "OpenAIBackend",
+    "PairVerdict",
     "RateLimited",
     "Recorder",
     "RedisCache",
@@ -159,6 +165,8 @@ __all__ = [
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
+    "render_book",
+    "render_run",
     "resume",
     "resume_sync",
     "retry_version",
@@ -166,6 +174,7 @@ __all__ = [
     "start_versions",
     "sweep",
     "sweep_sync",
+    "text_metrics",
     "unload_ipython_extension",
     "word_diff",
 ]

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from .textstats import TEXT_METRIC_COLUMNS, text_metrics
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -78,7 +80,7 @@ FRAME_COLUMNS: dict[str, str] = {
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
-    "chars": "characters of content",
+    **TEXT_METRIC_COLUMNS,  # chars, words, paragraphs, dialogue_share, … (textstats.py)
     "edited": "True when an editor changed the content after generation",
     "cached": "True when the reply came from the cache (no request, no timings)",
     "key_id": "masked id of the API key that served it",
@@ -219,7 +221,7 @@ class Version:
             "tokens_per_s": self.tokens_per_s,
             "start_s": self.started_at,
             "finish_s": self.finished_at,
-            "chars": len(self.content or ""),
+            **text_metrics(self.content or ""),
             "edited": self.edited,
             "cached": self.cached,
             "key_id": self.key_id,
