@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from arboris_nb import ConfigError, SimulatedLLM, WriterSettings, generate_versions
+from arboris_nb import (
+    ConfigError,
+    SimulatedLLM,
+    WriterSettings,
+    generate_versions,
+    simulated_judge,
+)
 from arboris_nb.backends.simulated import simulated_text
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -46,3 +52,10 @@ def test_arboris_lang_zh_is_the_default_and_a_bad_lang_is_refused(
     assert SimulatedLLM().lang == "zh" and SimulatedLLM(lang="en").lang == "en"
     with pytest.raises(ConfigError, match="lang must be 'en' or 'zh', got 'fr'"):
         SimulatedLLM(lang="fr")
+
+
+@pytest.mark.looptime
+async def test_the_simulated_judge_writes_in_its_models_language() -> None:
+    judge = simulated_judge(lang="zh", output_tokens=30)
+    run = await generate_versions("第三章", settings=WriterSettings(version_count=1), llm=judge)
+    assert run.versions[0].content == simulated_text("第三章", 1, 30, lang="zh")
