@@ -48,6 +48,7 @@ from .events import (
     VersionStarted,
 )
 from .limits import Limiter, make_limiter
+from .pacing import ready
 from .prompts import as_messages, parse_reply
 from .results import Attempt, Run, Version
 from .retry import RetryPolicy
@@ -170,6 +171,7 @@ class _Runner:
             version.queued_at = self.now()
             self.emit(VersionQueued, version=version)
         if self.run.parallel:
+            self.emit(LimitChanged, limit=self.limiter.limit)  # where the limit trace starts
             self.tasks = [asyncio.ensure_future(self.one(conn, v)) for v in self.run.versions]
         else:
             self.tasks = [asyncio.ensure_future(self.serial(conn))]
@@ -232,14 +234,23 @@ class _Runner:
     async def attempts(self, conn: Connection, version: Version) -> None:
         for number in range(1, self.retry.attempts + 1):
             async with self.limiter.slot():
+                request = self.request(version, number)
+                # Pacing waits (rate-limit budget, Retry-After gate) are queue time, not
+                # part of the attempt: they count toward neither TTFT nor a stall.
+                await ready(conn, request)
                 attempt = self.begin(version, number)
                 try:
-                    outcome = await self.attempt(conn, version, attempt)
+                    outcome = await self.attempt(conn, version, attempt, request)
                 except BackendError as exc:
                     error: BackendError = exc
                     # Inside the slot: an adaptive limiter must hear of a 429 before the
                     # slot it frees is handed to the next request (else 429s cascade).
-                    self.observe(ok=False, rate_limited=exc.status == 429, ttft_s=None)
+                    self.observe(
+                        ok=False,
+                        rate_limited=exc.status == 429,
+                        ttft_s=None,
+                        retry_after_s=exc.retry_after_s,
+                    )
                 else:
                     self.observe(ok=True, rate_limited=False, ttft_s=version.ttft_s)
                     self.succeed(version, attempt, outcome)
@@ -264,9 +275,19 @@ class _Runner:
             status=error.status,
         )
 
-    def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None:
+    def observe(
+        self,
+        *,
+        ok: bool,
+        rate_limited: bool,
+        ttft_s: float | None,
+        retry_after_s: float | None = None,
+    ) -> None:
         """Tell the limiter how an attempt went; announce a limit it moved."""
         before = self.limiter.limit
+        note_retry_after = getattr(self.limiter, "note_retry_after", None)
+        if retry_after_s is not None and note_retry_after is not None:
+            note_retry_after(retry_after_s)  # an adaptive limit weighs what a probe costs
         self.limiter.observe(ok=ok, rate_limited=rate_limited, ttft_s=ttft_s)
         if self.limiter.limit != before:
             self.emit(LimitChanged, limit=self.limiter.limit)
@@ -316,16 +337,20 @@ class _Runner:
             return None
         return self.retry.deadline_s - (self.now() - version.started_at)
 
-    async def attempt(self, conn: Connection, version: Version, attempt: Attempt) -> _Outcome:
-        """One request. Its partial text is private to it, so a retry never mixes texts."""
-        request = ChatRequest(
+    def request(self, version: Version, number: int) -> ChatRequest:
+        return ChatRequest(
             messages=self.messages,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             run_id=self.run.run_id,
             version_index=version.index,
-            attempt=attempt.number,
+            attempt=number,
         )
+
+    async def attempt(
+        self, conn: Connection, version: Version, attempt: Attempt, request: ChatRequest
+    ) -> _Outcome:
+        """One request. Its partial text is private to it, so a retry never mixes texts."""
         left = self.time_left(version)
         stall = self.retry.stall_s
         deadline = None if left is None else self.loop.time() + left

@@ -1,0 +1,272 @@
+"""Header-aware pacing: a budget per API key read from ``x-ratelimit-*``, and the Retry-After gate.
+
+OpenAI-style APIs answer every request with ``x-ratelimit-limit|remaining|reset-requests``
+and the same three for ``-tokens``; ``reset`` is the time until the bucket is full again
+(``"1s"``, ``"6m0s"``, ``"120ms"``). A :class:`RateBudget` keeps the latest of them and,
+before a request starts, checks that its cost — one request, and its prompt tokens plus
+the output it may produce — fits what is left, less what this process reserved since.
+If not, the request waits for the refill instead of earning a 429.
+
+The refill is assumed continuous (OpenAI's buckets) but estimated from below: the
+remaining count is rounded down by the server, so the estimate never runs ahead of it,
+and every answer replaces the estimate with the server's own figures.
+
+A 429 that carries ``Retry-After`` closes the budget's **gate**: no request on that key
+starts before it ends — not only the one that got the 429.
+
+Behind a LiteLLM proxy the provider's headers arrive prefixed ``llm_provider-``; both forms
+are read. A proxy's own limits and the provider's are separate buckets, and a request must
+fit both.
+
+Budgets are per key (and endpoint) and shared by every run in the process that uses that
+key. Keys of one account share the account's limits: give them one budget
+(``KeyPool(..., shared_budget=True)``), or each key's budget spends the same headroom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # typing only: backends import this module
+    from .backends.base import ChatRequest, Connection, Message, Usage
+
+__all__ = [
+    "PROVIDER_PREFIX",
+    "RateBudget",
+    "estimate_tokens",
+    "parse_duration",
+    "provider_headers",
+    "ready",
+]
+
+log = logging.getLogger("arboris_nb")
+
+#: The prefix a LiteLLM proxy puts on the upstream provider's headers.
+PROVIDER_PREFIX = "llm_provider-"
+_PREFIXES = ("", PROVIDER_PREFIX)
+_RESOURCES = ("requests", "tokens")
+# Output tokens assumed for a request without max_tokens before any reply showed its size.
+_DEFAULT_OUTPUT_TOKENS = 1024
+# Without a reset header, assume a per-minute limit (the common case) refills in a minute.
+_DEFAULT_RESET_S = 60.0
+# A waiting request re-reads the budget at least this often: new answers may move it.
+_MAX_SLEEP_S = 0.5
+_REGISTRY_SIZE = 64
+_RESERVED_MAX = 10_000
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+
+Clock = Callable[[], float]
+
+
+def _loop_clock() -> float:
+    """The running loop's clock (fake under looptime), else the monotonic clock."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds from a reset value: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1h2m3.5s"``, ``"2.5"``."""
+    if text is None:
+        return None
+    text = text.strip().lower()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def provider_headers(headers: Mapping[str, str], name: str) -> list[str]:
+    """The values of ``name`` and of its ``llm_provider-`` form that are present."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    found = (lowered.get(prefix + name.lower()) for prefix in _PREFIXES)
+    return [value for value in found if value]
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """A prompt's token count from above: ~4 characters a token in ASCII, one per other
+    character (CJK text runs about one token a character), plus a few per message."""
+    count = 0
+    for message in messages:
+        text = str(message.get("content", ""))
+        wide = sum(1 for ch in text if ord(ch) > 127)
+        count += math.ceil((len(text) - wide) / 4) + wide + 4
+    return max(1, count)
+
+
+@dataclass
+class _Seen:
+    """One bucket as the last answer described it."""
+
+    limit: float
+    remaining: float
+    reset_s: float
+    at: float  # when that answer arrived
+    sent: float  # when its request was sent
+
+    def level(self, now: float) -> float:
+        """What is left now, from below: the remaining count is rounded down, so the
+        refill rate is taken as if one more unit were missing."""
+        if self.reset_s <= 0 or now >= self.at + self.reset_s:
+            return self.limit
+        return self.remaining + self._rate() * max(0.0, now - self.at)
+
+    def wait_s(self, need: float, now: float) -> float:
+        if need <= self.level(now) or need > self.limit:
+            return 0.0  # fits, or never will: then the server's answer says so
+        rate = self._rate()
+        full = self.at + self.reset_s
+        due = min(full, self.at + (need - self.remaining) / rate) if rate > 0 else full
+        return max(0.0, due - now)
+
+    def _rate(self) -> float:
+        return max(0.0, self.limit - self.remaining - 1) / self.reset_s
+
+
+class RateBudget:
+    """What one key may still send, from the answers' rate-limit headers; see the module doc.
+
+    ``clock`` is injectable for tests. :meth:`for_key` returns the process-wide budget of a
+    key, so concurrent and consecutive runs on one key pace together.
+    """
+
+    _registry: ClassVar[OrderedDict[str, RateBudget]] = OrderedDict()
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock or _loop_clock
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        # (time, tokens) of requests sent and not yet counted in an answer we hold
+        self._reserved: deque[tuple[float, int]] = deque(maxlen=_RESERVED_MAX)
+        self._gate_until = -math.inf
+        self._outputs: deque[int] = deque(maxlen=20)
+        self._prompt_ratio = 1.0
+        self.waits = 0  # requests that had to wait
+
+    @classmethod
+    def for_key(cls, base_url: str | None, api_key: str | None) -> RateBudget:
+        """The shared budget of a key on an endpoint (the key itself is only hashed)."""
+        ident = hashlib.sha256(f"{base_url}\x1f{api_key}".encode()).hexdigest()
+        budget = cls._registry.get(ident)
+        if budget is None:
+            budget = cls._registry[ident] = cls()
+            while len(cls._registry) > _REGISTRY_SIZE:
+                cls._registry.popitem(last=False)
+        cls._registry.move_to_end(ident)
+        return budget
+
+    def __repr__(self) -> str:
+        known = ", ".join(f"{p}{r}={s.remaining:g}/{s.limit:g}" for (p, r), s in self._seen.items())
+        return f"RateBudget({known or 'no headers yet'})"
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- before a request --------------------------------------------------------------
+    def cost(self, request: ChatRequest) -> int:
+        """Tokens ``request`` may be charged: its prompt and the output it may produce."""
+        prompt = math.ceil(estimate_tokens(request.messages) * self._prompt_ratio)
+        if request.max_tokens is not None:
+            return prompt + request.max_tokens
+        return prompt + (max(self._outputs) if self._outputs else _DEFAULT_OUTPUT_TOKENS)
+
+    def wait_s(self, tokens: int) -> float:
+        """Seconds before a request of ``tokens`` may start (0 = now)."""
+        now = self._clock()
+        wait = max(0.0, self._gate_until - now)
+        for (_, resource), seen in self._seen.items():
+            # Reserved at or after that answer's request left: not in its figures (a tie
+            # counts as pending: a coarse or fake clock must not make us optimistic).
+            pending = [t for at, t in self._reserved if at >= seen.sent]
+            need = 1 + len(pending) if resource == "requests" else tokens + sum(pending)
+            wait = max(wait, seen.wait_s(need, now))
+        return wait
+
+    def reserve(self, tokens: int) -> None:
+        """Count a request that is about to be sent (until an answer includes it)."""
+        self._reserved.append((self._clock(), tokens))
+
+    async def acquire(self, request: ChatRequest) -> float:
+        """Wait until ``request`` fits, reserve it, and return the seconds waited."""
+        tokens = self.cost(request)
+        start = self._clock()
+        wait = self.wait_s(tokens)
+        if wait > 0:
+            self.waits += 1
+            log.debug("pacing: waiting %.2f s for the rate-limit budget", wait)
+        while wait > 0:
+            await asyncio.sleep(min(wait, _MAX_SLEEP_S))
+            wait = self.wait_s(tokens)
+        self.reserve(tokens)
+        return self._clock() - start
+
+    # -- after an answer ---------------------------------------------------------------
+    def update(self, headers: Mapping[str, str], sent: float) -> None:
+        """Take the budget from an answer's headers (``sent``: when its request left)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        now = self._clock()
+        for prefix in _PREFIXES:
+            for resource in _RESOURCES:
+                seen = _read(lowered, prefix, resource, now, sent)
+                old = self._seen.get((prefix, resource))
+                if seen is not None and (old is None or sent >= old.sent):
+                    self._seen[(prefix, resource)] = seen
+        if self._seen:
+            # Requests sent before the oldest answer we hold are counted in it already.
+            oldest = min(s.sent for s in self._seen.values())
+            while self._reserved and self._reserved[0][0] < oldest:
+                self._reserved.popleft()
+
+    def block(self, seconds: float) -> None:
+        """Close the gate for ``seconds`` (a 429's Retry-After): nobody on this key sends."""
+        self._gate_until = max(self._gate_until, self._clock() + seconds)
+
+    def note_usage(self, request: ChatRequest, usage: Usage) -> None:
+        """Learn the output size to expect and how far off the prompt estimate is."""
+        if usage.output_tokens > 0:
+            self._outputs.append(usage.output_tokens)
+        if usage.input_tokens:
+            ratio = usage.input_tokens / estimate_tokens(request.messages)
+            self._prompt_ratio = min(4.0, max(0.25, ratio))
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) and number >= 0 else None
+
+
+def _read(
+    headers: Mapping[str, str], prefix: str, resource: str, now: float, sent: float
+) -> _Seen | None:
+    limit = _number(headers.get(f"{prefix}x-ratelimit-limit-{resource}"))
+    remaining = _number(headers.get(f"{prefix}x-ratelimit-remaining-{resource}"))
+    if limit is None or remaining is None or limit <= 0:
+        return None
+    reset = parse_duration(headers.get(f"{prefix}x-ratelimit-reset-{resource}"))
+    reset = _DEFAULT_RESET_S if reset is None else reset
+    return _Seen(limit, min(remaining, limit), reset, now, sent)
+
+
+async def ready(conn: Connection, request: ChatRequest) -> None:
+    """Wait until ``conn`` may send ``request``: its budget fits and no Retry-After gate is
+    closed. A no-op for connections without pacing (``SimulatedLLM``, custom backends)."""
+    hook = getattr(conn, "ready", None)
+    if hook is not None:
+        await hook(request)
