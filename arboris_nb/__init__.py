@@ -15,6 +15,7 @@ from .analysis import (
     SweepResult,
     plot_concurrency,
     plot_distributions,
+    plot_limit,
     plot_serial_vs_parallel,
     plot_timeline,
     sweep,
@@ -64,6 +65,7 @@ from .events import (
     VersionStarted,
 )
 from .limits import FixedLimit, Limiter
+from .pacing import RateBudget
 from .prompts import chapter_messages, parse_reply
 from .queue import BookJob
 from .results import Run, Version
@@ -96,6 +98,7 @@ __all__ = [
     "LimitChanged",
     "Limiter",
     "OpenAIBackend",
+    "RateBudget",
     "RateLimited",
     "Recorder",
     "RedisCache",
@@ -137,6 +140,7 @@ __all__ = [
     "parse_reply",
     "plot_concurrency",
     "plot_distributions",
+    "plot_limit",
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
