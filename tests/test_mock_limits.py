@@ -6,6 +6,7 @@ The arithmetic is checked on the limits object with a fake clock; the headers an
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 from collections.abc import AsyncIterator
@@ -188,3 +189,48 @@ async def test_stats_reset_refills_the_budgets(http: aiohttp.ClientSession) -> N
         status, headers = await post(http, server, BODY)
     assert status == 200
     assert re.fullmatch(r"10m0s|9m59\.\d+s", headers["x-ratelimit-reset-requests"])
+
+
+# -- serve-mock flags --------------------------------------------------------------------------
+
+
+def serve_mock_config(*flags: str) -> MockConfig:
+    from arboris_nb.cli import serve_mock
+
+    parser = argparse.ArgumentParser()
+    serve_mock.register(parser.add_subparsers())
+    return serve_mock._config(parser.parse_args(["serve-mock", *flags]))
+
+
+def test_serve_mock_flags_for_the_four_behaviours() -> None:
+    assert serve_mock_config("--max-concurrent", "6").max_concurrent == 6
+    window = serve_mock_config("--max-concurrent", "6", "--window", "1.5")
+    assert (window.max_concurrent, window.window_s) == (6, 1.5)
+    budgets = serve_mock_config(
+        "--token-budget", "30000", "--request-budget", "60", "--budget-period", "60",
+        "--no-ratelimit-headers",
+    )  # fmt: skip
+    assert (budgets.token_budget, budgets.request_budget, budgets.budget_period_s) == (
+        30000, 60, 60.0,
+    )  # fmt: skip
+    assert budgets.ratelimit_headers is False
+    slower = serve_mock_config("--capacity", "8", "--slowdown", "0.5")
+    assert (slower.capacity, slower.slowdown) == (8, 0.5)
+    assert serve_mock_config().ratelimit_headers is True  # defaults stay MockConfig's
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--window", "0"], "--window must be a number above 0"),
+        (["--token-budget", "ten"], "--token-budget must be a whole number of at least 1"),
+        (["--budget-period", "-2"], "--budget-period must be a number above 0"),
+    ],
+)
+def test_serve_mock_refuses_bad_behaviour_values(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        serve_mock_config(*flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
