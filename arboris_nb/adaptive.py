@@ -100,7 +100,7 @@ class AdaptiveLimit:
         min: int = 1,
         max: int = 10,
         initial: int | None = None,
-        backoff: float = 0.9,
+        backoff: float = 0.75,
         latency_tolerance: float = 1.5,
         probe_every: int = 50,
         clock: Clock | None = None,
@@ -119,7 +119,8 @@ class AdaptiveLimit:
         self._slow_start = True
         self._successes = 0  # saturated successes since the limit last moved
         self._ceiling: int | None = None  # where the last 429 congestion began (ssthresh)
-        self._probe_after = probe_every  # saturated successes before probing the ceiling
+        self._probe_scale = 1  # doubles with every event at the same ceiling
+        self._probe_idle = 0.0  # Retry-After of the event that set the ceiling
         self._retry_after: float | None = None  # of the 429 being observed
         self._duration: float | None = None  # EWMA of successful attempts, admitted → done
         self._last_decrease = -math.inf
@@ -154,8 +155,10 @@ class AdaptiveLimit:
 
     @property
     def probe_after(self) -> int:
-        """Saturated successes the limit waits at the ceiling before probing it."""
-        return self._probe_after
+        """Saturated successes the limit waits at the ceiling before probing it: a probe
+        costs one 429 and every slot idle for its Retry-After, so rarer when that is long."""
+        idle_share = self._limit * self._probe_idle / self._duration if self._duration else 0.0
+        return math.ceil(self.probe_every * self._probe_scale * (1.0 + idle_share))
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -223,19 +226,11 @@ class AdaptiveLimit:
                 self._ceiling = max(self._limit + 1, min(self._ceiling, others + 1))
             return
         confirmed = self._ceiling is not None and self._limit <= self._ceiling
-        if confirmed:
-            self._probe_after = min(self._probe_after * 2, self.probe_every * _MAX_PROBE_SCALE)
-        else:
-            self._probe_after = self._first_probe_after()
+        self._probe_scale = min(_MAX_PROBE_SCALE, self._probe_scale * 2) if confirmed else 1
+        self._probe_idle = self._retry_after or 0.0
         self._ceiling = max(self.min, min(self._limit, others + 1))
         self._event_floor = max(self.min, self._limit // 2)
         self._decrease(self._target(min(others, math.floor(self._limit * self.backoff))))
-
-    def _first_probe_after(self) -> int:
-        """Successes before probing a new ceiling: more when a 429 idles every slot."""
-        idle = self._retry_after or 0.0
-        cost = 1.0 + self._limit * idle / self._duration if self._duration else 1.0
-        return min(self.probe_every * _MAX_PROBE_SCALE, math.ceil(self.probe_every * cost))
 
     def _target(self, value: int) -> int:
         """A decrease: at least one step, at most halving (TCP never cuts more)."""
@@ -264,14 +259,14 @@ class AdaptiveLimit:
         self._set_limit(self._limit + 1)
         if self._ceiling is not None and self._limit > self._ceiling:
             self._ceiling = None  # the probe held: the cap moved up
-            self._probe_after = self.probe_every
+            self._probe_scale, self._probe_idle = 1, 0.0
 
     def _needed(self) -> int:
         """Saturated successes before the next +1."""
         if self._slow_start:
             return 1
         if self._ceiling is not None and self._limit + 1 >= self._ceiling:
-            return self._probe_after  # a probe at (or past) the known cap
+            return self.probe_after  # a probe at (or past) the known cap
         return self._limit  # one step per round trip
 
     def _saturated(self) -> bool:

@@ -15,6 +15,7 @@ from arboris_nb import (
     AdaptiveLimit,
     ConfigError,
     LimitChanged,
+    RetryPolicy,
     SimulatedLLM,
     WriterSettings,
     generate_versions,
@@ -22,6 +23,7 @@ from arboris_nb import (
 )
 from arboris_nb.events import Event
 from arboris_nb.limits import AUTO_INITIAL, FixedLimit, Limiter, make_limiter
+from tests.fixtures.capped import CappedLLM
 
 
 class FakeClock:
@@ -161,9 +163,9 @@ async def test_a_429_after_the_cut_is_a_new_event() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimit(initial=8, clock=clock)
     await refused_in_new_slot(limiter, clock)
-    assert limiter.limit == 7  # ⌊8 × 0.9⌋; the other 7 in flight allow that
+    assert limiter.limit == 6  # ⌊8 × 0.75⌋; the other 7 in flight allow that
     await refused_in_new_slot(limiter, clock)
-    assert limiter.limit == 6  # ⌊7 × 0.9⌋
+    assert limiter.limit == 4  # ⌊6 × 0.75⌋
     assert limiter.decreases == 2
     for _ in range(10):
         await refused_in_new_slot(limiter, clock)
@@ -172,7 +174,7 @@ async def test_a_429_after_the_cut_is_a_new_event() -> None:
 
 async def test_ceiling_probe_waits_and_doubles_then_forgets_a_moved_cap() -> None:
     clock = FakeClock()
-    limiter = AdaptiveLimit(initial=7, probe_every=10, clock=clock)
+    limiter = AdaptiveLimit(initial=7, backoff=0.9, probe_every=10, clock=clock)
     await refused_in_new_slot(limiter, clock)  # congestion at 7 → 6, ceiling 7
     assert (limiter.limit, limiter.ceiling, limiter.probe_after) == (6, 7, 10)
     async with AsyncExitStack() as stack:
@@ -212,8 +214,8 @@ async def test_a_long_retry_after_makes_probing_rarer() -> None:
         clock.t += 0.5
         limiter.note_retry_after(1.0)
         throttled(limiter)
-    # 10 × (1 + 4 slots × 1 s / 0.5 s)
-    assert limiter.probe_after == 90
+    # 4 → 3; 10 × (1 + 3 slots × 1 s / 0.5 s)
+    assert (limiter.limit, limiter.probe_after) == (3, 70)
 
 
 async def test_latency_inflation_is_a_congestion_event_once() -> None:
@@ -229,7 +231,7 @@ async def test_latency_inflation_is_a_congestion_event_once() -> None:
         clock.t += 1
         for _ in range(3):  # short EWMA passes 1.5 × the long one on the second
             ok(limiter, ttft_s=0.4)
-    assert limiter.limit == 4  # ⌊5 × 0.9⌋, once: the same requests, the same event
+    assert limiter.limit == 3  # ⌊5 × 0.75⌋, once: the same requests, the same event
     assert limiter.decreases == 1
     assert limiter.ceiling is None  # latency sets no ceiling: no 429 was seen
 
@@ -293,7 +295,7 @@ async def test_a_cancelled_waiter_leaks_no_slot() -> None:
 async def test_a_429_inside_its_slot_frees_no_slot_for_the_next_request() -> None:
     """Against a cascade: the slot a 429 frees goes to nobody while the event lasts."""
     clock = FakeClock()
-    limiter = AdaptiveLimit(initial=8, clock=clock)
+    limiter = AdaptiveLimit(initial=8, backoff=0.9, clock=clock)
     requests = Requests(limiter, 8)
     await asyncio.sleep(0)
     waiter = asyncio.create_task(limiter.slot().__aenter__())
@@ -354,3 +356,22 @@ async def test_engine_auto_setting_builds_an_adaptive_limiter() -> None:
     assert len(run.ok) == 8
     changes = [e.limit for e in events if isinstance(e, LimitChanged)]
     assert changes[:3] == [AUTO_INITIAL, AUTO_INITIAL + 1, AUTO_INITIAL + 2]
+
+
+@pytest.mark.looptime
+async def test_engine_hands_the_limit_each_429s_retry_after() -> None:
+    """A cap of 3 with a 2 s Retry-After: the limit lands on the cap and probes it rarely."""
+    limiter = AdaptiveLimit(initial=4, probe_every=10)
+    run = await generate_versions(
+        "p",
+        settings=WriterSettings(version_count=10),
+        llm=CappedLLM(cap=3, inner=SimulatedLLM(ttft_s=0.1, tokens_per_s=10, output_tokens=10),
+                      retry_after_s=2.0),
+        limiter=limiter,
+        indices=range(1, 13),
+        retry=RetryPolicy(attempts=5, base_delay_s=0.1, jitter=0.0),
+    )  # fmt: skip
+    assert len(run.ok) == 12
+    assert (limiter.limit, limiter.ceiling) == (3, 4)
+    # 10 × (1 + 3 slots × 2 s Retry-After / 1.2 s an attempt: 12 tokens, 0.1 s apart)
+    assert limiter.probe_after == 60
