@@ -113,6 +113,9 @@ class Runner:
         self.limiter = limiter
         self.retry = retry
         self.handlers = handlers
+        # TokenDelta is most of the traffic (one per streamed chunk): it is built only
+        # when a subscriber wants it, and only they hear it (events.py: wants_tokens).
+        self.token_handlers = [h for h in handlers if getattr(h, "wants_tokens", True)]
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.loop = asyncio.get_running_loop()
@@ -129,17 +132,23 @@ class Runner:
         return self.loop.time() - self.t0
 
     def emit(self, cls: Callable[..., Event], **fields: Any) -> None:
-        if not self.handlers:
-            return
-        event = cls(run=self.run, t=self.now(), **fields)
-        for handler in self.handlers:
+        if self.handlers:
+            self._deliver(self.handlers, cls(run=self.run, t=self.now(), **fields))
+
+    def emit_token(self, version: Version, text: str) -> None:
+        self._deliver(self.token_handlers, TokenDelta(self.run, self.now(), version, text))
+
+    @staticmethod
+    def _deliver(handlers: list[EventHandler], event: Event) -> None:
+        for handler in handlers:
             try:
                 handler(event)
             except Exception:  # a broken subscriber must not break generation
                 log.exception("on_event handler %r failed on %s", handler, type(event).__name__)
 
     def _say(self, key: str, version: Version, **values: object) -> None:
-        log.info(_messages.text(key, i=version.index, n=self.run.version_count, **values))
+        if log.isEnabledFor(logging.INFO):  # the text is not even built otherwise
+            log.info(_messages.text(key, i=version.index, n=self.run.version_count, **values))
 
     # -- the run ----------------------------------------------------------------------
     async def go(self) -> None:
@@ -362,17 +371,20 @@ class Runner:
     ) -> _Outcome:
         parts: list[str] = []
         usage: Usage | None = None
+        token_handlers = self.token_handlers
+        # This loop runs once per streamed chunk of every version: keep it lean.
         # aclosing: an abandoned stream (stall, cancel) closes its HTTP response now,
         # not whenever the garbage collector finalizes the generator.
         async with closing_stream(conn.stream(request)) as stream:
             async for item in stream:
                 if isinstance(item, str):
-                    if version.first_token_at is None:
+                    if not parts:
                         version.first_token_at = self.now()
                     parts.append(item)
                     if stall is not None:
                         guard.reschedule(self._next_deadline(deadline, stall))
-                    self.emit(TokenDelta, version=version, text=item)
+                    if token_handlers:
+                        self.emit_token(version, item)
                 elif isinstance(item, Usage):
                     usage = item
                 elif isinstance(item, Served):

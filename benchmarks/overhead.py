@@ -39,7 +39,14 @@ Runner = Callable[[str, int, int], Awaitable[int]]
 
 async def raw_baseline(base_url: str, n: int, c: int) -> int:
     """The hand-written version: returns the number of non-empty replies."""
-    client = openai.AsyncOpenAI(api_key="not-needed", base_url=base_url, max_retries=0)
+    # The same timeouts as OpenAIBackend: with hundreds of connects at once on a busy
+    # machine, the SDK's default 5 s connect timeout can fire before the mock accepts.
+    client = openai.AsyncOpenAI(
+        api_key="not-needed",
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(600.0, connect=10.0),
+    )
     semaphore = asyncio.Semaphore(c)
 
     async def one() -> str:
