@@ -6,7 +6,9 @@ stream side by side, and measure what the parallelism bought.
 
 from __future__ import annotations
 
+import importlib as _importlib
 import logging
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from .adaptive import AdaptiveLimit, plot_limit_history
@@ -21,8 +23,7 @@ from .analysis import (
     sweep,
     sweep_sync,
 )
-from .backends import Backend, ChatRequest, OpenAIBackend, SimulatedLLM, Usage
-from .backends.pool import KeyPool
+from .backends import Backend, ChatRequest, SimulatedLLM, Usage
 from .cache import RedisCache, SQLiteCache
 from .config import LLMConfig, WriterSettings, mask_key
 from .editor import (
@@ -37,7 +38,7 @@ from .editor import (
     simulated_judge,
     word_diff,
 )
-from .engine import generate_versions, generate_versions_sync
+from .engine import generate_versions, generate_versions_sync, start_versions
 from .errors import (
     AllVersionsFailed,
     ArborisError,
@@ -49,6 +50,7 @@ from .errors import (
     ConnectionFailed,
     RateLimited,
     ServerError,
+    StateError,
     StreamInterrupted,
 )
 from .events import (
@@ -64,15 +66,32 @@ from .events import (
     VersionRetrying,
     VersionStarted,
 )
+from .handle import RunHandle
 from .limits import FixedLimit, Limiter
 from .pacing import RateBudget
-from .prompts import chapter_messages, parse_reply
+from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
+from .render import render_book, render_run
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
-from .widgets import VersionsWidget
+from .textstats import text_metrics
+from .verdict import JudgeCall, PairVerdict
+
+# Loaded on first use, so `import arboris_nb` (and so every CLI command) does not pay for
+# packages a path may never need: openai (+ aiohttp, pydantic) and ipywidgets (+ IPython).
+_LAZY = {
+    "BookProgress": ".widgets.book",
+    "KeyPool": ".backends.pool",
+    "OpenAIBackend": ".backends.openai",
+    "VersionsWidget": ".widgets.versions",
+}
+if _TYPE_CHECKING:
+    from .backends.openai import OpenAIBackend
+    from .backends.pool import KeyPool
+    from .widgets.book import BookProgress
+    from .widgets.versions import VersionsWidget
 
 __version__ = "0.1.0"
 
@@ -86,6 +105,8 @@ __all__ = [
     "BackendTimeout",
     "BadRequest",
     "BookJob",
+    "BookProgress",
+    "ChapterContext",
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",
@@ -93,11 +114,13 @@ __all__ = [
     "EvaluationError",
     "Event",
     "FixedLimit",
+    "JudgeCall",
     "KeyPool",
     "LLMConfig",
     "LimitChanged",
     "Limiter",
     "OpenAIBackend",
+    "PairVerdict",
     "RateBudget",
     "RateLimited",
     "Recorder",
@@ -105,11 +128,13 @@ __all__ = [
     "RetryPolicy",
     "Run",
     "RunFinished",
+    "RunHandle",
     "RunStarted",
     "RunStore",
     "SQLiteCache",
     "ServerError",
     "SimulatedLLM",
+    "StateError",
     "StreamInterrupted",
     "SweepResult",
     "TokenDelta",
@@ -144,12 +169,16 @@ __all__ = [
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
+    "render_book",
+    "render_run",
     "resume",
     "resume_sync",
     "retry_version",
     "simulated_judge",
+    "start_versions",
     "sweep",
     "sweep_sync",
+    "text_metrics",
     "unload_ipython_extension",
     "word_diff",
 ]
@@ -167,6 +196,18 @@ def unload_ipython_extension(ipython: _Any) -> None:
     from .magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 # A library logs nothing unless the application configures logging.

@@ -339,9 +339,9 @@ def plot_limit_history(frame: pd.DataFrame, *, title: str = "Adaptive limit") ->
     For a run's limit *with* in-flight requests and 429 marks, see
     :func:`arboris_nb.analysis.plots.plot_limit`.
     """
-    from matplotlib.figure import Figure
+    from .analysis.plots import _figure  # displays as an image in Jupyter
 
-    fig = Figure(figsize=(6, 3))
+    fig = _figure(6, 3)
     ax = fig.add_subplot()
     if len(frame):
         ts, limits = list(frame["t_s"]), list(frame["limit"])
@@ -350,5 +350,4 @@ def plot_limit_history(frame: pd.DataFrame, *, title: str = "Adaptive limit") ->
     ax.set_ylabel("concurrency limit")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig

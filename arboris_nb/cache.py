@@ -9,8 +9,8 @@ Why an engine check and not a ``CachedBackend`` wrapper: a wrapper would replay 
 as a stream, and the engine would then count it as a fresh request — one attempt, a
 near-zero duration in the averages, a concurrency slot held, and a fast "success" fed to
 the adaptive limiter. Checking before the request keeps the engine honest with a few
-lines: a hit becomes an ``ok`` version with ``attempts == 0``, ``key_id == "cache"``, no
-attempt log and no start/first-token time (so no duration, ttft or queue wait), which
+lines: a hit becomes an ``ok`` version with ``cached=True``, ``attempts == 0``, no key_id,
+no attempt log and no start/first-token time (so no duration, ttft or queue wait), which
 the timing metrics already leave out.
 
 Backends: :class:`SQLiteCache` (a table in the run store's file) and :class:`RedisCache`
@@ -34,12 +34,11 @@ from typing import Any, Protocol, runtime_checkable
 from .backends.base import Message
 from .config import cache_setting, store_setting
 from .errors import ConfigError
-from .events import Event, RunFinished, TokenDelta, VersionFinished
+from .events import Event, VersionFinished
 from .results import Version
-from .store import CACHE_KEY_ID, RunStore
+from .store import RunStore
 
 __all__ = [
-    "CACHE_KEY_ID",
     "BoundCache",
     "CacheSpec",
     "CachedReply",
@@ -321,15 +320,17 @@ class BoundCache:
                 "reply cache %r: could not store version %d (%s)", self.cache, version.index, exc
             )
 
+    wants_tokens = False  # only VersionFinished matters; TokenDelta is not delivered
+
     def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if kind is TokenDelta:
-            return
-        if kind is VersionFinished:
-            version: Version = event.version  # type: ignore[attr-defined]
-            if version.ok and version.key_id != CACHE_KEY_ID and version.content:
+        if isinstance(event, VersionFinished):
+            version = event.version
+            if version.ok and not version.cached and version.content:
                 self.store(version)
-        elif kind is RunFinished and self.owns_cache:
+
+    def close(self) -> None:
+        """Close the cache if it was opened for this run (the engine calls this at the end)."""
+        if self.owns_cache:
             self.cache.close()
 
 

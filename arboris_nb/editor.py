@@ -6,38 +6,35 @@
   a run of its own linked to the one it retries, so the store keeps both texts.
 * :func:`edit_version` — replace a version's text by the editor's, saved to the run
   store next to the generated text (which is kept).
-* :func:`word_diff` / :func:`diff_html` — an inline word-level diff (``difflib``).
-* :func:`evaluate` — ask the model to compare the ok versions; the reply is parsed into
-  Arboris-Novel's evaluation shape (:class:`Evaluation`) by :func:`parse_evaluation`.
-  :func:`simulated_judge` is an offline model that writes chapters *and* answers
-  evaluation requests with deterministic JSON, so Evaluate works without an API.
+* :func:`word_diff` / :func:`diff_html` — an inline diff, by words in English and by
+  characters in Chinese (:func:`~arboris_nb.textdiff.text_diff`).
 * :func:`export_markdown` — one version to a Markdown file.
 
+Evaluate (asking a judge model which version is best) lives in :mod:`arboris_nb.judge`;
+its names are re-exported here, so every editor action is in one namespace.
 Everything that becomes HTML here is escaped: model output is untrusted.
 """
 
 from __future__ import annotations
 
-import difflib
 import html
-import json
-import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
-from .backends.base import Backend, ChatRequest, Message
-from .backends.simulated import SimulatedLLM, simulated_text
+from .backends.base import Backend, Message
 from .config import LLMConfig, WriterSettings
-from .engine import Handlers, generate_versions
-from .errors import ArborisError, ConfigError
-from .events import Event, EventHandler, RunStarted
-from .prompts import as_messages, strip_think
+from .engine import Handlers, start_versions
+from .errors import ConfigError, StateError
+from .judge import evaluate, evaluation_candidates
+from .judge_prompts import EVALUATION_SYSTEM_PROMPT, evaluation_messages, parse_evaluation
+from .judge_sim import simulated_judge
+from .prompts import as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
 from .store import RunStore, StoreSpec, open_store
+from .textdiff import text_diff
+from .verdict import Evaluation, EvaluationError
 
 __all__ = [
     "EVALUATION_SYSTEM_PROMPT",
@@ -46,6 +43,7 @@ __all__ = [
     "diff_html",
     "edit_version",
     "evaluate",
+    "evaluation_candidates",
     "evaluation_messages",
     "export_markdown",
     "parse_evaluation",
@@ -57,25 +55,14 @@ __all__ = [
 ]
 
 LLM = LLMConfig | Backend | None
-DiffOp = Literal["equal", "insert", "delete"]
-
-EVALUATION_SYSTEM_PROMPT = (
-    "You are a senior fiction editor. Compare the candidate versions of one chapter for "
-    "prose, pacing, character consistency and fidelity to the chapter goal. Reply with JSON "
-    'only: {"best_choice": <version number>, "reason_for_choice": "...", "evaluation": '
-    '{"version1": {"pros": ["..."], "cons": ["..."], "overall_review": "..."}, ...}}'
-)
-# The judge finds the versions by these headings; keep them in one place.
-_VERSION_HEADING = "[Version {index}]"
-_HEADING_RE = re.compile(r"^\[Version (\d+)\]$", re.MULTILINE)
 
 
-class EvaluationError(ArborisError):
-    """The model's evaluation reply could not be parsed; ``reply`` holds it."""
-
-    def __init__(self, message: str, reply: str) -> None:
-        super().__init__(message)
-        self.reply = reply
+def _not_ok(version: Version, done_to_it: str) -> StateError:
+    """The error for acting on a version that is not done (failed, cancelled, running)."""
+    return StateError(
+        f"version {version.index} is {version.status}: only a done version can be "
+        f"{done_to_it}; retry it (or wait for it) first"
+    )
 
 
 # -- retry ------------------------------------------------------------------------------
@@ -128,17 +115,14 @@ async def retry_version(
     """
     pos = _position(run, index)
     opened, owned = open_store(store)
-    handlers = _as_handlers(on_event)
-    if opened is not None:
-        handlers.insert(0, _retry_link(opened, run.run_id, index))
     try:
-        sub = await generate_versions(
+        handle = start_versions(
             retry_messages(prompt, instruction),
             settings=settings or WriterSettings(version_count=1),
             llm=llm,
             project=run.project,
             chapter=run.chapter,
-            on_event=handlers,
+            on_event=on_event,
             retry=retry,
             indices=[index],
             run_id=retry_run_id(run.run_id),
@@ -146,6 +130,9 @@ async def retry_version(
             store=opened if opened is not None else False,
             refresh=True,  # a retry must ask the model again, never replay the reply cache
         )
+        # Set before the run starts, so the store writes the link with the run's row.
+        handle.run.parent_run_id, handle.run.parent_index = run.run_id, index
+        sub = await handle
     finally:
         if owned and opened is not None:
             opened.close()
@@ -153,25 +140,6 @@ async def retry_version(
     if new.status != "cancelled":
         run.versions[pos] = new
     return new
-
-
-def _as_handlers(on_event: Handlers) -> list[EventHandler]:
-    if on_event is None:
-        return []
-    return [on_event] if callable(on_event) else list(on_event)
-
-
-def _retry_link(store: RunStore, parent_run_id: str, parent_index: int) -> EventHandler:
-    """A subscriber that links the retry's run row to its parent as soon as it exists.
-
-    The store's recorder hears ``RunStarted`` first and writes the row; linking then, not
-    at the end, keeps the link even if the process dies during the retry."""
-
-    def link(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            store.link_retry(event.run.run_id, parent_run_id, parent_index)
-
-    return link
 
 
 # -- edit -------------------------------------------------------------------------------
@@ -189,7 +157,7 @@ def edit_version(
     saved (not stored) raises :class:`ConfigError` and leaves the version unchanged.
     """
     if not version.ok:
-        raise ConfigError(f"version {version.index} is {version.status}; only ok versions edit")
+        raise _not_ok(version, "edited")
     if not text.strip():
         raise ConfigError("edited text must not be empty")
     generated = _generated(version)
@@ -232,52 +200,7 @@ def _generated(version: Version) -> str | None:
 
 
 # -- diff -------------------------------------------------------------------------------
-# Words of letters/digits stay whole; CJK characters (no spaces between words) and
-# punctuation are single tokens; whitespace runs are tokens so the parts re-join exactly.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
-_TOKEN = re.compile(rf"\s+|[^\W{_CJK}]+|.", re.DOTALL)
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text)
-
-
-def word_diff(a: str, b: str) -> list[tuple[DiffOp, str]]:
-    """Word-level diff of ``a`` → ``b`` as (op, text) runs; equal+delete re-join to ``a``.
-
-    A lone space between two changes joins them, so a rewritten phrase reads as one
-    deletion and one insertion rather than word-by-word alternation.
-    """
-    left, right = _tokens(a), _tokens(b)
-    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
-    ops: list[tuple[DiffOp, str]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            ops.append(("equal", "".join(left[i1:i2])))
-            continue
-        if i2 > i1:
-            ops.append(("delete", "".join(left[i1:i2])))
-        if j2 > j1:
-            ops.append(("insert", "".join(right[j1:j2])))
-    return _merge(ops)
-
-
-def _merge(ops: list[tuple[DiffOp, str]]) -> list[tuple[DiffOp, str]]:
-    out: list[tuple[DiffOp, str]] = []
-    pending: dict[DiffOp, list[str]] = {"delete": [], "insert": []}
-    for pos, (op, text) in enumerate(ops):
-        between = 0 < pos < len(ops) - 1 and ops[pos - 1][0] != "equal" != ops[pos + 1][0]
-        if op == "equal" and between and not text.strip():
-            pending["delete"].append(text)
-            pending["insert"].append(text)
-        elif op == "equal":
-            out += [(k, "".join(v)) for k, v in pending.items() if v]
-            pending = {"delete": [], "insert": []}
-            out.append((op, text))
-        else:
-            pending[op].append(text)
-    out += [(k, "".join(v)) for k, v in pending.items() if v]
-    return out
+word_diff = text_diff  # the editor's name for it; English by words, Chinese by characters
 
 
 def diff_html(a: str, b: str) -> str:
@@ -285,174 +208,6 @@ def diff_html(a: str, b: str) -> str:
     tags = {"equal": "{}", "delete": "<del>{}</del>", "insert": "<ins>{}</ins>"}
     body = "".join(tags[op].format(html.escape(text)) for op, text in word_diff(a, b))
     return f'<div class="arboris-diff" style="white-space: pre-wrap">{body}</div>'
-
-
-# -- evaluate ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Evaluation:
-    """Arboris-Novel's evaluation: the best version, why, and pros/cons per version."""
-
-    best_choice: int
-    reason: str
-    versions: dict[int, dict[str, list[str]]] = field(default_factory=dict)
-    raw: str = field(default="", repr=False)
-
-    def to_html(self) -> str:
-        """The evaluation as escaped HTML (CSS class ``arboris-evaluation``)."""
-        rows = []
-        for index, notes in sorted(self.versions.items()):
-            items = [
-                f"<li>{label} {html.escape(point)}</li>"
-                for key, label in (("pros", "+"), ("cons", "−"))
-                for point in notes.get(key, [])
-            ]
-            rows.append(f"<p><b>Version {index}</b></p><ul>{''.join(items)}</ul>")
-        return (
-            f'<div class="arboris-evaluation"><p><b>Best: version {self.best_choice}</b> — '
-            f"{html.escape(self.reason)}</p>{''.join(rows)}</div>"
-        )
-
-
-def evaluation_messages(versions: Sequence[Version], goal: str | None = None) -> list[Message]:
-    """The request asking a model to compare ``versions`` (each under a heading)."""
-    parts = [f"[Chapter goal]\n{goal}"] if goal else []
-    for v in versions:
-        parts.append(f"{_VERSION_HEADING.format(index=v.index)}\n{v.content or ''}")
-    return [
-        {"role": "system", "content": EVALUATION_SYSTEM_PROMPT},
-        {"role": "user", "content": "\n\n".join(parts)},
-    ]
-
-
-def _json_object(text: str) -> Any:
-    """The first JSON object in a reply: ``<think>`` and code fences tolerated."""
-    clean = strip_think(text)
-    start, end = clean.find("{"), clean.rfind("}")
-    if start < 0 or end < start:
-        return None
-    try:
-        return json.loads(clean[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-
-
-def _version_number(key: object) -> int | None:
-    match = re.search(r"\d+", str(key))
-    return int(match.group()) if match else None
-
-
-def _points(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list):
-        return [str(p) for p in value if str(p).strip()]
-    return []
-
-
-def parse_evaluation(text: str) -> Evaluation:
-    """Parse an evaluation reply; raise :class:`EvaluationError` when it is not usable.
-
-    Accepts ``best_choice`` (or ``best_version``), ``reason_for_choice`` (or ``reason``)
-    and ``evaluation`` (or ``versions``) keyed ``version1`` / ``1`` / ``version_1``.
-    """
-    data = _json_object(text)
-    if not isinstance(data, dict):
-        raise EvaluationError("the evaluation reply is not a JSON object", text)
-    best = _version_number(data.get("best_choice", data.get("best_version", "")))
-    if best is None:
-        raise EvaluationError("the evaluation reply has no best_choice version number", text)
-    reason = str(data.get("reason_for_choice", data.get("reason", "")))
-    notes = data.get("evaluation", data.get("versions", {}))
-    versions: dict[int, dict[str, list[str]]] = {}
-    if isinstance(notes, dict):
-        for key, value in notes.items():
-            number = _version_number(key)
-            if number is not None and isinstance(value, dict):
-                versions[number] = {k: _points(value.get(k)) for k in ("pros", "cons")}
-    return Evaluation(best_choice=best, reason=reason, versions=versions, raw=text)
-
-
-async def evaluate(
-    run: Run,
-    *,
-    llm: LLM = None,
-    goal: str | None = None,
-    retry: RetryPolicy | None = None,
-) -> Evaluation:
-    """Ask the model to compare the run's ok versions; return the parsed evaluation.
-
-    The request goes through the engine (one version, so retries and timing are the
-    engine's). Needs at least two ok versions; the chosen version must be one of them.
-    """
-    candidates = run.ok
-    if len(candidates) < 2:
-        raise ConfigError(f"evaluate needs at least 2 ok versions, the run has {len(candidates)}")
-    judged = await generate_versions(
-        evaluation_messages(candidates, goal),
-        settings=WriterSettings(version_count=1, max_parallel_requests=1),
-        llm=llm,
-        retry=retry,
-        run_id=f"{run.run_id}-eval",
-        store=False,  # an evaluation is not a run of chapter versions
-    )
-    reply = judged.versions[0].content or ""
-    evaluation = parse_evaluation(reply)
-    if evaluation.best_choice not in {v.index for v in candidates}:
-        raise EvaluationError(
-            f"the evaluation chose version {evaluation.best_choice}, which is not an ok version",
-            reply,
-        )
-    return evaluation
-
-
-def _judge_reply(user: str) -> str:
-    """A deterministic toy verdict: the richest vocabulary wins (distinct words / words)."""
-    headings = list(_HEADING_RE.finditer(user))
-    scores: dict[int, tuple[float, int]] = {}
-    for pos, match in enumerate(headings):
-        end = headings[pos + 1].start() if pos + 1 < len(headings) else len(user)
-        words = re.findall(r"\w+", user[match.end() : end].lower())
-        scores[int(match.group(1))] = (len(set(words)) / max(len(words), 1), len(words))
-    best = max(scores, key=lambda i: (scores[i], -i))
-    evaluation = {
-        f"version{i}": {
-            "pros": [f"{variety:.0%} distinct words"] if i == best else [f"{words} words"],
-            "cons": [] if i == best else ["less varied vocabulary than the best version"],
-            "overall_review": "simulated review",
-        }
-        for i, (variety, words) in scores.items()
-    }
-    verdict = {
-        "best_choice": best,
-        "reason_for_choice": f"version {best} has the most varied vocabulary (simulated judge)",
-        "evaluation": evaluation,
-    }
-    return json.dumps(verdict, ensure_ascii=False)
-
-
-def simulated_judge(**options: Any) -> SimulatedLLM:
-    """A :class:`SimulatedLLM` that writes chapters and also answers evaluation requests.
-
-    Writing requests get the usual simulated prose; a request built by
-    :func:`evaluation_messages` gets a deterministic verdict in Arboris-Novel's JSON
-    shape (the version with the most varied vocabulary wins). ``options`` are passed
-    to :class:`SimulatedLLM` (``reply`` is taken).
-    """
-    if "reply" in options:
-        raise ConfigError("simulated_judge sets reply itself; do not pass reply=")
-    llm = SimulatedLLM(**options)
-    llm.reply = _judge_replier(llm)
-    return llm
-
-
-def _judge_replier(llm: SimulatedLLM) -> Callable[[ChatRequest], str]:
-    def reply(request: ChatRequest) -> str:
-        system = next((m["content"] for m in request.messages if m["role"] == "system"), "")
-        if system == EVALUATION_SYSTEM_PROMPT:
-            return _judge_reply(request.prompt)
-        return simulated_text(request.prompt, request.version_index, llm.output_tokens, llm.seed)
-
-    return reply
 
 
 # -- export -----------------------------------------------------------------------------
@@ -467,7 +222,7 @@ def export_markdown(
 
     A comment under the heading names the run and version, and says when it was edited."""
     if not version.ok or version.content is None:
-        raise ConfigError(f"version {version.index} is {version.status}; only ok versions export")
+        raise _not_ok(version, "exported")
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"export path {target} is a directory; give a file name")

@@ -2,6 +2,8 @@
 
     ArborisError
     ├── ConfigError            a setting is missing or out of range (names the setting)
+    ├── StateError             an action asked for at the wrong time (nothing selected,
+    │                          a version not done, a run still going); says what to do first
     ├── BackendError           one request to the model failed
     │   ├── RateLimited        429 — retryable, may carry retry_after_s
     │   ├── BackendTimeout     read timeout, stall, or version deadline — retryable
@@ -10,6 +12,7 @@
     │   ├── ServerError        5xx, 408, 409 — retryable
     │   ├── AuthError          401 / 403 — not retried
     │   └── BadRequest         400 / 404 / 422 — not retried
+    ├── EvaluationError        no usable verdict from the judge (in arboris_nb.verdict)
     └── AllVersionsFailed      every version of a run failed; carries the Run
 
 A failure in one version never raises for the batch: it becomes that version's
@@ -34,6 +37,7 @@ __all__ = [
     "ConnectionFailed",
     "RateLimited",
     "ServerError",
+    "StateError",
     "StreamInterrupted",
 ]
 
@@ -44,6 +48,15 @@ class ArborisError(Exception):
 
 class ConfigError(ArborisError, ValueError):
     """A setting is missing, malformed or out of its allowed range."""
+
+
+class StateError(ArborisError, RuntimeError):
+    """An action was asked for in a state that does not allow it.
+
+    Nothing is misconfigured: the same call works once the state is right (a version is
+    selected, a version is done, the run has ended). The message says what to do first,
+    in words a notebook user can act on; the CLI exits 1 on it (2 is for configuration).
+    """
 
 
 class BackendError(ArborisError):

@@ -6,24 +6,58 @@ Timestamps are offsets in seconds from the run's start, read from the engine's c
 * ``queue_wait_s``  queued → first admitted by the concurrency limiter
 * ``ttft_s``        start of the attempt whose text was kept → its first token
 * ``duration_s``    first admitted → finished, retries and their waits included
+
+One description of the fields: ``to_dict()`` / ``from_dict()`` on :class:`Attempt`,
+:class:`Version` and :class:`Run` are derived from the dataclass fields, and the run store's
+columns, the book queue's Redis records and the CLI's ``--json`` are built from them — so a
+field added here is stored, sent and printed without another edit. ``from_dict`` ignores
+keys it does not know (a newer writer's, or the derived metrics ``to_dict`` can add).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
+
+from .textstats import TEXT_METRIC_COLUMNS, text_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FRAME_COLUMNS", "Attempt", "Run", "Status", "Version", "failure_text"]
+__all__ = [
+    "EDITOR_FIELDS",
+    "FINAL",
+    "FRAME_COLUMNS",
+    "VERSION_METRICS",
+    "Attempt",
+    "Run",
+    "Status",
+    "Version",
+    "failure_text",
+]
 
 Status = Literal["queued", "running", "retrying", "ok", "failed", "cancelled"]
+#: The statuses a version ends its run in: it never changes again in that run.
 FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
-CACHE_KEY_ID = "cache"  # the key_id of a version answered from the reply cache
+#: Derived timings :meth:`Version.to_dict` adds with ``metrics=True``.
+VERSION_METRICS = ("queue_wait_s", "ttft_s", "duration_s", "retry_wait_s", "tokens_per_s")
+_EDITOR = {"editor": True}  # field metadata: set by an editor, never by generation
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of ``cls`` (a newer writer may send more)."""
+    names = _field_names(cls)
+    return {k: v for k, v in data.items() if k in names}
+
 
 #: Columns of :meth:`Run.to_frame`, one row per version.
 FRAME_COLUMNS: dict[str, str] = {
@@ -46,7 +80,7 @@ FRAME_COLUMNS: dict[str, str] = {
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
-    "chars": "characters of content",
+    **TEXT_METRIC_COLUMNS,  # chars, words, paragraphs, dialogue_share, … (textstats.py)
     "edited": "True when an editor changed the content after generation",
     "cached": "True when the reply came from the cache (no request, no timings)",
     "key_id": "masked id of the API key that served it",
@@ -73,6 +107,14 @@ class Attempt:
     wait_s: float = 0.0  # backoff waited *after* this attempt, before the next
     retry_after_s: float | None = None  # the server's hint, if it sent one
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, JSON-ready."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
+        return cls(**_known(cls, data))
+
 
 @dataclass
 class Version:
@@ -93,9 +135,33 @@ class Version:
     tokens_from_usage: bool = False
     attempts: int = 0
     attempt_log: list[Attempt] = field(default_factory=list)
-    key_id: str | None = None
-    edited: bool = False  # content changed by an editor after generation
-    original_content: str | None = None  # the generated text, kept when edited
+    key_id: str | None = None  # masked id of the API key that served it
+    cached: bool = False  # answered by the reply cache: no request, no attempt
+    edited: bool = field(default=False, metadata=_EDITOR)  # changed by an editor
+    original_content: str | None = field(default=None, metadata=_EDITOR)  # generated text
+
+    def to_dict(self, *, editor: bool = True, metrics: bool = False) -> dict[str, Any]:
+        """The fields, JSON-ready (``attempt_log`` as a list of dicts).
+
+        ``editor=False`` leaves out the editor's fields (:data:`EDITOR_FIELDS`): what
+        generation produced, as a worker or the store's version row records it.
+        ``metrics=True`` adds the derived timings (:data:`VERSION_METRICS`), for reading.
+        """
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if editor or f.name not in EDITOR_FIELDS
+        }
+        data["attempt_log"] = [a.to_dict() for a in self.attempt_log]
+        if metrics:
+            data.update({name: getattr(self, name) for name in VERSION_METRICS})
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Version:
+        known = _known(cls, data)
+        known["attempt_log"] = [Attempt.from_dict(a) for a in data.get("attempt_log", ())]
+        return cls(**known)
 
     @property
     def done(self) -> bool:
@@ -104,11 +170,6 @@ class Version:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    @property
-    def cached(self) -> bool:
-        """True when the reply came from the cache: no request was made for it."""
-        return self.key_id == CACHE_KEY_ID
 
     @property
     def queue_wait_s(self) -> float | None:
@@ -160,7 +221,7 @@ class Version:
             "tokens_per_s": self.tokens_per_s,
             "start_s": self.started_at,
             "finish_s": self.finished_at,
-            "chars": len(self.content or ""),
+            **text_metrics(self.content or ""),
             "edited": self.edited,
             "cached": self.cached,
             "key_id": self.key_id,
@@ -169,9 +230,18 @@ class Version:
         }
 
 
+#: Version fields an editor sets after generation (``Version.to_dict(editor=False)`` omits them).
+EDITOR_FIELDS = frozenset(f.name for f in fields(Version) if f.metadata.get("editor"))
+
+
 @dataclass
 class Run:
-    """A batch of versions for one prompt, with its metrics."""
+    """A batch of versions for one prompt, with its metrics.
+
+    A Run is the record of a run, not its control: to stop a run in progress use the
+    :class:`~arboris_nb.handle.RunHandle` that ``start_versions`` returned (or cancel the
+    task awaiting ``generate_versions``).
+    """
 
     run_id: str
     versions: list[Version]
@@ -183,7 +253,8 @@ class Run:
     created_at: float = 0.0  # wall-clock epoch seconds, for stores and humans
     elapsed_s: float | None = None
     measured_serial_s: float | None = None
-    _cancel: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    parent_run_id: str | None = None  # a retry: the run and version it regenerates
+    parent_index: int | None = None
 
     @property
     def mode(self) -> str:
@@ -204,11 +275,6 @@ class Run:
     @property
     def done(self) -> bool:
         return all(v.done for v in self.versions)
-
-    def cancel(self) -> None:
-        """Cancel every version still queued or running; finished ones are kept."""
-        if self._cancel is not None:
-            self._cancel()
 
     def _durations(self) -> list[float]:
         return [v.duration_s for v in self.versions if v.ok and v.duration_s is not None]
@@ -260,6 +326,24 @@ class Run:
         if mean is None:
             return None
         return math.ceil(self.version_count / self.concurrency) * mean
+
+    def to_dict(self, *, metrics: bool = False) -> dict[str, Any]:
+        """The fields, JSON-ready, versions included (each :meth:`Version.to_dict`).
+
+        ``metrics=True`` adds :meth:`summary` and each version's derived timings: the
+        shape the CLI's ``--json`` prints. :meth:`from_dict` reads either shape back.
+        """
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "versions"}
+        if metrics:
+            data.update(self.summary())
+        data["versions"] = [v.to_dict(metrics=metrics) for v in self.versions]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Run:
+        known = _known(cls, data)
+        known["versions"] = [Version.from_dict(v) for v in data.get("versions", ())]
+        return cls(**known)
 
     def with_serial_baseline(self, serial: Run | float) -> Run:
         """Use a measured serial run's elapsed time instead of the estimate."""

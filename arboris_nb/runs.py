@@ -15,15 +15,13 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .backends.base import Backend
 from .cache import CacheSpec
 from .config import COUNT_RANGE, LLMConfig, WriterSettings
-from .engine import Handlers, generate_versions
+from .engine import Handlers, LLMArg, generate_versions
 from .errors import AllVersionsFailed, ConfigError
 from .limits import Limiter
 from .results import Run, Version
@@ -145,6 +143,8 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
         model=record.model,
         created_at=record.created_at,
         elapsed_s=record.elapsed_s,
+        parent_run_id=record.parent_run_id,
+        parent_index=record.parent_index,
     )
 
 
@@ -165,25 +165,13 @@ def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
 # -- export -----------------------------------------------------------------------------
 
 
-def _version_dict(version: Version) -> dict[str, Any]:
-    data = asdict(version)
-    data["cached"] = version.cached
-    data.update(
-        queue_wait_s=version.queue_wait_s,
-        ttft_s=version.ttft_s,
-        duration_s=version.duration_s,
-        tokens_per_s=version.tokens_per_s,
-    )
-    return data
-
-
 def _as_json(record: RunRecord, run: Run) -> str:
     head = record.to_dict()
     head["created_at_utc"] = str(_utc(record.created_at))
     document = {
         "run": head,
         "metrics": run.summary(),
-        "versions": [_version_dict(v) for v in run.versions],
+        "versions": [v.to_dict(metrics=True) for v in run.versions],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
@@ -287,7 +275,7 @@ def _resume_llm(record: RunRecord) -> LLMConfig:
 async def resume(
     run_id: str,
     *,
-    llm: LLMConfig | Backend | None = None,
+    llm: LLMArg = None,
     settings: WriterSettings | None = None,
     on_event: Handlers = None,
     store: StoreSpec = None,

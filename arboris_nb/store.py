@@ -20,16 +20,19 @@ Editor work is kept apart from what the model produced: an edit fills
 ``versions.edited_content`` (``content`` stays the generated text), and a retry is its own
 run whose row names the run and version it retries (``parent_run_id``, ``parent_index``).
 
-Schema version 2 (``PRAGMA user_version``; older files are migrated when opened)::
+Schema version 3 (``PRAGMA user_version``; older files are migrated when opened; the
+migrations and the version columns are in :mod:`arboris_nb._schema`)::
 
     runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
          indices JSON, max_parallel_requests, model, messages JSON, temperature,
          max_tokens, elapsed_s, sessions, status, parent_run_id, parent_index)
-    versions(run_id, idx, status, content, title, summary, error, error_type,
-             queued_at, started_at, first_token_at, finished_at, output_tokens,
-             tokens_from_usage, attempts, attempt_log JSON, key_id, cached, session,
-             written_at, edited_content; PK (run_id, idx))
+    versions(run_id, idx, <one column per generated Version field: status, content,
+             title, summary, error, error_type, queued_at, started_at, first_token_at,
+             finished_at, output_tokens, tokens_from_usage, attempts, attempt_log JSON,
+             key_id, cached …>, session, written_at, edited_content; PK (run_id, idx))
     cache(key PK, reply JSON, model, created_at)          -- see arboris_nb.cache
+    book_jobs(job_id PK, project, created_at, spec JSON)  -- see arboris_nb.queue.records
+    book_units(job_id, chapter, version, state, worker, requests, updated_at)
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    missing_columns,
+    version_from_row,
+    version_row,
+)
 from .backends.base import Message
 from .config import store_setting
 from .errors import ConfigError
@@ -55,15 +65,13 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
-    TokenDelta,
     VersionCancelled,
     VersionFailed,
     VersionFinished,
 )
-from .results import CACHE_KEY_ID, Attempt, Run, Version
+from .results import Run, Version
 
 __all__ = [
-    "CACHE_KEY_ID",
     "SCHEMA_VERSION",
     "RunRecord",
     "RunRecorder",
@@ -75,71 +83,7 @@ __all__ = [
 
 log = logging.getLogger("arboris_nb")
 
-SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 30_000  # queue workers may wait on each other's commits
-
-_MIGRATIONS: list[str] = [
-    # 0 → 1
-    """
-    CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        project TEXT,
-        chapter INTEGER,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        mode TEXT NOT NULL,
-        version_count INTEGER NOT NULL,
-        indices TEXT NOT NULL,
-        max_parallel_requests TEXT NOT NULL,
-        model TEXT,
-        messages TEXT NOT NULL,
-        temperature REAL,
-        max_tokens INTEGER,
-        elapsed_s REAL,
-        sessions INTEGER NOT NULL DEFAULT 1,
-        status TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS runs_by_project ON runs(project, created_at);
-    CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created_at);
-    CREATE TABLE IF NOT EXISTS versions (
-        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        content TEXT,
-        title TEXT,
-        summary TEXT,
-        error TEXT,
-        error_type TEXT,
-        queued_at REAL,
-        started_at REAL,
-        first_token_at REAL,
-        finished_at REAL,
-        output_tokens INTEGER NOT NULL DEFAULT 0,
-        tokens_from_usage INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        attempt_log TEXT NOT NULL DEFAULT '[]',
-        key_id TEXT,
-        cached INTEGER NOT NULL DEFAULT 0,
-        session INTEGER NOT NULL DEFAULT 1,
-        written_at REAL NOT NULL,
-        PRIMARY KEY (run_id, idx)
-    );
-    CREATE TABLE IF NOT EXISTS cache (
-        key TEXT PRIMARY KEY,
-        reply TEXT NOT NULL,
-        model TEXT,
-        created_at REAL NOT NULL
-    );
-    """,
-    # 1 → 2: editor work (edits, retries) is stored without touching generated text
-    """
-    ALTER TABLE versions ADD COLUMN edited_content TEXT;
-    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
-    ALTER TABLE runs ADD COLUMN parent_index INTEGER;
-    CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_run_id, created_at);
-    """,
-]
-assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
 @dataclass
@@ -181,10 +125,6 @@ class RunRecord:
 
 def _limit_value(text: str) -> int | str:
     return int(text) if text.isdigit() else text
-
-
-def _attempt_log(version: Version) -> str:
-    return json.dumps([asdict(a) for a in version.attempt_log])
 
 
 class RunStore:
@@ -264,19 +204,22 @@ class RunStore:
 
     def _migrate(self) -> None:
         conn = self.connection()
-        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current == SCHEMA_VERSION and not missing_columns(conn):
             return
-        with self.transaction() as tx:
-            current = tx.execute("PRAGMA user_version").fetchone()[0]
+        with self.transaction() as tx:  # re-read under the write lock: another process
+            current = tx.execute("PRAGMA user_version").fetchone()[0]  # may have migrated
             if current > SCHEMA_VERSION:
                 raise ConfigError(
                     f"the run store {self.path} has schema version {current}; this "
                     f"arboris_nb reads up to {SCHEMA_VERSION} (upgrade arboris_nb)"
                 )
             for number in range(current, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
+                for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
                         tx.execute(statement)
+            for column in missing_columns(tx):  # a field added to Version since
+                tx.execute(f"ALTER TABLE versions ADD COLUMN {column.name} {column.sql_type}")
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
@@ -307,8 +250,9 @@ class RunStore:
                 tx.execute(
                     "INSERT INTO runs (run_id, project, chapter, created_at, updated_at, mode, "
                     "version_count, indices, max_parallel_requests, model, messages, "
-                    "temperature, max_tokens, elapsed_s, sessions, status) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running')",
+                    "temperature, max_tokens, elapsed_s, sessions, status, parent_run_id, "
+                    "parent_index) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', ?, ?)",
                     (
                         run.run_id,
                         run.project,
@@ -323,6 +267,8 @@ class RunStore:
                         json.dumps(list(messages), ensure_ascii=False),
                         temperature,
                         max_tokens,
+                        run.parent_run_id,
+                        run.parent_index,
                     ),
                 )
                 return 1, 0.0
@@ -339,36 +285,16 @@ class RunStore:
     ) -> bool:
         """Write one finished version (one commit). An ``ok`` row is never overwritten:
         returns False when this version already had a stored ok result."""
-        values = (
-            run_id,
-            version.index,
-            version.status,
-            version.content,
-            version.title,
-            version.summary,
-            version.error,
-            version.error_type,
-            version.queued_at,
-            version.started_at,
-            version.first_token_at,
-            version.finished_at,
-            version.output_tokens,
-            int(version.tokens_from_usage),
-            version.attempts,
-            _attempt_log(version),
-            version.key_id,
-            int(version.key_id == CACHE_KEY_ID),
-            session,
-            time.time(),
-        )
-        columns = ", ".join(_VERSION_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _VERSION_COLUMNS[2:])
+        row = {"run_id": run_id, **version_row(version), "session": session}
+        row["written_at"] = time.time()
+        columns = ", ".join(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in ("run_id", "idx"))
         with self.transaction() as tx:
             cursor = tx.execute(
-                f"INSERT INTO versions ({columns}) VALUES ({', '.join('?' * len(values))}) "
+                f"INSERT INTO versions ({columns}) VALUES ({', '.join('?' * len(row))}) "
                 f"ON CONFLICT (run_id, idx) DO UPDATE SET {updates} "
                 "WHERE versions.status != 'ok'",
-                values,
+                tuple(row.values()),
             )
             tx.execute(
                 "UPDATE runs SET updated_at = ?, elapsed_s = COALESCE(?, elapsed_s) "
@@ -395,16 +321,6 @@ class RunStore:
                 (status, time.time(), elapsed_s, run_id),
             )
         return status
-
-    def link_retry(self, run_id: str, parent_run_id: str, parent_index: int) -> None:
-        """Mark run ``run_id`` as a retry of version ``parent_index`` of ``parent_run_id``."""
-        with self.transaction() as tx:
-            found = tx.execute(
-                "UPDATE runs SET parent_run_id = ?, parent_index = ? WHERE run_id = ?",
-                (parent_run_id, parent_index, run_id),
-            ).rowcount
-        if not found:
-            raise KeyError(run_id)
 
     def save_edit(self, run_id: str, index: int, text: str) -> None:
         """Store an editor's text for an ok version (one commit); the generated text stays.
@@ -472,7 +388,7 @@ class RunStore:
         rows = self.connection().execute(
             "SELECT * FROM versions WHERE run_id = ? ORDER BY idx", (run_id,)
         )
-        return [_version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     def _record(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -488,30 +404,6 @@ class RunStore:
         record.failed = record.counts.get("failed", 0)
         record.cancelled = record.counts.get("cancelled", 0)
         return record
-
-
-_VERSION_COLUMNS = (
-    "run_id",
-    "idx",
-    "status",
-    "content",
-    "title",
-    "summary",
-    "error",
-    "error_type",
-    "queued_at",
-    "started_at",
-    "first_token_at",
-    "finished_at",
-    "output_tokens",
-    "tokens_from_usage",
-    "attempts",
-    "attempt_log",
-    "key_id",
-    "cached",
-    "session",
-    "written_at",
-)
 
 
 def _status(record: RunRecord) -> str:
@@ -544,30 +436,6 @@ def _record(row: sqlite3.Row) -> RunRecord:
     )
 
 
-def _version(row: sqlite3.Row) -> Version:
-    edited = row["edited_content"]
-    return Version(
-        index=row["idx"],
-        status=row["status"],
-        content=row["content"] if edited is None else edited,
-        title=row["title"],
-        summary=row["summary"],
-        error=row["error"],
-        error_type=row["error_type"],
-        queued_at=row["queued_at"] or 0.0,
-        started_at=row["started_at"],
-        first_token_at=row["first_token_at"],
-        finished_at=row["finished_at"],
-        output_tokens=row["output_tokens"],
-        tokens_from_usage=bool(row["tokens_from_usage"]),
-        attempts=row["attempts"],
-        attempt_log=[Attempt(**a) for a in json.loads(row["attempt_log"])],
-        key_id=row["key_id"],
-        edited=edited is not None,
-        original_content=None if edited is None else row["content"],
-    )
-
-
 #: What ``generate_versions(store=…)`` accepts: None = the default (``ARBORIS_STORE``),
 #: False = off, a path, or an open :class:`RunStore`.
 StoreSpec = RunStore | str | os.PathLike[str] | bool | None
@@ -577,7 +445,8 @@ class RunRecorder:
     """The ``on_event`` subscriber that writes a run to a :class:`RunStore`.
 
     It writes at ``RunStarted``, at each version's final event and at ``RunFinished``
-    only; ``TokenDelta`` returns at once. ``owns_store`` closes the store at the end.
+    only; it does not hear ``TokenDelta`` (``wants_tokens = False``). ``owns_store``:
+    :meth:`close` closes the store.
     """
 
     def __init__(
@@ -597,10 +466,10 @@ class RunRecorder:
         self.session = 1
         self.elapsed_before = 0.0
 
+    wants_tokens = False  # never called for TokenDelta: nothing is written per token
+
     def __call__(self, event: Event) -> None:
         kind = type(event)
-        if kind is TokenDelta:
-            return
         if kind is RunStarted:
             self.session, self.elapsed_before = self.store.begin_run(
                 event.run, self.messages, temperature=self.temperature, max_tokens=self.max_tokens
@@ -614,11 +483,12 @@ class RunRecorder:
                 elapsed_s=self.elapsed_before + event.t,
             )
         elif kind is RunFinished:
-            try:
-                self.store.finish_run(event.run.run_id, elapsed_s=self.elapsed_before + event.t)
-            finally:
-                if self.owns_store:
-                    self.store.close()
+            self.store.finish_run(event.run.run_id, elapsed_s=self.elapsed_before + event.t)
+
+    def close(self) -> None:
+        """Close the store if this recorder opened it (the engine calls this at the end)."""
+        if self.owns_store:
+            self.store.close()
 
 
 def open_store(spec: StoreSpec = None) -> tuple[RunStore | None, bool]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,11 +29,13 @@ pytest.importorskip("celery")
 
 import redis
 
-from arboris_nb import LLMConfig, mask_key
+from arboris_nb import BookProgress, LLMConfig, mask_key
 from arboris_nb.mockserver import MockServer
 from arboris_nb.queue import BookJob
 from arboris_nb.queue.board import UnitReport, board_keys, read_units
 from arboris_nb.queue.celery_app import execute_unit, make_app
+from arboris_nb.queue.collector import with_slots
+from arboris_nb.queue.redis_limit import live_holders
 from arboris_nb.retry import RetryPolicy
 from arboris_nb.store import RunStore
 
@@ -131,13 +134,21 @@ def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) 
         workers.start("b")
         _wait(_ping(app, ["a", "b"]), 30, "workers a and b to answer ping")
         job = _celery_job(base_url, redis_url)
+        widget = BookProgress(job, min_interval_s=0)
         job.submit()
+        seen: list[tuple[dict[str, Any], tuple[int, int]]] = []
 
         def a_is_busy() -> bool:
+            job.collect()
             units = job.records.units(job.job_id)
             ok = sum(u["state"] == "ok" for u in units)
             busy = any(u["state"] == "running" and u["worker"].startswith("a@") for u in units)
             return ok >= 2 and busy
+
+        def finished() -> bool:  # watching as a notebook does: the status and the widget
+            widget.refresh()
+            seen.append((job.status(), _shown(widget)))
+            return job.finished()
 
         _wait(a_is_busy, 30, "two units ok and one running on worker a")
         workers.kill("a")
@@ -151,7 +162,7 @@ def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) 
             (r.run_id, r.version): r.attempts for r in job.frame().itertuples() if r.status == "ok"
         }
         workers.start("c")
-        _wait(job.finished, 45, "the job to finish after worker a was killed")
+        _wait(finished, 45, "the job to finish after worker a was killed")
         stats = mock.stats()
     finally:
         mock.stop()
@@ -159,6 +170,11 @@ def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) 
 
     status = job.status()
     assert status["ok"] == 9, status
+    # 4 pool processes (b and c) on a limit of 2: never more than 2 shown running, the
+    # killed worker's unit included; the others wait for a slot.
+    assert max(s["running"] for s, _ in seen) <= 2
+    assert all(shown == (s["running"], s["queued"]) for s, shown in seen)
+    assert _shown(widget) == (0, 0) and "versions 9/9 ok" in widget.line.value
     assert stats["max_in_flight"] <= 2
     paid = Counter((e["run"], int(e["version"])) for e in stats["log"])
     assert set(paid) == {(f"{job.job_id}-ch{c}", v) for c in (1, 2, 3) for v in (1, 2, 3)}
@@ -181,12 +197,20 @@ def test_two_workers_one_killed_job_completes(redis_url: str, workers: Workers) 
 
 
 def _board(redis_url: str, job_id: str) -> list[UnitReport]:
-    """What the workers recorded in Redis (read directly: the job is not asked)."""
+    """What the workers recorded in Redis, running read from the limit's leases (read
+    directly: the job is not asked)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return read_units(client, job_id)
+        return with_slots(read_units(client, job_id), job_id, set(live_holders(client, "default")))
     finally:
         client.close()
+
+
+def _shown(widget: BookProgress) -> tuple[int, int]:
+    """(running, waiting) as the widget's line reads them."""
+    found = re.search(r"(\d+) running \(limit \d+\) · (\d+) waiting for a slot", widget.line.value)
+    assert found, widget.line.value
+    return int(found[1]), int(found[2])
 
 
 def _on(unit: UnitReport, worker: str) -> bool:
@@ -398,3 +422,44 @@ async def test_a_redelivered_unit_is_skipped_on_any_machine(
     assert list(frame["status"]) == ["ok", "ok"]
     assert list(frame["requests"]) == [1, 2]
     assert list(frame["worker"]) == ["m1", "m2"]
+
+
+async def test_running_and_waiting_come_from_the_leases(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three deliveries at once on a limit of 1 (as three pool processes would run them):
+    Redis shows one unit running — the one holding the slot — and two waiting, in the
+    job's status and in its widget; none is ever shown running without a slot."""
+    mock = MockServer(ttft_s=0.05, tokens_per_s=40, output_tokens=12)
+    base_url = mock.start()
+    try:
+        job = _celery_job(base_url, redis_url, chapters=[1], limit=1)
+        monkeypatch.setenv("ARBORIS_REDIS_URL", redis_url)
+        monkeypatch.setenv("OPENAI_API_KEY", WORKER_KEY)
+        monkeypatch.setenv("ARBORIS_STORE", "off")  # the "workers" have no store
+        widget = BookProgress(job, min_interval_s=0)
+        spec = job.spec.for_chapter(1).to_dict()
+        tasks = [
+            asyncio.ensure_future(
+                execute_unit({"spec": spec, "chapter": 1, "version": v}, worker=f"p{v}")
+            )
+            for v in (1, 2, 3)
+        ]
+        seen: list[tuple[int, int]] = []
+        while not all(t.done() for t in tasks):
+            await asyncio.to_thread(job.collect)
+            widget.refresh()
+            status = job.status()
+            seen.append((status["running"], status["queued"]))
+            assert _shown(widget) == seen[-1]
+            await asyncio.sleep(0.05)
+        results = await asyncio.gather(*tasks)
+        stats = mock.stats()
+    finally:
+        mock.stop()
+    assert [r["status"] for r in results] == ["ok"] * 3
+    assert stats["max_in_flight"] == 1
+    assert max(running for running, _ in seen) == 1
+    assert (1, 2) in seen  # one holds the slot while two wait for it
+    job.collect()
+    assert (job.status()["ok"], job.status()["running"]) == (3, 0)

@@ -10,7 +10,6 @@ import pytest
 
 from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions
 from arboris_nb.cache import (
-    CACHE_KEY_ID,
     CachedReply,
     RedisCache,
     SQLiteCache,
@@ -50,7 +49,7 @@ def assert_served_from_cache(first: Run, second: Run) -> None:
         )
         assert cached.output_tokens == fresh.output_tokens
         # Marked honestly: no request, no attempt, no timings that could pass as one.
-        assert cached.key_id == CACHE_KEY_ID
+        assert cached.cached and cached.key_id is None
         assert cached.attempts == 0
         assert cached.attempt_log == []
         assert cached.duration_s is None
@@ -97,9 +96,9 @@ async def test_cached_versions_are_stored_as_cached(tmp_path: Path) -> None:
         )
     conn = sqlite3.connect(store)
     flags = conn.execute("SELECT cached, key_id FROM versions WHERE run_id = ?", (run.run_id,))
-    assert sorted(flags) == [(1, "cache"), (1, "cache")]
+    assert sorted(flags) == [(1, None), (1, None)]
     conn.close()
-    assert [v.key_id for v in load_run(run.run_id, store=store).versions] == ["cache"] * 2
+    assert [v.cached for v in load_run(run.run_id, store=store).versions] == [True] * 2
 
 
 @pytest.mark.looptime
@@ -108,7 +107,8 @@ async def test_only_ok_versions_are_cached(tmp_path: Path) -> None:
     _, second, llm = await twice(cache, fail_versions=[2])
     assert len(cache) == 2
     assert [v.status for v in second.versions] == ["ok", "failed", "ok"]
-    assert [v.key_id for v in second.versions] == ["cache", "simulated", "cache"]
+    assert [v.cached for v in second.versions] == [True, False, True]
+    assert [v.key_id for v in second.versions] == [None, "simulated", None]
     # Version 2 was asked for again (3 attempts in each run); 1 and 3 only once.
     assert sorted(c.version_index for c in llm.calls) == [1, 2, 2, 2, 2, 2, 2, 3]
     cache.close()
@@ -199,9 +199,9 @@ async def test_cache_key_separates_endpoints_over_http() -> None:
             llm=LLMConfig(base_url=url_b, model="mock-model"),
             cache=True,
         )
-    assert a_again.versions[0].key_id == CACHE_KEY_ID
+    assert a_again.versions[0].cached
     assert a_again.versions[0].content == a.versions[0].content
-    assert b.versions[0].key_id != CACHE_KEY_ID
+    assert not b.versions[0].cached
 
 
 # -- Redis --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Cancellation over real HTTP: run.cancel(), a cancelled task, Ctrl-C in sync code and the CLI.
+"""Cancellation over real HTTP: handle.cancel(), a cancelled task, Ctrl-C in sync code and the CLI.
 
 Each must stop every in-flight request within a second, close its connections (the mock's
 ``in_flight`` drops to 0), keep finished versions, mark the rest ``cancelled`` and leave no
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from arboris_nb import LLMConfig, Run, WriterSettings, generate_versions
+from arboris_nb import LLMConfig, Run, RunHandle, WriterSettings, generate_versions, start_versions
 from arboris_nb.events import Event, RunStarted, TokenDelta
 from arboris_nb.mockserver import MockServer
 
@@ -68,27 +68,26 @@ def statuses(run: Run) -> list[str]:
     return [v.status for v in run.versions]
 
 
-async def test_run_cancel_stops_in_flight_requests_and_keeps_finished() -> None:
+async def test_handle_cancel_stops_in_flight_requests_and_keeps_finished() -> None:
     server = MockServer(**{**SHORT, "output_tokens": 40})
     with server as url:
-        holder: dict[str, Run] = {}
-        trigger = CancelWhen(lambda: holder["run"].cancel())
-
-        def keep(event: Event) -> None:
-            if isinstance(event, RunStarted):
-                holder["run"] = event.run
-
-        run = await generate_versions(
-            "p",
-            settings=WriterSettings(version_count=4, max_parallel_requests=2),
-            llm=LLMConfig(base_url=url, model="m"),
-            on_event=[keep, trigger],
+        handles: list[RunHandle] = []
+        trigger = CancelWhen(lambda: handles[0].cancel())
+        handles.append(
+            start_versions(
+                "p",
+                settings=WriterSettings(version_count=4, max_parallel_requests=2),
+                llm=LLMConfig(base_url=url, model="m"),
+                on_event=trigger,
+            )
         )
+        run = await handles[0]
         returned = time.monotonic()
         assert trigger.fired_at is not None
         assert returned - trigger.fired_at < 1.0
         await wait_idle(server)
         log = server.stats()["log"]
+    assert run is handles[0].run
     assert statuses(run) == ["ok", "ok", "cancelled", "cancelled"]
     assert all(v.content for v in run.versions[:2])
     assert all(v.content is None for v in run.versions[2:])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from arboris_nb.results import Run
+
 SENTINEL = "sk-SENTINEL-cli-0123456789wxyz"
 
 
@@ -55,7 +57,7 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {
+    assert set(data) >= {
         "run_id",
         "project",
         "chapter",
@@ -73,7 +75,7 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
         2,
     )
     assert (data["project"], data["chapter"], data["ok"], data["failed"]) == ("demo", 3, 3, 0)
-    assert set(data["versions"][0]) == {
+    assert set(data["versions"][0]) >= {
         "index",
         "status",
         "content",
@@ -85,6 +87,10 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
         "attempts",
     }
     assert [v["index"] for v in data["versions"]] == [1, 2, 3]
+    # Versions are Version.to_dict(metrics=True): every field, so they read back as Versions.
+    assert {"attempt_log", "cached", "key_id", "title"} <= set(data["versions"][0])
+    back = Run.from_dict(data)
+    assert [v.content for v in back.versions] == [v["content"] for v in data["versions"]]
     assert "v1/3 done" in result.stderr  # live progress goes to stderr
 
 
@@ -192,3 +198,41 @@ def test_openai_api_keys_form_a_round_robin_pool(tmp_path: Path) -> None:
     assert served == {1: "sk-…aaaa", 2: "sk-…bbbb", 3: "sk-…aaaa", 4: "sk-…bbbb"}
     for key in keys:
         assert key not in result.stdout + result.stderr
+
+
+SUBCOMMANDS = (
+    ["generate", "--prompt", "p"],
+    ["runs", "resume", "r1"],
+    ["book", "submit", "--chapters", "1"],
+    ["bench"],
+)
+
+
+@pytest.mark.parametrize("argv", SUBCOMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_every_subcommand_takes_the_same_api_flags(argv: list[str]) -> None:
+    from arboris_nb.cli import build_parser
+
+    parser = build_parser()
+    flags = ["--model", "m", "--base-url", "http://127.0.0.1:1", "--api-key-env", "MY_KEY"]
+    args = parser.parse_args([*argv, *flags])
+    assert (args.model, args.base_url, args.api_key_env) == ("m", "http://127.0.0.1:1", "MY_KEY")
+    offline = "--mock" if argv[0] == "bench" else "--simulated"
+    with pytest.raises(SystemExit) as exited:  # offline and a base URL contradict each other
+        parser.parse_args([*argv, offline, "--base-url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+
+
+def test_openai_api_keys_make_a_pool_unless_a_key_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from arboris_nb.cli import build_parser
+    from arboris_nb.cli._api import llm_from_args
+
+    monkeypatch.setenv("OPENAI_API_KEYS", "sk-pool-aaaa-0001,sk-pool-bbbb-0002")
+    monkeypatch.setenv("MY_KEY", "sk-single-cccc-0003")
+    parser = build_parser()
+    pool = llm_from_args(parser.parse_args(["runs", "resume", "r1"]))
+    assert isinstance(pool, list)
+    assert [c.api_key for c in pool] == ["sk-pool-aaaa-0001", "sk-pool-bbbb-0002"]
+    named = llm_from_args(parser.parse_args(["runs", "resume", "r1", "--api-key-env", "MY_KEY"]))
+    assert not isinstance(named, list) and named.api_key == "sk-single-cccc-0003"

@@ -16,6 +16,7 @@ from arboris_nb import (
     SimulatedLLM,
     WriterSettings,
     generate_versions,
+    start_versions,
 )
 from arboris_nb.events import (
     Event,
@@ -139,16 +140,13 @@ async def test_transient_failures_are_retried_and_recorded() -> None:
 
 
 @pytest.mark.looptime
-async def test_run_cancel_keeps_finished_versions() -> None:
+async def test_handle_cancel_keeps_finished_versions() -> None:
     llm = model()
     slow = SimulatedLLM(ttft_s=0.5, tokens_per_s=1.0, reply="x " * 20)
-    holder: list = []
 
     def on_event(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            holder.append(event.run)
         if isinstance(event, VersionFinished):
-            event.run.cancel()
+            handle.cancel()
 
     speeds = {1: llm, 2: slow}
 
@@ -157,11 +155,56 @@ async def test_run_cancel_keeps_finished_versions() -> None:
             async for item in speeds[1 if request.version_index == 1 else 2].stream(request):
                 yield item
 
-    run = await generate_versions("p", settings=settings(3), llm=Mixed(), on_event=on_event)
+    handle = start_versions("p", settings=settings(3), llm=Mixed(), on_event=on_event)
+    run = await handle
     assert [v.status for v in run.versions] == ["ok", "cancelled", "cancelled"]
     assert run.versions[0].content and run.versions[1].content is None
     assert run.elapsed_s == pytest.approx(L)
-    assert holder[0] is run
+    assert handle.run is run and handle.done()
+
+
+@pytest.mark.looptime
+async def test_the_handle_has_the_run_at_once_and_live() -> None:
+    seen: list[tuple[str, ...]] = []
+    handle = start_versions("p", settings=settings(2), llm=model(), run_id="r1")
+    run = handle.run
+    assert (run.run_id, [v.status for v in run.versions]) == ("r1", ["queued", "queued"])
+    assert not handle.done() and "r1" in repr(handle)
+    while not handle.done():
+        seen.append(tuple(v.status for v in run.versions))
+        await asyncio.sleep(0.5)
+    assert ("running", "running") in seen
+    assert await handle is run
+    assert [v.status for v in run.versions] == ["ok", "ok"]
+
+
+@pytest.mark.looptime
+async def test_cancel_before_the_start_requests_nothing() -> None:
+    llm = model()
+    handle = start_versions("p", settings=settings(3), llm=llm)
+    handle.cancel()
+    run = await handle
+    assert [v.status for v in run.versions] == ["cancelled"] * 3
+    assert llm.calls == []
+    handle.cancel()  # after the end: nothing happens
+    assert [v.status for v in run.versions] == ["cancelled"] * 3
+
+
+@pytest.mark.looptime
+async def test_awaiting_the_handle_raises_when_every_version_failed() -> None:
+    handle = start_versions("p", settings=settings(2), llm=model(fail_versions=[1, 2]))
+    with pytest.raises(AllVersionsFailed) as caught:
+        await handle
+    assert caught.value.run is handle.run
+    quiet = start_versions(
+        "p", settings=settings(2), llm=model(fail_versions=[1, 2]), raise_on_all_failed=False
+    )
+    assert [v.status for v in (await quiet).versions] == ["failed", "failed"]
+
+
+def test_start_versions_outside_a_loop_says_what_to_use() -> None:
+    with pytest.raises(RuntimeError, match="generate_versions_sync"):
+        start_versions("p", llm=model())
 
 
 @pytest.mark.looptime
@@ -280,3 +323,21 @@ async def test_logging_uses_the_seed_lines(
     await generate_versions("p", settings=settings(2), llm=llm, project="P", chapter=3)
     assert "项目 P 第 3 章计划生成 2 个版本（并行模式：True）" in caplog.text
     assert not [r for r in caplog.records if r.getMessage().startswith("token")]
+
+
+@pytest.mark.looptime
+async def test_a_subscriber_that_wants_no_tokens_hears_everything_else() -> None:
+    class Quiet:
+        wants_tokens = False
+
+        def __init__(self) -> None:
+            self.kinds: list[type] = []
+
+        def __call__(self, event: Event) -> None:
+            self.kinds.append(type(event))
+
+    quiet, loud = Quiet(), []
+    await generate_versions("p", settings=settings(2), llm=model(), on_event=[quiet, loud.append])
+    assert TokenDelta not in quiet.kinds
+    assert [k for k in map(type, loud) if k is not TokenDelta] == quiet.kinds
+    assert sum(isinstance(e, TokenDelta) for e in loud) == 20  # 10 words, 2 versions

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
+
+import pytest
 
 import arboris_nb
 
@@ -48,3 +53,38 @@ def test_contract_names() -> None:
         "AllVersionsFailed",
     ):
         assert name in arboris_nb.__all__
+
+
+HEAVY = ("openai", "aiohttp", "ipywidgets", "IPython", "pandas", "matplotlib")
+PROBE = """
+import sys
+from arboris_nb.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = {heavy!r}
+print(",".join(m for m in heavy if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["generate", "--simulated", "--prompt", "p", "--versions", "1", "--json"]],
+    ids=["help", "generate-simulated"],
+)
+def test_the_cli_does_not_import_what_the_command_does_not_need(argv: list[str]) -> None:
+    env = {**os.environ, "ARBORIS_STORE": "off", "OPENAI_API_KEY": "", "OPENAI_API_KEYS": ""}
+    code = PROBE.format(heavy=HEAVY)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout.splitlines()[-1] == ""
+
+
+def test_lazy_names_resolve_and_are_listed() -> None:
+    for name in ("OpenAIBackend", "KeyPool", "VersionsWidget"):
+        assert name in dir(arboris_nb)
+        assert getattr(arboris_nb, name).__name__ == name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        arboris_nb.no_such_name  # noqa: B018

@@ -1,5 +1,6 @@
 """RedisLimit against a real redis-server: the limit holds across clients, a dead
-holder's lease is reclaimed, a live holder's lease is kept alive, release frees a slot."""
+holder's lease is reclaimed, a live holder's lease is kept alive, release frees a slot,
+and who holds a slot right now can be read back."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 import time
 
 import pytest
+import redis
 
 from arboris_nb.errors import ConfigError
 from arboris_nb.limits import Limiter
-from arboris_nb.queue.redis_limit import RedisLimit
+from arboris_nb.queue.redis_limit import RedisLimit, live_holders
 
 
 async def test_never_more_than_limit_across_clients(redis_url: str) -> None:
@@ -98,6 +100,26 @@ async def test_cancelled_holder_releases(redis_url: str) -> None:
         assert await limiter.in_use() == 0
     finally:
         await limiter.aclose()
+
+
+async def test_live_holders_names_who_holds_a_slot_now(redis_url: str) -> None:
+    named = RedisLimit(redis_url, 3, name="t6", lease_s=0.3, holder="book:j/1:1:2")
+    dead = RedisLimit(redis_url, 3, name="t6", lease_s=0.3, holder="book:j:3:1")
+    anonymous = RedisLimit(redis_url, 3, name="t6", lease_s=0.3)
+    reader = redis.Redis.from_url(redis_url)
+    try:
+        assert await dead.acquire()  # never refreshed: gone once its lease expires
+        assert await anonymous.acquire()  # holds a slot, names no one
+        async with named.slot():
+            assert sorted(live_holders(reader, "t6")) == ["book:j/1:1:2", "book:j:3:1"]
+            await asyncio.sleep(0.5)  # past the dead lease; the live one is refreshed
+            assert live_holders(reader, "t6") == ["book:j/1:1:2"]
+        assert live_holders(reader, "t6") == []
+        assert live_holders(reader, "no-such-limit") == []
+    finally:
+        reader.close()
+        for limiter in (named, dead, anonymous):
+            await limiter.aclose()
 
 
 def test_is_a_limiter_and_checks_its_settings() -> None:

@@ -20,6 +20,7 @@ from arboris_nb import (
     SimulatedLLM,
     WriterSettings,
     generate_versions,
+    start_versions,
 )
 from arboris_nb.editor import edit_version
 from arboris_nb.events import Event, VersionFinished
@@ -180,15 +181,16 @@ async def test_cancelled_versions_are_resumed(tmp_path: Path) -> None:
 
     def cancel_after_first(event: Event) -> None:
         if isinstance(event, VersionFinished):
-            event.run.cancel()
+            handle.cancel()
 
-    run = await generate_versions(
+    handle = start_versions(
         "p",
         settings=WriterSettings(3),
         llm=SimulatedLLM(reply=reply, tokens_per_s=100.0),
         on_event=cancel_after_first,
         store=path,
     )
+    run = await handle
     assert [v.status for v in run.versions] == ["ok", "cancelled", "cancelled"]
     llm = SimulatedLLM(reply=reply, tokens_per_s=100.0)
     merged = await resume(run.run_id, llm=llm, store=path)

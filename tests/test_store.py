@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions
+from arboris_nb import LLMConfig, SimulatedLLM, WriterSettings, generate_versions, start_versions
 from arboris_nb.errors import ConfigError
 from arboris_nb.events import Event, VersionFinished
 from arboris_nb.mockserver import MockServer
@@ -85,23 +85,31 @@ def columns(path: Path, table: str) -> set[str]:
 
 
 def test_a_version_1_store_is_migrated_without_losing_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    from arboris_nb import store as store_module
-    from arboris_nb.results import Run
+    from arboris_nb._schema import MIGRATIONS
 
     path = tmp_path / "runs.sqlite3"
-    with monkeypatch.context() as old:  # an arboris_nb that knew only schema 1 writes it
-        old.setattr(store_module, "SCHEMA_VERSION", 1)
-        with RunStore(path) as v1:
-            v1.begin_run(Run(run_id="old", versions=[Version(1), Version(2)]), [])
-            v1.save_version("old", Version(index=1, status="ok", content="paid for"))
-            v1.save_version("old", Version(index=2, status="failed", error="boom"))
+    v1 = sqlite3.connect(path)  # what an arboris_nb that knew only schema 1 wrote
+    v1.executescript(MIGRATIONS[0])
+    v1.execute(
+        "INSERT INTO runs (run_id, created_at, updated_at, mode, version_count, indices, "
+        "max_parallel_requests, messages, status) "
+        "VALUES ('old', 0, 0, 'parallel', 2, '[1, 2]', '3', '[]', 'partial')"
+    )
+    v1.executemany(
+        "INSERT INTO versions (run_id, idx, status, content, error, written_at) "
+        "VALUES ('old', ?, ?, ?, ?, 0)",
+        [(1, "ok", "paid for", None), (2, "failed", None, "boom")],
+    )
+    v1.execute("PRAGMA user_version = 1")
+    v1.commit()
+    v1.close()
     assert rows(path, "PRAGMA user_version")[0][0] == 1
     assert "edited_content" not in columns(path, "versions")
 
     with RunStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION
         record = store.get_run("old")
         assert record is not None
         assert (record.version_count, record.ok, record.failed) == (2, 1, 1)
@@ -116,6 +124,68 @@ def test_a_version_1_store_is_migrated_without_losing_rows(
     with RunStore(path) as again:  # opening a migrated file again changes nothing
         assert again.schema_version == SCHEMA_VERSION
         assert again.get_versions("old")[0].content == "edited after the upgrade"
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_version_2_store_written_by_the_old_code_is_migrated(tmp_path: Path) -> None:
+    from arboris_nb.queue.job import BookJob
+    from arboris_nb.runs import load_run, retries_of
+
+    path = tmp_path / "runs.sqlite3"
+    old = sqlite3.connect(path)  # the file arboris_nb e7cfc95 wrote (see the fixture's head)
+    old.executescript((FIXTURES / "store_v2.sql").read_text(encoding="utf-8"))
+    old.close()
+    assert rows(path, "PRAGMA user_version")[0][0] == 2
+    with RunStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        run = load_run("oldrun", store=store)
+        assert [v.status for v in run.versions] == ["ok", "ok", "failed"]
+        first = run.versions[0]
+        assert (first.content, first.edited) == ("An edited text.", True)
+        assert first.original_content and first.original_content.startswith("Version 1.")
+        assert [v.key_id for v in run.versions] == ["simulated"] * 3
+        # The key id "cache" became the field of its own.
+        cached = load_run("oldcached", store=store).versions
+        assert [(v.cached, v.key_id, v.attempts) for v in cached] == [(True, None, 0)] * 2
+        assert not any(v.cached for v in run.versions)
+        assert retries_of("oldrun", 2, store=store)["parent_index"].tolist() == [2]
+        # The book job written before its tables were migrations reads and resumes.
+        job = BookJob.load("book-old", store=store)
+        assert (job.status()["ok"], job.pending_units()) == (2, [])
+        (raw,) = rows(path, "SELECT cached, key_id FROM versions WHERE run_id = 'oldcached' "
+                      "AND idx = 1")  # fmt: skip
+        assert tuple(raw) == (1, None)
+
+
+def test_a_field_without_a_column_gets_one_when_the_store_opens(tmp_path: Path) -> None:
+    # A file from before a Version field existed: here, "cached" dropped again.
+    path = tmp_path / "runs.sqlite3"
+    RunStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE versions DROP COLUMN cached")
+    conn.close()
+    assert "cached" not in columns(path, "versions")
+    from arboris_nb.results import Run
+
+    with RunStore(path) as store:
+        store.begin_run(Run(run_id="r", versions=[Version(1)]), [])
+        store.save_version("r", Version(index=1, status="ok", content="c", cached=True))
+        assert store.get_versions("r")[0].cached is True
+    assert "cached" in columns(path, "versions")
+
+
+def test_every_version_field_is_stored_and_read_back(tmp_path: Path) -> None:
+    from arboris_nb.results import Run
+    from tests.test_results import full_version
+
+    version = full_version()
+    version.edited, version.original_content = False, None  # an editor's, stored apart
+    with RunStore(tmp_path / "runs.sqlite3") as store:
+        store.begin_run(Run(run_id="r", versions=[Version(2)]), [])
+        store.save_version("r", version)
+        assert store.get_versions("r") == [version]
 
 
 def test_an_edit_is_one_commit_and_keeps_the_generated_text(tmp_path: Path) -> None:
@@ -217,15 +287,16 @@ async def test_cancelled_versions_are_stored_with_the_finished_ones(tmp_path: Pa
 
     def cancel_after_first(event: Event) -> None:
         if isinstance(event, VersionFinished):
-            event.run.cancel()
+            handle.cancel()
 
-    await generate_versions(
+    handle = start_versions(
         "p",
         settings=WriterSettings(3),
         llm=SimulatedLLM(reply=by_length, tokens_per_s=20.0),
         on_event=cancel_after_first,
         store=path,
     )
+    await handle
     statuses = {r["idx"]: r["status"] for r in rows(path, "SELECT idx, status FROM versions")}
     assert statuses == {1: "ok", 2: "cancelled", 3: "cancelled"}
     assert rows(path, "SELECT status FROM runs")[0]["status"] == "partial"

@@ -1,8 +1,18 @@
-"""Backends: the narrow protocol, the OpenAI-compatible one and the simulated model."""
+"""Backends: the narrow protocol, the OpenAI-compatible one and the simulated model.
+
+``OpenAIBackend`` is imported on first use: it loads the ``openai`` package, which the
+simulated model and the CLI paths that do not call an API never need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .base import Backend, ChatRequest, Connection, Served, StreamItem, Usage
-from .openai import OpenAIBackend
 from .simulated import SimulatedLLM
+
+if TYPE_CHECKING:
+    from .openai import OpenAIBackend
 
 __all__ = [
     "Backend",
@@ -14,3 +24,11 @@ __all__ = [
     "StreamItem",
     "Usage",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OpenAIBackend":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StateError
 
 __all__ = ["build_parser", "main"]
 
@@ -27,13 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status (2 = usage or configuration error)."""
+    """Entry point; returns the process exit status: 2 = usage or configuration error,
+    1 = the command cannot be done in the current state (e.g. the job already exists)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"arboris-nb: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StateError as exc:  # nothing to fix in the configuration: the message says what to do
+        print(f"arboris-nb: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import LLMConfig
 from ..errors import ConfigError
-from ._api import config_from_args
+from ._api import add_api_flags, config_from_args
 from .serve_mock import add_behaviour_flags, behaviour_fields
 
 if TYPE_CHECKING:
@@ -100,15 +100,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench", help="measure wall time and efficiency against the concurrency limit"
     )
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--mock", action="store_true", help="run against the built-in mock server")
-    source.add_argument("--base-url", help="OpenAI-compatible base URL (default: env)")
-    p.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME)")
-    p.add_argument(
-        "--api-key-env",
-        default="OPENAI_API_KEY",
-        metavar="VAR",
-        help="environment variable holding the API key",
+    add_api_flags(
+        p,
+        offline=("--mock", "run against the built-in mock server"),
+        model_default="OPENAI_MODEL_NAME; mock-model with --mock",
     )
     p.add_argument(
         "--versions",

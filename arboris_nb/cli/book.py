@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ._api import config_from_args
+from ._api import add_api_flags, config_from_args, simulated_from_args
 
 __all__ = ["register", "run"]
 
@@ -33,11 +33,7 @@ def register(subparsers: Any) -> None:
         help="prompt with {chapter} in it (default: %(default)r)",
     )
     submit.add_argument("--job-id", help="id for the job (default: generated)")
-    model = submit.add_mutually_exclusive_group()
-    model.add_argument("--simulated", action="store_true", help="the offline simulated model")
-    model.add_argument("--base-url", help="OpenAI-compatible base URL")
-    submit.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME)")
-    submit.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR")
+    add_api_flags(submit)
     submit.add_argument(
         "--no-wait", action="store_true", help="celery: queue the tasks and return at once"
     )
@@ -52,10 +48,8 @@ def register(subparsers: Any) -> None:
 
 
 def _llm(args: argparse.Namespace) -> Any:
-    from ..backends.simulated import SimulatedLLM
-
     if args.simulated:
-        return SimulatedLLM(model=args.model or "simulated")
+        return simulated_from_args(args)
     config = config_from_args(args)
     if not config.configured:
         raise ConfigError(
@@ -73,8 +67,8 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     print(
         f"{status['job_id']} ({status['backend']}): chapters {status['chapters_done']}/"
         f"{status['chapters']}, versions {status['ok']}/{status['units']} ok, "
-        f"{status['failed']} failed, {status['running']} running, "
-        f"{status['queued'] + status['pending'] + status['cancelled']} waiting; "
+        f"{status['failed']} failed, {status['running']} running (limit {status['limit']}), "
+        f"{status['queued']} waiting for a slot, {status['pending'] + status['cancelled']} to do; "
         f"{status['requests']} requests; elapsed {format_seconds(status['elapsed_s'])}"
     )
 
@@ -92,6 +86,9 @@ def _drive(job: Any, as_json: bool) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from ..queue.job import BookJob
 
+    if args.no_wait and args.backend != "celery":
+        raise ConfigError("--no-wait is for --backend celery (a local job runs in this process)")
+
     job = BookJob(
         args.project,
         chapters=args.chapters,
@@ -104,7 +101,7 @@ def _submit(args: argparse.Namespace) -> int:
         api_key_env=args.api_key_env,
     )
     print(job.job_id)
-    if args.backend == "celery" and args.no_wait:
+    if args.no_wait:
         job.submit()
         return 0
     return _drive(job, as_json=False)

@@ -10,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..backends.simulated import SimulatedLLM
-from ..config import WriterSettings, load_api_keys, parse_count, parse_limit
+from ..config import WriterSettings, parse_count, parse_limit
 from ..console import ProgressPrinter, format_summary
-from ..engine import LLMArg, generate_versions
+from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
-from ..events import Event, RunStarted
+from ..handle import RunHandle
 from ..results import Run
-from ._api import DEFAULT_KEY_ENV, config_from_args
+from ._api import add_api_flags, llm_from_args, simulated_from_args
 
 __all__ = ["register", "run"]
 
@@ -66,15 +65,7 @@ def register(subparsers: Any) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
     mode.add_argument("--parallel", dest="parallel", action="store_true")
-    p.add_argument("--model", help="model name (default: OPENAI_MODEL_NAME or gpt-4o-mini)")
-    p.add_argument("--base-url", help="OpenAI-compatible base URL (default: OPENAI_API_BASE_URL)")
-    p.add_argument(
-        "--api-key-env",
-        default="OPENAI_API_KEY",
-        metavar="VAR",
-        help="environment variable holding the API key (default: OPENAI_API_KEY)",
-    )
-    p.add_argument("--simulated", action="store_true", help="use the offline simulated model")
+    add_api_flags(p, pool=True)
     p.add_argument("--project", help="project name, for logs and the run record")
     p.add_argument("--chapter", type=int, help="chapter number, for logs and the run record")
     p.add_argument("--out", type=Path, metavar="DIR", help="write one file per version here")
@@ -93,48 +84,24 @@ def _prompt(args: argparse.Namespace) -> str:
 
 def _backend(args: argparse.Namespace) -> LLMArg:
     if args.simulated:
-        return SimulatedLLM()
-    config = config_from_args(args)
-    if not config.configured:
+        return simulated_from_args(args)
+    llm = llm_from_args(args)
+    if not (llm[0] if isinstance(llm, list) else llm).configured:
         print(
             "arboris-nb: no OPENAI_API_KEY or OPENAI_API_BASE_URL set; "
             "using the offline simulated model",
             file=sys.stderr,
         )
-        return SimulatedLLM(model=args.model or "simulated")
-    keys = load_api_keys() if args.api_key_env == DEFAULT_KEY_ENV else []
-    if len(keys) > 1:  # OPENAI_API_KEYS: a key pool, round-robin by version
-        return [config.with_(api_key=key) for key in keys]
-    return config
+        return simulated_from_args(args)
+    return llm
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    """The ``--json`` object (a contract: keep the keys)."""
-    return {
-        "run_id": run.run_id,
-        "project": run.project,
-        "chapter": run.chapter,
-        "mode": run.mode,
-        "version_count": run.version_count,
-        "max_parallel_requests": run.max_parallel_requests,
-        "elapsed_s": run.elapsed_s,
-        "ok": len(run.ok),
-        "failed": len(run.failed),
-        "versions": [
-            {
-                "index": v.index,
-                "status": v.status,
-                "content": v.content,
-                "error": v.error,
-                "queue_wait_s": v.queue_wait_s,
-                "ttft_s": v.ttft_s,
-                "duration_s": v.duration_s,
-                "output_tokens": v.output_tokens,
-                "attempts": v.attempts,
-            }
-            for v in run.versions
-        ],
-    }
+    """The ``--json`` object: ``Run.to_dict(metrics=True)``. A contract: it always has
+    run_id, project, chapter, mode, version_count, max_parallel_requests, elapsed_s, ok,
+    failed and versions, each with index, status, content, error, queue_wait_s, ttft_s,
+    duration_s, output_tokens and attempts (and every other Version field)."""
+    return run.to_dict(metrics=True)
 
 
 def _write_versions(run: Run, out: Path) -> None:
@@ -159,29 +126,29 @@ def run(args: argparse.Namespace) -> int:
         version_count=args.versions, parallel=args.parallel, max_parallel_requests=args.max_parallel
     )
     prompt, backend = _prompt(args), _backend(args)
-    holder: list[Run] = []
+    started: list[RunHandle] = []  # so Ctrl-C can still show what finished
 
-    def keep(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            holder.append(event.run)
+    async def generate() -> Run:
+        handle = start_versions(
+            prompt,
+            settings=settings,
+            llm=backend,
+            project=args.project,
+            chapter=args.chapter,
+            on_event=ProgressPrinter(),
+        )
+        started.append(handle)
+        return await handle
 
-    coro = generate_versions(
-        prompt,
-        settings=settings,
-        llm=backend,
-        project=args.project,
-        chapter=args.chapter,
-        on_event=[keep, ProgressPrinter()],
-    )
     try:
-        result = asyncio.run(coro)
+        result = asyncio.run(generate())
     except AllVersionsFailed as exc:
         _report(exc.run, args)
         print(f"arboris-nb: {exc}", file=sys.stderr)
         return EXIT_ALL_FAILED
     except KeyboardInterrupt:
-        if holder:
-            _report(holder[0], args)
+        if started:
+            _report(started[0].run, args)
         print("arboris-nb: interrupted; finished versions are shown above", file=sys.stderr)
         return EXIT_INTERRUPTED
     _report(result, args)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._api import DEFAULT_KEY_ENV, config_from_args
+from ._api import add_api_flags, api_flags_given, llm_from_args, simulated_from_args
 
 __all__ = ["register", "run"]
 
@@ -37,12 +37,7 @@ def register(subparsers: Any) -> None:
 
     resume = actions.add_parser("resume", help="generate the versions a run is missing")
     resume.add_argument("run_id")
-    resume.add_argument("--simulated", action="store_true", help="use the offline simulated model")
-    resume.add_argument("--base-url", help="OpenAI-compatible base URL (default: env)")
-    resume.add_argument("--model", help="model name (default: the stored run's model)")
-    resume.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", metavar="VAR", help="variable holding the key"
-    )
+    add_api_flags(resume, model_default="the stored run's model", pool=True)
     resume.add_argument("--json", action="store_true", help="print the merged run as JSON")
     p.set_defaults(func=run)
 
@@ -95,7 +90,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     run = load_run(args.run_id, store=args.store)
     for v in run.versions:
-        label = "cached" if v.key_id == "cache" else f"{v.attempts} attempt(s)"
+        label = "cached" if v.cached else f"{v.attempts} attempt(s)"
         print(f"--- version {v.index} ({v.status}, {label}) ---")
         print(v.display_text() or "(no result stored)")
         print()
@@ -117,7 +112,6 @@ def _export(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..backends.simulated import SimulatedLLM
     from ..console import ProgressPrinter, format_summary
     from ..errors import AllVersionsFailed
     from ..runs import missing_versions, resume
@@ -125,11 +119,11 @@ def _resume(args: argparse.Namespace) -> int:
 
     todo = missing_versions(args.run_id, store=args.store)
     print(f"run {args.run_id}: versions to generate: {todo or 'none'}", file=sys.stderr)
-    llm: Any = None
+    llm: Any = None  # the environment's API with the stored run's model
     if args.simulated:
-        llm = SimulatedLLM()
-    elif args.base_url or args.model or args.api_key_env != DEFAULT_KEY_ENV:
-        llm = config_from_args(args)
+        llm = simulated_from_args(args)
+    elif api_flags_given(args):
+        llm = llm_from_args(args)
     try:
         merged = asyncio.run(
             resume(args.run_id, llm=llm, store=args.store, on_event=ProgressPrinter())

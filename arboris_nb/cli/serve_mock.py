@@ -8,13 +8,12 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..mockserver import MockConfig, serve
+if TYPE_CHECKING:
+    from ..mockserver import MockConfig
 
 __all__ = ["BEHAVIOUR_FLAGS", "add_behaviour_flags", "behaviour_fields", "register", "run"]
-
-_DEFAULTS = MockConfig()
 
 # (flag, MockConfig field, type, metavar, help). Flags default to None and only the ones
 # given reach MockConfig, so the defaults live in one place (the dataclass), not two.
@@ -77,13 +76,12 @@ def add_behaviour_flags(group: Any, prefix: str = "") -> None:
     dest_prefix = prefix.replace("-", "_")
     for flag, name, kind, low, strict, metavar, text in BEHAVIOUR_FLAGS:
         full = f"--{prefix}{flag[2:]}"
-        default = getattr(_DEFAULTS, name)
         group.add_argument(
             full,
             dest=dest_prefix + name,
             type=_bounded(full, kind, low, strict),
             metavar=metavar,
-            help=f"{text} (default: {'off' if default is None else default})",
+            help=text,
         )
     group.add_argument(
         f"--{prefix}no-ratelimit-headers",
@@ -117,6 +115,28 @@ def _fail_requests(text: str) -> dict[int, int]:
     return result
 
 
+class _MockDefaults(argparse.HelpFormatter):
+    """Shows each mock field's default (read from ``MockConfig``) in its help.
+
+    Read when the help is shown, not when the parser is built: the mock server module
+    loads aiohttp, and every other command's start would pay for it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if action.dest not in _FIELD_NAMES:
+            return text
+        from ..mockserver import MockConfig
+
+        default = getattr(MockConfig(), action.dest)
+        return f"{text} (default: {'off' if default is None else default})"
+
+
+_FIELD_NAMES = frozenset(
+    [name for _, name, _, _, _ in _FIELD_FLAGS] + [name for _, name, *_ in BEHAVIOUR_FLAGS]
+)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``serve-mock`` subcommand (its handler is ``run``)."""
     parser = subparsers.add_parser(
@@ -124,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the OpenAI-compatible mock server",
         description="Serve an OpenAI-compatible mock with a latency, load and fault model "
         "(see docs/mockserver.md). Prints the base URL on stderr; Ctrl-C stops it.",
+        formatter_class=_MockDefaults,
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
@@ -132,10 +153,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--port", type=int, default=8765, help="0 = any free port (default: %(default)s)"
     )
     for flag, name, kind, metavar, text in _FIELD_FLAGS:
-        default = getattr(_DEFAULTS, name)
-        shown = "off" if default is None else default
-        help_text = f"{text} (default: {shown})"
-        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
+        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=text)
     add_behaviour_flags(parser.add_argument_group("provider behaviours (see docs/mockserver.md)"))
     parser.add_argument(
         "--fail-requests",
@@ -157,6 +175,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _config(args: argparse.Namespace) -> MockConfig:
+    from ..mockserver import MockConfig
+
     names = [name for _, name, _, _, _ in _FIELD_FLAGS] + ["fail_requests", "reply_format"]
     fields = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     fields.update(behaviour_fields(args))
@@ -170,6 +190,8 @@ def _config(args: argparse.Namespace) -> MockConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted. Returns 0; 2 for an invalid configuration, 1 if binding fails."""
+    from ..mockserver import serve
+
     try:
         config = _config(args)
     except ValueError as exc:

@@ -7,11 +7,14 @@ default 30 days) that every write pushes forward::
 
     units      hash "<chapter>:<version>" → JSON {state, worker, submission, result, at}
     results    hash "<chapter>:<version>" → JSON {status, submission, result, elapsed_s,
-                                                   version: the Version's fields}
+                                                   version: Version.to_dict(editor=False)}
     requests   hash "<chapter>:<version>" → attempts paid for, over all deliveries
     cancelled  "1" while the job is cancelled
 
 ``units`` is small and polled; ``results`` holds the texts and is read once per result.
+A unit's ``state`` there is ``queued`` from when a worker takes its task until it ends: whether
+it is *running* — holds a slot of the global limit — is read from the limit's own leases,
+which name the unit (:func:`slot_holder`), so "running" never counts more than the limit.
 A unit's final write (``results``, ``units`` and ``requests`` together) is one Lua
 script, run before the task is acknowledged; an ``ok`` result is never overwritten.
 No API key is ever written: a Version carries only the masked ``key_id``.
@@ -19,7 +22,6 @@ No API key is ever written: a Version carries only the masked ``key_id``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..results import Attempt, Version
+from ..results import Version
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -41,10 +43,9 @@ __all__ = [
     "read_results",
     "read_units",
     "set_cancelled",
+    "slot_holder",
     "ttl_s",
     "unit_field",
-    "version_from_payload",
-    "version_payload",
 ]
 
 DEFAULT_TTL_S = 30 * 24 * 3600.0  # a long book runs for days; results wait to be collected
@@ -111,31 +112,15 @@ def unit_field(chapter: int, version: int) -> str:
     return f"{chapter}:{version}"
 
 
+def slot_holder(job_id: str, chapter: int, version: int) -> str:
+    """How a unit names the leases it takes on the global limit (see ``RedisLimit``)."""
+    return f"book:{job_id}:{chapter}:{version}"
+
+
 def _unit(field: str | bytes) -> tuple[int, int]:
     text = field.decode() if isinstance(field, bytes) else field
     chapter, _, version = text.partition(":")
     return int(chapter), int(version)
-
-
-_EDITOR_FIELDS = ("edited", "original_content")  # an editor's, never a worker's
-
-
-def version_payload(version: Version) -> dict[str, Any]:
-    """A Version's generated fields as JSON-ready data."""
-    data = dataclasses.asdict(version)
-    for name in _EDITOR_FIELDS:
-        data.pop(name, None)
-    return data
-
-
-_VERSION_FIELDS = frozenset(f.name for f in dataclasses.fields(Version))
-
-
-def version_from_payload(data: Mapping[str, Any]) -> Version:
-    """The Version of :func:`version_payload` (unknown fields, from a newer worker, dropped)."""
-    fields = {k: v for k, v in data.items() if k in _VERSION_FIELDS and k != "attempt_log"}
-    log = [Attempt(**a) for a in data.get("attempt_log", [])]
-    return Version(**fields, attempt_log=log)
 
 
 @dataclass(frozen=True)
@@ -144,7 +129,7 @@ class UnitReport:
 
     chapter: int
     version: int
-    state: str  # running | ok | failed | cancelled
+    state: str  # queued | running | ok | failed | cancelled
     worker: str | None
     requests: int
     result: str | None  # id of the stored result, None until the unit ends ok or failed
@@ -191,7 +176,7 @@ class Board:
             "submission": submission,
             "result": result_id,
             "elapsed_s": elapsed_s,
-            "version": version_payload(version),
+            "version": version.to_dict(editor=False),
         }
         unit = {
             "state": version.status,

@@ -18,6 +18,11 @@ Redis lease of one) makes a twin wait for the first copy to end; then the unit i
 if Redis (or the worker's own store) already holds its result, so a version is never paid
 for twice, whichever machine the task lands on. The result is written to Redis before the
 task returns, hence before it is acknowledged.
+
+A worker records unit states in Redis only (``queued`` once taken, then the result); its
+slots of the global limit name the unit (:func:`.board.slot_holder`), which is how the
+submitter tells *running* from *waiting for a slot*. Its own store, if any, receives only
+what the engine writes there (run and version rows), never the book's tables.
 """
 
 from __future__ import annotations
@@ -31,9 +36,8 @@ from typing import Any
 from celery import Celery
 
 from ..results import Version
-from ..store import open_store
-from .board import Board, env_seconds, set_cancelled
-from .records import BookRecords
+from ..store import RunStore, open_store
+from .board import Board, env_seconds, set_cancelled, slot_holder
 from .redis_limit import DEFAULT_LEASE_S, RedisLimit
 from .unit import BookSpec, backend_from_spec, run_unit
 
@@ -120,14 +124,11 @@ async def execute_unit(payload: dict[str, Any], *, worker: str) -> dict[str, Any
     chapter, version = int(payload["chapter"]), int(payload["version"])
     submission = str(payload.get("submission", ""))
     store, owned = open_store(None)  # None with ARBORIS_STORE=off: Redis alone records
-    records = None if store is None else BookRecords(store)
     client = redis.asyncio.Redis.from_url(redis_url())
     board = Board(client, spec.job_id)
     try:
         if await board.cancelled():
             await board.mark(chapter, version, "cancelled", worker=worker, submission=submission)
-            if records is not None:
-                records.set_state(spec.job_id, chapter, version, "cancelled")
             return {"status": "cancelled", "requested": False}
         lease = _lease_s()
         claim = RedisLimit(
@@ -135,13 +136,20 @@ async def execute_unit(payload: dict[str, Any], *, worker: str) -> dict[str, Any
         )
         # A twin of this task (redelivered while the first still runs) waits here.
         async with claim.slot():
-            done = await _done_status(board, records, spec, chapter, version, submission, worker)
+            done = await _done_status(board, store, spec, chapter, version, submission, worker)
             if done is not None:
                 return {"status": done, "requested": False}
-            await board.mark(chapter, version, "running", worker=worker, submission=submission)
-            limiter = RedisLimit(client, spec.limit, name=spec.limit_name, lease_s=lease)
+            # Taken, not yet running: it runs while it holds a slot of the global limit.
+            await board.mark(chapter, version, "queued", worker=worker, submission=submission)
+            limiter = RedisLimit(
+                client,
+                spec.limit,
+                name=spec.limit_name,
+                lease_s=lease,
+                holder=slot_holder(spec.job_id, chapter, version),
+            )
             result = await _generate(
-                spec, chapter, version, board, records, limiter, worker, submission
+                spec, chapter, version, board, store, limiter, worker, submission
             )
             await board.record(
                 chapter,
@@ -162,7 +170,7 @@ async def _generate(
     chapter: int,
     version: int,
     board: Board,
-    records: BookRecords | None,
+    store: RunStore | None,
     limiter: RedisLimit,
     worker: str,
     submission: str,
@@ -174,11 +182,12 @@ async def _generate(
             version,
             llm=backend_from_spec(spec.llm),
             limiter=limiter,
-            records=records,
+            records=None,
             worker=worker,
+            store=store,
         )
     except BaseException as exc:
-        # Not left "running" for ever: the submitter would wait on it.
+        # Not left under way for ever: the submitter would wait on it.
         state = "failed" if isinstance(exc, Exception) else "cancelled"
         mark = board.mark(chapter, version, state, worker=worker, submission=submission)
         await asyncio.shield(mark)
@@ -187,7 +196,7 @@ async def _generate(
 
 async def _done_status(
     board: Board,
-    records: BookRecords | None,
+    store: RunStore | None,
     spec: BookSpec,
     chapter: int,
     version: int,
@@ -198,17 +207,13 @@ async def _done_status(
     for good in this submission, or ok in this worker's own store. None = generate."""
     found = await board.result(chapter, version)
     if found is not None and (found["status"] == "ok" or found["submission"] == submission):
-        if records is not None and found["status"] == "ok":
-            records.set_state(spec.job_id, chapter, version, "ok")
         return str(found["status"])
-    if records is None or version not in records.ok_versions(spec.job_id, chapter):
+    stored = [] if store is None else store.get_versions(spec.run_id(chapter))
+    mine = next((v for v in stored if v.index == version and v.ok), None)
+    if mine is None:
         return None
     # Done on this machine but not in Redis (its keys expired): publish it again.
-    stored = {v.index: v for v in records.store.get_versions(spec.run_id(chapter))}
-    await board.record(
-        chapter, stored[version], worker=worker, submission=submission, elapsed_s=0.0
-    )
-    records.set_state(spec.job_id, chapter, version, "ok")
+    await board.record(chapter, mine, worker=worker, submission=submission, elapsed_s=0.0)
     return "ok"
 
 

@@ -3,8 +3,10 @@
 The versions themselves (texts, timings, attempts) are the store's ``versions`` rows:
 chapter ``c`` of job ``J`` is the store run ``J-chc`` (see :func:`chapter_run_id`), so
 ``arboris-nb runs`` and ``resume`` see book chapters like any other run. These two
-extra tables only say what the job *is* and where each unit stands right now (queued,
-running on which worker), which the store does not know until a version finishes::
+extra tables only say what the job *is* and where each unit stands right now (queued:
+waiting for a slot; running: holding one; on which worker), which the store does not know
+until a version finishes. They
+are part of the store's schema (created and migrated by :mod:`arboris_nb._schema`)::
 
     book_jobs(job_id PK, project, created_at, spec JSON)
     book_units(job_id, chapter, version, state, worker, requests, updated_at;
@@ -23,30 +25,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..results import FINAL
 from ..store import RunStore
 
-__all__ = ["BookRecords", "chapter_run_id"]
+__all__ = ["SETTLED", "BookRecords", "chapter_run_id"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS book_jobs (
-    job_id TEXT PRIMARY KEY,
-    project TEXT,
-    created_at REAL NOT NULL,
-    spec TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS book_units (
-    job_id TEXT NOT NULL,
-    chapter INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    worker TEXT,
-    requests INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (job_id, chapter, version)
-);
-"""
-
-FINAL = ("ok", "failed")
+#: The unit states after which a book job does not run a unit again. Not results.FINAL:
+#: a cancelled unit is run again by resume, so only ok and failed settle it.
+SETTLED: frozenset[str] = FINAL - {"cancelled"}
 
 
 def chapter_run_id(job_id: str, chapter: int) -> str:
@@ -56,14 +42,11 @@ def chapter_run_id(job_id: str, chapter: int) -> str:
 
 class BookRecords:
     """The book tables of one :class:`~arboris_nb.store.RunStore` (same file, same
-    connections, so the multi-process guarantees are the store's)."""
+    connections, so the multi-process guarantees are the store's; the store's migrations
+    create the tables)."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        with store.transaction() as tx:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
 
     # -- jobs ----------------------------------------------------------------------------
     def save_job(self, job_id: str, project: str | None, spec: dict[str, Any]) -> bool:
@@ -149,6 +132,10 @@ class BookRecords:
         )
         return [dict(row) for row in rows]
 
+    def all_final(self, job_id: str) -> bool:
+        """True when every unit of the job is ok or failed."""
+        return all(u["state"] in SETTLED for u in self.units(job_id))
+
     def ok_units(self, job_id: str, chapters: Sequence[int]) -> set[tuple[int, int]]:
         """(chapter, version) of every version of these chapters already ok in the store."""
         run_ids = {chapter_run_id(job_id, c): c for c in chapters}
@@ -158,8 +145,3 @@ class BookRecords:
             list(run_ids),
         )
         return {(run_ids[run_id], int(idx)) for run_id, idx in rows}
-
-    def ok_versions(self, job_id: str, chapter: int) -> set[int]:
-        """Version numbers of this chapter already ok in the store (never to be re-asked)."""
-        versions = self.store.get_versions(chapter_run_id(job_id, chapter))
-        return {v.index for v in versions if v.status == "ok"}

@@ -8,6 +8,10 @@ the last slot. The holder refreshes its lease while its request runs; a worker t
 
 Expiry is measured on the Redis server's own clock (``TIME`` inside the scripts), so
 workers on machines whose clocks disagree still agree on when a lease is dead.
+
+A lease may name its holder (``holder=``: ``"<holder>/<random>"``), so anyone can ask who
+holds a slot *right now* (:func:`live_holders`) — the only view of "running" that can never
+exceed the limit, since it is the limit's own record (a dead holder drops out with its lease).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["DEFAULT_LEASE_S", "RedisLimit"]
+__all__ = ["DEFAULT_LEASE_S", "RedisLimit", "limit_key", "live_holders"]
 
 log = logging.getLogger("arboris_nb")
 
@@ -65,6 +69,31 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 
+# The live leases themselves (same clock, same rule as _COUNT).
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+
+
+def limit_key(name: str) -> str:
+    """The Redis key of the limit called ``name``."""
+    return _PREFIX + name
+
+
+def live_holders(client: Any, name: str) -> list[str]:
+    """Who holds a slot of the limit ``name`` now: the ``holder`` of each live lease
+    (leases taken without one are left out). ``client`` is a synchronous ``redis.Redis``."""
+    leases = client.register_script(_LIVE)(keys=[limit_key(name)])
+    holders = []
+    for lease in leases:
+        text = lease.decode() if isinstance(lease, bytes) else str(lease)
+        holder, sep, _ = text.rpartition("/")  # the random part never holds a "/"
+        if sep:
+            holders.append(holder)
+    return holders
+
 
 class RedisLimit:
     """At most ``limit`` slots at once across every process using the same Redis and
@@ -73,7 +102,8 @@ class RedisLimit:
     ``redis`` is a URL (a client is made on first use, inside the loop that uses it) or a
     ``redis.asyncio.Redis``. ``lease_s`` is how long a dead holder keeps its slot; the
     live holder refreshes every ``lease_s / 3``. Waiters poll (with jitter, up to
-    0.25 s apart), so the order in which waiters get slots is not FIFO.
+    0.25 s apart), so the order in which waiters get slots is not FIFO. ``holder`` names
+    the leases this limiter takes (see :func:`live_holders`).
     """
 
     def __init__(
@@ -84,6 +114,7 @@ class RedisLimit:
         name: str = "default",
         lease_s: float = DEFAULT_LEASE_S,
         poll_s: float = 0.02,
+        holder: str | None = None,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(
@@ -95,7 +126,8 @@ class RedisLimit:
         self._client: Any = None if isinstance(redis, str) else redis
         self._limit = limit
         self.name = name
-        self.key = _PREFIX + name
+        self.key = limit_key(name)
+        self.holder = holder
         self.lease_s = float(lease_s)
         self.poll_s = float(poll_s)
         self._scripts: dict[str, Any] = {}
@@ -131,7 +163,7 @@ class RedisLimit:
     # -- leases --------------------------------------------------------------------------
     async def try_acquire(self) -> str | None:
         """Take a slot now if one is free: the lease id, or None."""
-        lease = uuid.uuid4().hex
+        lease = uuid.uuid4().hex if self.holder is None else f"{self.holder}/{uuid.uuid4().hex}"
         taken = await self._call(_ACQUIRE, self._limit, lease, self.lease_s)
         return lease if taken else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +18,13 @@ from .. import errors
 from ..backends.base import Backend, Message
 from ..backends.simulated import SimulatedLLM
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
-from ..engine import generate_versions
+from ..engine import start_versions
 from ..errors import ConfigError
-from ..events import Event, EventHandler, RunStarted
-from ..results import Run, Version
+from ..events import EventHandler
+from ..handle import RunHandle
+from ..results import Version
 from ..retry import RetryPolicy
+from ..store import RunStore
 from .records import BookRecords, chapter_run_id
 
 __all__ = ["BookSpec", "backend_from_spec", "llm_spec", "run_unit"]
@@ -142,6 +144,12 @@ class BookSpec:
         )
 
 
+def _store(store: RunStore | None, records: BookRecords | None) -> RunStore | bool:
+    if store is not None:
+        return store
+    return False if records is None else records.store
+
+
 def _settings(spec: BookSpec) -> WriterSettings:
     # The engine only records max_parallel_requests here; the shared limiter decides.
     return WriterSettings(
@@ -159,43 +167,42 @@ async def run_unit(
     records: BookRecords | None,
     worker: str,
     on_event: EventHandler | None = None,
+    store: RunStore | None = None,
 ) -> Version:
     """Generate one unit through the engine and record it; returns its Version.
 
-    The engine saves the version in the store run ``spec.run_id(chapter)`` as it
-    finishes. If cancelled, whatever was finished is kept and the unit goes back to
-    ``cancelled`` with the attempts it made counted. ``records=None`` (a Celery worker
-    with ``ARBORIS_STORE=off``) writes no store: the caller records the result elsewhere.
+    The engine saves the version in the store run ``spec.run_id(chapter)`` of ``store``
+    (default: ``records.store``) as it finishes. The unit is ``queued`` until the engine
+    holds a slot for it (``on_event`` sees that: the local executor marks it ``running``).
+    If cancelled, whatever was finished is kept and the unit goes back to ``cancelled``
+    with the attempts it made counted. ``records=None`` (a Celery worker) writes no unit
+    state: the caller records it elsewhere (Redis).
     """
-    holder: list[Run] = []
-
-    def keep(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            holder.append(event.run)
 
     def note(state: str, **extra: Any) -> None:
         if records is not None:
             records.set_state(spec.job_id, chapter, version, state, **extra)
 
-    note("running", worker=worker)
-    handlers: list[Callable[[Event], None]] = [keep, *([on_event] if on_event else [])]
+    note("queued", worker=worker)
+    handle: RunHandle | None = None
     try:
-        run = await generate_versions(
+        handle = start_versions(
             spec.prompts[chapter],
             settings=_settings(spec),
             llm=llm,
             project=spec.project,
             chapter=chapter,
-            on_event=handlers,
+            on_event=on_event,
             retry=spec.retry_policy(),
             limiter=limiter,
             indices=[version],
             run_id=spec.run_id(chapter),
             raise_on_all_failed=False,
-            store=False if records is None else records.store,
+            store=_store(store, records),
         )
+        run = await handle
     except asyncio.CancelledError:
-        made = holder[0].versions[0] if holder else None
+        made = None if handle is None else handle.run.versions[0]
         state = made.status if made is not None and made.ok else "cancelled"
         requests = made.attempts if made is not None else 0
         note(state, requests=requests)

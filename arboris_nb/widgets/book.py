@@ -1,10 +1,12 @@
-"""BookProgress: a whole-book job at a glance — chapters done, versions ok / failed /
-running / waiting, elapsed, ETA — as a progress bar and one line of text.
+"""BookProgress: a whole-book job at a glance — chapters done, versions ok / failed,
+units running (holding a slot of the limit) and waiting for one, elapsed, ETA — as a
+progress bar and one line of text.
 
-It is a thin view over :meth:`BookJob.status` (a dict): it computes nothing itself. The
-job pokes it on engine events (local backend) or on each poll of the store (Celery);
-pokes are throttled to one redraw per ``min_interval_s``, with a timer on the kernel's
-loop so the last poke of a burst is never lost.
+It is a thin view over :meth:`BookJob.status` (a dict): it computes nothing itself. It
+subscribes to the job (:meth:`BookJob.subscribe`), which calls it on engine events (local
+backend) or on each poll of Redis (Celery); the queue layer knows nothing of widgets.
+Calls are throttled to one redraw per ``min_interval_s``, with a timer on the kernel's
+loop so the last call of a burst is never lost.
 
 CSS classes: ``arboris-book`` (root), ``arboris-book-bar``, ``arboris-book-line``.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+
+if TYPE_CHECKING:
+    from ..queue.job import BookJob
 
 __all__ = ["BookProgress", "format_seconds"]
 
@@ -33,14 +37,15 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def _line(status: dict[str, Any]) -> str:
-    waiting = status["queued"] + status["pending"] + status["cancelled"]
+    to_do = status["pending"] + status["cancelled"]
     parts = [
         f"<b>{html.escape(str(status['job_id']))}</b>",
         f"chapters {status['chapters_done']}/{status['chapters']}",
         f"versions {status['ok']}/{status['units']} ok",
         f"{status['failed']} failed",
-        f"{status['running']} running",
-        f"{waiting} waiting",
+        f"{status['running']} running (limit {status['limit']})",
+        f"{status['queued']} waiting for a slot",
+        *([f"{to_do} to do"] if to_do else []),
         f"elapsed {format_seconds(status['elapsed_s'])}",
         f"ETA {format_seconds(status['eta_s'])}",
     ]
@@ -48,21 +53,29 @@ def _line(status: dict[str, Any]) -> str:
 
 
 class BookProgress(widgets.VBox):
-    """Progress of a book job; ``source()`` returns the job's status dict."""
+    """Progress of a book job: ``BookProgress(job)``, shown as a cell's last expression.
+    It follows the job until :meth:`close` (which also unsubscribes)."""
 
-    def __init__(self, source: Callable[[], dict[str, Any]], *, min_interval_s: float = 0.25):
+    def __init__(self, job: BookJob, *, min_interval_s: float = 0.25):
         self.bar = widgets.IntProgress(value=0, min=0, max=1, description="book")
         self.bar.add_class("arboris-book-bar")
         self.line = widgets.HTML()
         self.line.add_class("arboris-book-line")
         super().__init__([self.bar, self.line])
         self.add_class("arboris-book")
-        self.source = source
+        self.job = job
         self.min_interval_s = min_interval_s
         self.redraws = 0
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._unsubscribe = job.subscribe(self._changed)
         self.refresh()
+
+    def _changed(self, now: bool) -> None:
+        if now:
+            self.refresh()
+        else:
+            self.poke()
 
     def poke(self) -> None:
         """Redraw now, or once the interval has passed if the last redraw was recent."""
@@ -77,13 +90,14 @@ class BookProgress(widgets.VBox):
             self._timer = loop.call_later(wait, self.refresh)
 
     def refresh(self) -> None:
-        """Redraw from the source now."""
+        """Redraw from the job's status now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.render(self.source())
+        self.render(self.job.status())
 
     def render(self, status: dict[str, Any]) -> None:
+        """Draw ``status`` (a :meth:`BookJob.status` dict)."""
         self._last = time.monotonic()
         self.redraws += 1
         with self.bar.hold_sync():
@@ -95,3 +109,11 @@ class BookProgress(widgets.VBox):
                 else ("success" if status["ok"] == status["units"] else "")
             )
         self.line.value = _line(status)
+
+    def close(self) -> None:
+        """Stop following the job, and close the widget."""
+        self._unsubscribe()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().close()

@@ -66,8 +66,10 @@ class VersionPanel:
             layout=widgets.Layout(display="none"),
         )
         actions = widgets.HBox([self.select_button, self.retry_button, self.edit_button])
+        self.note = widgets.HTML()  # the outcome of this panel's last action, in words
+        self.note.add_class("arboris-panel-note")
         self.box = widgets.VBox(
-            [self.header, self.body, self.edit_box, actions, self.instruction],
+            [self.header, self.body, self.edit_box, actions, self.note, self.instruction],
             layout=widgets.Layout(border="1px solid #ddd", padding="4px", min_width="0"),
         )
         self.box.add_class("arboris-panel")
@@ -80,6 +82,7 @@ class VersionPanel:
         self.version, self.status, self.attempt = version, "queued", 0
         self.parts, self.deltas, self.edited, self.selected = [], 0, False, False
         self.dirty = True
+        self.show_note("")
 
     def started(self, attempt: int) -> None:
         """A new attempt: its text replaces the previous attempt's partial text."""
@@ -177,6 +180,10 @@ class VersionPanel:
         self.select_button.disabled = not ok or self.selected
         self.edit_button.disabled = not ok
         self.retry_button.disabled = self.busy or not ended
+
+    def show_note(self, value: str) -> None:
+        """Show escaped HTML (an action's outcome or error) under the panel's buttons."""
+        self.note.value = value
 
     def open_editor(self) -> None:
         self.editor.value = self.text()

@@ -11,8 +11,9 @@ CSS classes (stable; the browser test finds the widget by them):
     arboris-status         the status word, exactly one of
                            queued running retrying done failed cancelled
     arboris-panel-text     the panel body (the version's text)
-Buttons: Generate, Stop; per panel Select, Retry, Edit (Save, Cancel); Compare tab:
-Diff, Evaluate, Export.
+Buttons: Generate, Stop; per panel Select, Retry, Edit (Save, Cancel); Compare tab
+(``compare.py``): Diff, Evaluate, Export. An action's error shows where it was started —
+the status line, the panel's note, or the Compare tab's note — in words (``actions.py``).
 
 Why plain ipywidgets rather than anywidget: every piece is a standard widget, so the
 whole view can be built and asserted on in plain pytest, nothing needs a JavaScript
@@ -43,7 +44,7 @@ from .. import _messages, editor
 from ..backends.base import Backend, Message
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
 from ..engine import generate_versions
-from ..errors import ConfigError
+from ..errors import ConfigError, StateError
 from ..events import (
     Event,
     RunFinished,
@@ -60,6 +61,8 @@ from ..events import (
 from ..prompts import as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
+from .actions import act, report, running_loop, version_of, wait_error
+from .compare import CompareTab
 from .panels import VersionPanel
 from .timeline import timeline_html
 
@@ -82,16 +85,6 @@ _STYLE = """<style>
 </style>"""
 
 
-def _running_loop(what: str) -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            f"{what} needs a running event loop (a Jupyter kernel or an async function); "
-            "in a plain script use arboris_nb.generate_versions_sync(...) instead"
-        ) from None
-
-
 class VersionsWidget:
     """Controls + one live panel per version + editor actions, over the engine's events.
 
@@ -99,7 +92,8 @@ class VersionsWidget:
     ``w.run`` is the last Run (live while it streams), ``w.selected`` the chosen Version,
     ``w.frame()`` the run's DataFrame. ``llm`` defaults to the configured API, else to
     :func:`~arboris_nb.editor.simulated_judge` (offline). ``judge`` is the model used by
-    Evaluate (default: ``llm``).
+    Evaluate (default: ``llm``; a plain ``SimulatedLLM`` judges as ``simulated_judge``).
+    ``w.compare`` is the Compare tab (:class:`~arboris_nb.widgets.compare.CompareTab`).
     """
 
     def __init__(
@@ -123,7 +117,6 @@ class VersionsWidget:
         self.export_dir = Path(export_dir)
         self.run: Run | None = None
         self.task: asyncio.Task[Run] | None = None
-        self.evaluation: editor.Evaluation | None = None
         self._interval = 1.0 / flush_hz
         self._max_chars_per_s = max_chars_per_s
         self._messages: list[Message] = []
@@ -161,8 +154,8 @@ class VersionsWidget:
         self.model.disabled = not isinstance(self.llm, LLMConfig)
         self.generate_button = widgets.Button(description="Generate", button_style="primary")
         self.stop_button = widgets.Button(description="Stop", disabled=True)
-        self.generate_button.on_click(lambda _b: self._act(self.generate))
-        self.stop_button.on_click(lambda _b: self._act(self.stop))
+        self.generate_button.on_click(lambda _b: act(self.generate, "Generate", self._show_message))
+        self.stop_button.on_click(lambda _b: act(self.stop, "Stop", self._show_message))
         self.bar = widgets.IntProgress(min=0, max=s.version_count, value=0)
         self.progress = widgets.HTML()
         self.progress.add_class("arboris-progress")
@@ -187,30 +180,12 @@ class VersionsWidget:
         self._render_progress()
 
     def _build_tabs(self) -> widgets.Tab:
-        self.diff_a = widgets.Dropdown(description="A", options=[])
-        self.diff_b = widgets.Dropdown(description="B", options=[])
-        self.diff_button = widgets.Button(description="Diff")
-        self.evaluate_button = widgets.Button(description="Evaluate")
-        self.export_path = widgets.Text(description="File", placeholder="chapter.md")
-        self.export_button = widgets.Button(description="Export")
-        self.compare_out = widgets.HTML()
-        self.compare_out.add_class("arboris-compare")
-        self.diff_button.on_click(
-            lambda _b: self._act(lambda: self.diff(self.diff_a.value, self.diff_b.value))
-        )
-        self.evaluate_button.on_click(lambda _b: self._act(self.evaluate))
-        self.export_button.on_click(lambda _b: self._act(self._export_clicked))
-        compare = widgets.VBox(
-            [
-                widgets.HBox([self.diff_a, self.diff_b, self.diff_button]),
-                widgets.HBox([self.evaluate_button, self.export_path, self.export_button]),
-                self.compare_out,
-            ]
-        )
+        self.compare = CompareTab(self, on_busy=self._sync_busy)
         self.timeline = widgets.HTML(timeline_html(None))
         self.table = widgets.HTML()
         return widgets.Tab(
-            children=[compare, self.timeline, self.table], titles=("Compare", "Timeline", "Data")
+            children=[self.compare.box, self.timeline, self.table],
+            titles=("Compare", "Timeline", "Data"),
         )
 
     def _make_panels(self, n: int) -> None:
@@ -242,7 +217,8 @@ class VersionsWidget:
     @property
     def busy(self) -> bool:
         """True while a generate, retry or evaluate task is running."""
-        return bool(self.task and not self.task.done()) or any(not j.done() for j in self._jobs)
+        jobs = any(not j.done() for j in self._jobs) or self.compare.busy
+        return bool(self.task and not self.task.done()) or jobs
 
     @property
     def selected(self) -> Version | None:
@@ -271,9 +247,9 @@ class VersionsWidget:
 
         ``prompt`` defaults to the prompt box. Settings come from the controls.
         """
-        loop = _running_loop("VersionsWidget.generate()")
+        loop = running_loop("VersionsWidget.generate()")
         if self.busy:
-            raise RuntimeError("a run is already in progress: press Stop or await it first")
+            raise StateError("A run is already in progress: press Stop or wait for it to end")
         if isinstance(prompt, str):
             self.prompt.value = prompt
         messages = as_messages(self.prompt.value if prompt is None else prompt)
@@ -293,18 +269,21 @@ class VersionsWidget:
         for task in [self.task, *self._jobs]:
             if task is not None and not task.done():
                 task.cancel()
+        self.compare.cancel()
 
     def select(self, index: int) -> Version:
         """Mark version ``index`` as the chosen one (only a done version can be chosen)."""
         version = self._version(index)
         if not version.ok:
-            raise ConfigError(f"version {index} is {version.status} and cannot be selected")
+            raise StateError(
+                f"Version {index} is {version.status}: only a done version can be selected"
+                + ("; press Retry on its panel first" if version.done else "; wait for it")
+            )
         self._selected = index
         for panel in self._panels.values():
             panel.selected = panel.index == index
             panel.render_header(self._now())
-        if not self.export_path.value:
-            self.export_path.value = str(self.export_dir / self._export_name(version))
+        self.compare.follow_selection(version)
         return version
 
     def retry(self, index: int, instruction: str | None = None) -> asyncio.Task[Version]:
@@ -312,10 +291,10 @@ class VersionsWidget:
 
         The new version replaces the old one here; the store keeps both (the retry is a
         run of its own, linked to this one: ``arboris_nb.runs.retries_of(run_id)``)."""
-        loop = _running_loop("VersionsWidget.retry()")
+        loop = running_loop("VersionsWidget.retry()")
+        self._version(index)  # refuses an unknown index (or no run) now, not in the task
         if self.run is None or self.busy:
-            raise RuntimeError("retry needs a finished run and nothing else running")
-        self._version(index)  # refuses an unknown index now, not in the task
+            raise wait_error("Retry")
         if self._selected == index:
             self._selected = None
         coro = editor.retry_version(
@@ -328,7 +307,7 @@ class VersionsWidget:
             retry=self.retry_policy,
             on_event=self._on_event,
         )
-        return self._start_job(loop, coro, f"retry of version {index}", self._after_retry)
+        return self._start_job(loop, coro, "Retry", self._after_retry, self._panels[index])
 
     def edit(self, index: int, text: str) -> Version:
         """Replace version ``index``'s text with ``text`` and mark the panel edited.
@@ -339,37 +318,24 @@ class VersionsWidget:
         panel.edited, panel.dirty = True, True
         panel.close_editor()
         panel.flush(self._now(), _messages.lang(), header=True)
+        self.compare.versions_changed([index])
         self._refresh_data()
         return version
 
     def diff(self, a: int, b: int) -> str:
         """Word-level diff of versions ``a`` → ``b`` as escaped HTML, also shown."""
-        left, right = self._version(a), self._version(b)
-        if left.content is None or right.content is None:
-            raise ConfigError("diff needs two done versions")
-        body = editor.diff_html(left.content, right.content)
-        self.compare_out.value = f"<p><b>Version {a} → Version {b}</b></p>{body}"
-        return body
+        return self.compare.diff(a, b)
 
     def evaluate(self) -> asyncio.Task[editor.Evaluation]:
         """Ask the judge model to compare the done versions; returns the task."""
-        loop = _running_loop("VersionsWidget.evaluate()")
-        if self.run is None or self.busy:
-            raise RuntimeError("evaluate needs a finished run and nothing else running")
-        goal = next((m["content"] for m in reversed(self._messages) if m["role"] == "user"), None)
-        coro = editor.evaluate(self.run, llm=self.judge, goal=goal, retry=self.retry_policy)
-        self.compare_out.value = "<i>Evaluating…</i>"
-        return self._start_job(loop, coro, "evaluation", self._after_evaluate)
+        return self.compare.evaluate()
 
     def export(self, path: str | Path | None = None, *, index: int | None = None) -> Path:
-        """Write the selected version (or ``index``) to Markdown; return the file's path."""
-        if index is None and self._selected is None:
-            raise ConfigError("select a version first (or pass index=)")
-        version = self._version(index if index is not None else self._selected or 0)
-        target = path or self.export_path.value or self.export_dir / self._export_name(version)
-        written = editor.export_markdown(version, target, run=self.run)
-        self._say(f"Exported version {version.index} to {written}")
-        return written
+        """Write the selected version (or ``index``) to Markdown; return its full path.
+
+        The name follows the selection (``chapter-5-v2.md``) unless one is given or typed
+        in the File box; a bare name goes to ``export_dir``."""
+        return self.compare.export(path, index=index)
 
     # -- the run -------------------------------------------------------------------------
     async def _generate(
@@ -398,7 +364,7 @@ class VersionsWidget:
             self._cancel_panels()  # stopped before the engine started the run
             raise
         except Exception as exc:
-            self._report(exc, "generation")
+            report(exc, "Generation", self._show_message)
             raise
         if not run.ok:
             self._say(f"All {run.version_count} versions failed.")
@@ -418,32 +384,42 @@ class VersionsWidget:
         coro: Coroutine[Any, Any, T],
         what: str,
         then: Callable[[T], None],
+        panel: VersionPanel,
     ) -> asyncio.Task[T]:
-        task = loop.create_task(self._guard(coro, what, then), name=f"arboris-{what}")
+        task = loop.create_task(self._guard(coro, what, then, panel), name=f"arboris-{what}")
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
         task.add_done_callback(self._finished_task)
         self._sync_busy()
         return task
 
-    async def _guard(self, coro: Coroutine[Any, Any, T], what: str, then: Callable[[T], None]) -> T:
+    async def _guard(
+        self,
+        coro: Coroutine[Any, Any, T],
+        what: str,
+        then: Callable[[T], None],
+        panel: VersionPanel,
+    ) -> T:
+        """Run a panel's job; its outcome, error or cancellation shows on that panel."""
         try:
             result = await coro
+            then(result)
         except asyncio.CancelledError:
-            self._say(f"{what} cancelled")
+            panel.show_note(html.escape(f"{what} cancelled."))
             raise
         except Exception as exc:
-            self._report(exc, what)
+            report(exc, what, panel.show_note)
             raise
-        then(result)
         return result
 
     def _after_retry(self, version: Version) -> None:
-        self._say(f"Version {version.index} regenerated: {version.status}")
-
-    def _after_evaluate(self, evaluation: editor.Evaluation) -> None:
-        self.evaluation = evaluation
-        self.compare_out.value = evaluation.to_html()
+        panel = self._panels[version.index]
+        if version.status == "cancelled":  # editor.retry_version kept the old version
+            panel.show_note(html.escape("Retry cancelled: the previous text is kept."))
+            return
+        word = "done" if version.ok else version.status
+        panel.show_note(html.escape(f"Regenerated: {word}."))
+        self.compare.versions_changed([version.index])
 
     # -- events (the widget is a subscriber; it never times or retries anything) --------
     def _on_main_event(self, event: Event) -> None:
@@ -544,19 +520,15 @@ class VersionsWidget:
             return
         self.table.value = self.frame().to_html(index=False, float_format="{:.3f}".format)
         self.timeline.value = timeline_html(self.run, self._now())
-        options = [(f"Version {v.index}", v.index) for v in self.run.ok]
-        for dropdown in (self.diff_a, self.diff_b):
-            dropdown.options = options
-        if options:  # preselect the first two, so Diff works at once
-            self.diff_a.value = options[0][1]
-            self.diff_b.value = options[min(1, len(options) - 1)][1]
+        self.compare.refresh(self.run)
         self._render_progress()
 
     # -- helpers -------------------------------------------------------------------------
     def _reset(self, n: int) -> None:
-        self.run, self.evaluation, self._selected, self._t0 = None, None, None, None
+        self.run, self._selected, self._t0 = None, None, None
         self._stopping = False
-        self.compare_out.value = self.export_path.value = self.message.value = ""
+        self.message.value = ""
+        self.compare.reset(_goal(self._messages))
         if n != len(self._panels):
             self._make_panels(n)
         for panel in self._panels.values():
@@ -576,7 +548,7 @@ class VersionsWidget:
         busy = self.busy
         self.generate_button.disabled = busy
         self.stop_button.disabled = not busy
-        self.evaluate_button.disabled = busy
+        self.compare.sync_busy(busy)
         for panel in self._panels.values():
             panel.busy = busy
             panel.sync_buttons()
@@ -595,47 +567,33 @@ class VersionsWidget:
         return self.llm
 
     def _version(self, index: int) -> Version:
-        if self.run is None:
-            raise ConfigError("no run yet: generate first")
-        for version in self.run.versions:
-            if version.index == index:
-                return version
-        raise ConfigError(f"there is no version {index} (1 to {self.run.version_count})")
-
-    def _export_name(self, version: Version) -> str:
-        chapter = self.run.chapter if self.run else None
-        run_id = self.run.run_id if self.run else ""
-        stem = f"chapter-{chapter}" if chapter is not None else f"run-{run_id}"
-        return f"{stem}-v{version.index}.md"
+        return version_of(self.run, index)
 
     def _say(self, text: str) -> None:
         self.message.value = html.escape(text)
 
-    def _report(self, exc: BaseException, what: str) -> None:
-        log.error("%s failed: %s", what, exc, exc_info=exc)
-        self.message.value = (
-            f'<span style="color:#b00020">{html.escape(what)} failed: '
-            f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
-        )
+    def _show_message(self, value: str) -> None:
+        self.message.value = value
 
-    def _act(self, action: Callable[[], object]) -> None:
-        """Run a button's action; an error goes to the status line, never into the void."""
-        try:
-            action()
-        except Exception as exc:
-            self._report(exc, "action")
+    def _panel_act(self, index: int, action: Callable[[], object], name: str) -> None:
+        """A panel button's action; its error shows on that panel, in words."""
+        panel = self._panels[index]
+        panel.show_note("")
+        act(action, name, panel.show_note)
 
     def _select_clicked(self, index: int) -> None:
-        self._act(lambda: self.select(index))
+        self._panel_act(index, lambda: self.select(index), "Select")
 
     def _retry_clicked(self, index: int, instruction: str) -> None:
-        self._act(lambda: self.retry(index, instruction or None))
+        self._panel_act(index, lambda: self.retry(index, instruction or None), "Retry")
 
     def _save(self, index: int, text: str) -> None:
-        self._act(lambda: self.edit(index, text))
+        self._panel_act(index, lambda: self.edit(index, text), "Save")
 
-    def _export_clicked(self) -> None:
-        self.export(self.export_path.value or None)
+
+def _goal(messages: Sequence[Message]) -> str | None:
+    """The chapter goal Evaluate shows the judge: the last user message."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
 
 
 def _default_llm(llm: LLMConfig | Backend | None) -> tuple[LLMConfig | Backend, str | None]:

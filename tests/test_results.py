@@ -1,0 +1,110 @@
+"""One description of a Version's fields: to_dict()/from_dict() on Attempt, Version, Run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+from arboris_nb.results import (
+    EDITOR_FIELDS,
+    FINAL,
+    VERSION_METRICS,
+    Attempt,
+    Run,
+    Version,
+)
+
+
+def full_version() -> Version:
+    """A finished version with every field away from its default."""
+    return Version(
+        index=2,
+        status="ok",
+        content="text",
+        title="A title",
+        summary="short",
+        error="earlier error",
+        error_type="ServerError",
+        queued_at=0.5,
+        started_at=1.0,
+        first_token_at=1.5,
+        finished_at=3.0,
+        output_tokens=12,
+        tokens_from_usage=True,
+        attempts=2,
+        attempt_log=[
+            Attempt(1, 1.0, 1.2, "ServerError", 500, 0.3, 0.25),
+            Attempt(2, 1.5, 3.0),
+        ],
+        key_id="sk-…wxyz",
+        cached=True,
+        edited=True,
+        original_content="generated",
+    )
+
+
+def test_every_version_field_is_set_by_the_fixture() -> None:
+    # So the round trips below cover a field added later (or this fixture must grow).
+    default = Version(index=1)
+    assert all(getattr(full_version(), f.name) != getattr(default, f.name) for f in fields(Version))
+
+
+def test_a_version_survives_json_both_ways() -> None:
+    version = full_version()
+    text = json.dumps(version.to_dict())
+    assert Version.from_dict(json.loads(text)) == version
+    assert isinstance(version.to_dict()["attempt_log"][0], dict)
+
+
+def test_editor_false_leaves_out_the_editors_fields() -> None:
+    data = full_version().to_dict(editor=False)
+    assert {"edited", "original_content"} == EDITOR_FIELDS
+    assert EDITOR_FIELDS.isdisjoint(data)
+    back = Version.from_dict(data)
+    assert (back.edited, back.original_content, back.content) == (False, None, "text")
+
+
+def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
+    version = full_version()
+    data = version.to_dict(metrics=True)
+    assert {name: data[name] for name in VERSION_METRICS} == {
+        "queue_wait_s": 0.5,
+        "ttft_s": 0.0,  # the kept attempt started at 1.5, its first token too
+        "duration_s": 2.0,
+        "retry_wait_s": 0.3,
+        "tokens_per_s": 8.0,
+    }
+    assert Version.from_dict(data) == version
+
+
+def test_unknown_keys_from_a_newer_writer_are_ignored() -> None:
+    data = {**full_version().to_dict(), "usage_cost_usd": 0.02}
+    data["attempt_log"][0]["region"] = "eu"
+    assert Version.from_dict(data) == full_version()
+
+
+def test_a_run_round_trips_with_its_versions() -> None:
+    run = Run(
+        run_id="r1",
+        versions=[full_version(), Version(index=3, status="cancelled")],
+        parallel=False,
+        max_parallel_requests="auto",
+        project="p",
+        chapter=4,
+        model="m",
+        created_at=1.0,
+        elapsed_s=3.5,
+        parent_run_id="r0",
+        parent_index=3,
+    )
+    plain = json.loads(json.dumps(run.to_dict()))
+    assert Run.from_dict(plain) == run
+    shown = json.loads(json.dumps(run.to_dict(metrics=True)))
+    assert (shown["mode"], shown["ok"], shown["cancelled"]) == ("serial", 1, 1)
+    assert shown["versions"][0]["duration_s"] == 2.0
+    assert Run.from_dict(shown) == run
+
+
+def test_final_means_the_version_will_not_change_again_in_its_run() -> None:
+    assert {"ok", "failed", "cancelled"} == FINAL
+    assert [Version(1, status=s).done for s in ("queued", "running", "retrying")] == [False] * 3
