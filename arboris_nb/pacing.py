@@ -2,14 +2,17 @@
 
 OpenAI-style APIs answer every request with ``x-ratelimit-limit|remaining|reset-requests``
 and the same three for ``-tokens``; ``reset`` is the time until the bucket is full again
-(``"1s"``, ``"6m0s"``, ``"120ms"``). A :class:`RateBudget` keeps the latest of them and,
-before a request starts, checks that its cost — one request, and its prompt tokens plus
-the output it may produce — fits what is left, less what this process reserved since.
-If not, the request waits for the refill instead of earning a 429.
+(``"1s"``, ``"6m0s"``, ``"120ms"``). A :class:`RateBudget` keeps them and, before a request
+starts, checks that its cost — one request, and its prompt tokens plus the output it may
+produce — fits what is left, less every request sent and not yet answered. If not, the
+request waits for the refill instead of earning a 429.
 
 The refill is assumed continuous (OpenAI's buckets) but estimated from below: the
-remaining count is rounded down by the server, so the estimate never runs ahead of it,
-and every answer replaces the estimate with the server's own figures.
+remaining count is rounded down by the server, so the estimate never runs ahead of it.
+Answers arrive out of order (each request has its own connection), so an answer replaces
+the estimate only when it shows *less* left than the estimate does: a higher figure may be
+an older one. Counting the unanswered requests again may count some twice — cautious, and
+only until their own answers come, a round trip later.
 
 A 429 that carries ``Retry-After`` closes the budget's **gate**: no request on that key
 starts before it ends — not only the one that got the 429.
@@ -32,7 +35,7 @@ import math
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -46,6 +49,7 @@ __all__ = [
     "parse_duration",
     "provider_headers",
     "ready",
+    "request_key",
 ]
 
 log = logging.getLogger("arboris_nb")
@@ -61,7 +65,6 @@ _DEFAULT_RESET_S = 60.0
 # A waiting request re-reads the budget at least this often: new answers may move it.
 _MAX_SLEEP_S = 0.5
 _REGISTRY_SIZE = 64
-_RESERVED_MAX = 10_000
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 
 Clock = Callable[[], float]
@@ -112,13 +115,12 @@ def estimate_tokens(messages: list[Message]) -> int:
 
 @dataclass
 class _Seen:
-    """One bucket as the last answer described it."""
+    """One bucket as an answer described it."""
 
     limit: float
     remaining: float
     reset_s: float
     at: float  # when that answer arrived
-    sent: float  # when its request was sent
 
     def level(self, now: float) -> float:
         """What is left now, from below: the remaining count is rounded down, so the
@@ -151,8 +153,7 @@ class RateBudget:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock = clock or _loop_clock
         self._seen: dict[tuple[str, str], _Seen] = {}
-        # (time, tokens) of requests sent and not yet counted in an answer we hold
-        self._reserved: deque[tuple[float, int]] = deque(maxlen=_RESERVED_MAX)
+        self._pending: dict[Hashable, int] = {}  # requests sent, not answered: key → tokens
         self._gate_until = -math.inf
         self._outputs: deque[int] = deque(maxlen=20)
         self._prompt_ratio = 1.0
@@ -190,16 +191,20 @@ class RateBudget:
         now = self._clock()
         wait = max(0.0, self._gate_until - now)
         for (_, resource), seen in self._seen.items():
-            # Reserved at or after that answer's request left: not in its figures (a tie
-            # counts as pending: a coarse or fake clock must not make us optimistic).
-            pending = [t for at, t in self._reserved if at >= seen.sent]
-            need = 1 + len(pending) if resource == "requests" else tokens + sum(pending)
+            if resource == "requests":
+                need = 1 + len(self._pending)
+            else:
+                need = tokens + sum(self._pending.values())
             wait = max(wait, seen.wait_s(need, now))
         return wait
 
-    def reserve(self, tokens: int) -> None:
-        """Count a request that is about to be sent (until an answer includes it)."""
-        self._reserved.append((self._clock(), tokens))
+    def reserve(self, key: Hashable, tokens: int) -> None:
+        """Count a request about to be sent until its answer (or failure) comes."""
+        self._pending[key] = tokens
+
+    def release(self, key: Hashable) -> None:
+        """The request ``key`` was answered or failed: stop counting it as pending."""
+        self._pending.pop(key, None)
 
     async def acquire(self, request: ChatRequest) -> float:
         """Wait until ``request`` fits, reserve it, and return the seconds waited."""
@@ -212,25 +217,21 @@ class RateBudget:
         while wait > 0:
             await asyncio.sleep(min(wait, _MAX_SLEEP_S))
             wait = self.wait_s(tokens)
-        self.reserve(tokens)
+        self.reserve(request_key(request), tokens)
         return self._clock() - start
 
     # -- after an answer ---------------------------------------------------------------
-    def update(self, headers: Mapping[str, str], sent: float) -> None:
-        """Take the budget from an answer's headers (``sent``: when its request left)."""
+    def update(self, headers: Mapping[str, str], key: Hashable = None) -> None:
+        """Read an answer's headers; ``key``: its request, answered now (no longer pending)."""
         lowered = {k.lower(): v for k, v in headers.items()}
         now = self._clock()
         for prefix in _PREFIXES:
             for resource in _RESOURCES:
-                seen = _read(lowered, prefix, resource, now, sent)
+                seen = _read(lowered, prefix, resource, now)
                 old = self._seen.get((prefix, resource))
-                if seen is not None and (old is None or sent >= old.sent):
+                if seen is not None and (old is None or _newer_or_lower(seen, old, now)):
                     self._seen[(prefix, resource)] = seen
-        if self._seen:
-            # Requests sent before the oldest answer we hold are counted in it already.
-            oldest = min(s.sent for s in self._seen.values())
-            while self._reserved and self._reserved[0][0] < oldest:
-                self._reserved.popleft()
+        self.release(key)
 
     def block(self, seconds: float) -> None:
         """Close the gate for ``seconds`` (a 429's Retry-After): nobody on this key sends."""
@@ -253,16 +254,24 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) and number >= 0 else None
 
 
-def _read(
-    headers: Mapping[str, str], prefix: str, resource: str, now: float, sent: float
-) -> _Seen | None:
+def _newer_or_lower(new: _Seen, old: _Seen, now: float) -> bool:
+    """Whether ``new`` replaces ``old``: a changed limit, or less left now."""
+    return new.limit != old.limit or new.level(now) <= old.level(now)
+
+
+def request_key(request: ChatRequest) -> Hashable:
+    """Which request a reservation belongs to: run, version and attempt."""
+    return (request.run_id, request.version_index, request.attempt)
+
+
+def _read(headers: Mapping[str, str], prefix: str, resource: str, now: float) -> _Seen | None:
     limit = _number(headers.get(f"{prefix}x-ratelimit-limit-{resource}"))
     remaining = _number(headers.get(f"{prefix}x-ratelimit-remaining-{resource}"))
     if limit is None or remaining is None or limit <= 0:
         return None
     reset = parse_duration(headers.get(f"{prefix}x-ratelimit-reset-{resource}"))
     reset = _DEFAULT_RESET_S if reset is None else reset
-    return _Seen(limit, min(remaining, limit), reset, now, sent)
+    return _Seen(limit, min(remaining, limit), reset, now)
 
 
 async def ready(conn: Connection, request: ChatRequest) -> None:

@@ -77,7 +77,7 @@ def test_the_litellm_header_set_is_honoured() -> None:
     assert parse_retry_after({"retry-after": "2", "llm_provider-retry-after-ms": "2500"}) == 2.5
     clock = Clock()
     budget = RateBudget(clock=clock)
-    budget.update(LITELLM_429, sent=clock.t)
+    budget.update(LITELLM_429)
     # No request left for the provider; its bucket refills 60 a second (from below: 59).
     assert budget.wait_s(budget.cost(request())) == pytest.approx(1 / 59)
     budget.block(parse_retry_after(LITELLM_429) or 0.0)
@@ -86,44 +86,47 @@ def test_the_litellm_header_set_is_honoured() -> None:
 
 def test_without_headers_nothing_waits() -> None:
     budget = RateBudget(clock=Clock())
-    budget.reserve(10_000)
+    budget.reserve("a", 10_000)
     assert budget.wait_s(10_000) == 0.0
 
 
 def test_a_request_that_does_not_fit_waits_for_the_refill() -> None:
     clock = Clock()
     budget = RateBudget(clock=clock)
-    budget.update(tokens_headers(remaining=100, reset="9s"), sent=clock.t)
+    budget.update(tokens_headers(remaining=100, reset="9s"))
     cost = budget.cost(request(max_tokens=145))
     assert cost == 150  # "hi": 1 token and 4 for the message
     # From below: 100 left, refilling (1000 - 100 - 1) / 9 s = 99.9 tokens/s.
     assert budget.wait_s(cost) == pytest.approx(50 / 99.888, rel=1e-3)
     assert budget.wait_s(90) == 0.0
-    budget.reserve(90)  # sent, not yet in any answer: it counts against what is left
+    budget.reserve("a", 90)  # sent, not answered: it counts against what is left
     assert budget.wait_s(90) == pytest.approx(80 / 99.888, rel=1e-3)
+    budget.release("a")  # failed before an answer: no longer in flight
+    assert budget.wait_s(90) == 0.0
     clock.t += 9.0
     assert budget.wait_s(1000) == 0.0  # reset passed: the bucket is full
 
 
-def test_answers_replace_the_estimate_and_settle_reservations() -> None:
+def test_answers_in_any_order_keep_the_lowest_figure() -> None:
+    """Each request has its own connection: answers arrive out of order, so a higher
+    remaining figure may be older than what we hold. Only a lower one replaces it."""
     clock = Clock()
     budget = RateBudget(clock=clock)
-    budget.update(tokens_headers(remaining=500, reset="5s"), sent=clock.t)
-    clock.t += 0.1
-    budget.reserve(300)
-    clock.t += 0.1
-    sent = clock.t
-    budget.reserve(300)  # 500 - 600 < 0: a third would wait
-    assert budget.wait_s(100) > 0
-    clock.t += 0.1
-    # The second request's answer counts both requests in its remaining figure.
-    budget.update(tokens_headers(remaining=0, reset="5s"), sent=sent)
+    for key in "abc":
+        budget.reserve(key, 300)  # three sent at once, no answer yet
+    assert budget.wait_s(1) == 0.0  # no headers yet: nothing known to wait for
+    budget.update(tokens_headers(remaining=100, reset="9s"), key="c")  # admitted last
+    # b and a still pending: counted again against the 100 (cautious until they answer)
     assert budget.wait_s(1) > 0
-    # An answer to an older request is staler than what we hold: ignored.
-    budget.update(tokens_headers(remaining=1000, reset="0s"), sent=sent - 1)
-    assert budget.wait_s(1) > 0
-    clock.t += 5.0
+    budget.update(tokens_headers(remaining=700, reset="3s"), key="a")  # admitted first
+    budget.update(tokens_headers(remaining=400, reset="6s"), key="b")
+    assert budget.wait_s(100) == 0.0  # nothing pending; the lowest figure (100) stands
+    assert budget.wait_s(101) > 0
+    clock.t += 9.0
     assert budget.wait_s(1000) == 0.0
+    # A changed limit (the provider raised it) replaces the figure whatever it says.
+    budget.update(tokens_headers(remaining=1500, reset="0s", limit=2000))
+    assert budget.wait_s(1500) == 0.0
 
 
 def test_the_retry_after_gate_holds_everyone() -> None:
@@ -161,12 +164,15 @@ async def test_the_pool_sends_on_the_member_whose_budget_fits() -> None:
     pool = KeyPool(configs)
     empty, full = pool.budget_of(0), pool.budget_of(1)
     assert empty is not None and full is not None and empty is not full
-    empty.update(tokens_headers(remaining=0, reset="30s"), sent=empty.now())
-    full.update(tokens_headers(remaining=1000, reset="0s"), sent=full.now())
+    empty.update(tokens_headers(remaining=0, reset="30s"))
+    full.update(tokens_headers(remaining=100, reset="60s"))
     first = ChatRequest(messages=[{"role": "user", "content": "p"}], max_tokens=10, version_index=1)
     async with pool.open() as conn:
         await asyncio.wait_for(conn.ready(first), 1.0)  # type: ignore[attr-defined]
         assert conn.pinned == {("", 1, 1): 1}  # type: ignore[attr-defined]
+    # reserved on the member that takes it: 15 tokens ("p" and max_tokens 10) of its 100
+    assert (full.wait_s(85), empty.wait_s(500) > 0) == (0.0, True)
+    assert full.wait_s(86) > 0
     shared = KeyPool(configs, shared_budget=True)
     assert shared.budget_of(0) is shared.budget_of(1)
 

@@ -12,7 +12,7 @@ import functools
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
-from ..pacing import PROVIDER_PREFIX, RateBudget
+from ..pacing import PROVIDER_PREFIX, RateBudget, request_key
 from .base import ChatRequest, Served, StreamItem, Usage
 
 __all__ = ["OpenAIBackend", "parse_retry_after", "tls_context", "translate_error"]
@@ -217,25 +217,27 @@ class _Connection:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
         yield Served(key_id=self.config.key_id)
-        sent = self.budget.now()
+        key = request_key(request)
         try:
             if self.stream_mode:
-                async for item in self._streamed(request, sent):
+                async for item in self._streamed(request, key):
                     yield item
             else:
-                async for item in self._whole(request, sent):
+                async for item in self._whole(request, key):
                     yield item
         except (openai.OpenAIError, OSError, ValueError) as exc:
-            raise self._failed(exc, sent) from None
+            raise self._failed(exc, key) from None
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "httpcore2"}:
-                raise self._failed(exc, sent) from None
+                raise self._failed(exc, key) from None
             raise
+        finally:
+            self.budget.release(key)  # unanswered (cancelled, cut): no longer in flight
 
-    def _failed(self, exc: BaseException, sent: float) -> BackendError:
+    def _failed(self, exc: BaseException, key: Hashable) -> BackendError:
         """The error to raise; a 429's headers feed the budget and close its gate."""
         if isinstance(exc, openai.APIStatusError):
-            self.budget.update(exc.response.headers, sent)
+            self.budget.update(exc.response.headers, key)
         error = translate_error(exc, self.secrets, self.config.base_url)
         if isinstance(error, RateLimited) and error.retry_after_s:
             self.budget.block(error.retry_after_s)
@@ -246,11 +248,11 @@ class _Connection:
         self.budget.note_usage(request, usage)
         return usage
 
-    async def _streamed(self, request: ChatRequest, sent: float) -> AsyncIterator[StreamItem]:
+    async def _streamed(self, request: ChatRequest, key: Hashable) -> AsyncIterator[StreamItem]:
         stream = await self.client.chat.completions.create(
             **self._params(request), stream=True, stream_options={"include_usage": True}
         )
-        self.budget.update(stream.response.headers, sent)
+        self.budget.update(stream.response.headers, key)
         finished = False
         try:
             async for chunk in stream:
@@ -267,9 +269,9 @@ class _Connection:
         if not finished:
             raise StreamInterrupted("the stream ended without a finish_reason")
 
-    async def _whole(self, request: ChatRequest, sent: float) -> AsyncIterator[StreamItem]:
+    async def _whole(self, request: ChatRequest, key: Hashable) -> AsyncIterator[StreamItem]:
         raw = await self.client.chat.completions.with_raw_response.create(**self._params(request))
-        self.budget.update(raw.headers, sent)
+        self.budget.update(raw.headers, key)
         reply = raw.parse()
         text = reply.choices[0].message.content if reply.choices else None
         if text:

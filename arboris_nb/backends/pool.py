@@ -30,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import LLMConfig, load_api_keys, load_env
 from ..errors import AuthError, BackendError, ConfigError, RateLimited
-from ..pacing import RateBudget
+from ..pacing import RateBudget, request_key
 from .base import Backend, ChatRequest, Connection, Served, StreamItem, closing_stream
 from .openai import OpenAIBackend
 
@@ -213,15 +213,11 @@ class KeyPool:
             member.cool_until = max(member.cool_until, self._now() + wait)
 
 
-def _pin(request: ChatRequest) -> tuple[str, int, int]:
-    return (request.run_id, request.version_index, request.attempt)
-
-
 class _PoolConnection:
     def __init__(self, pool: KeyPool, conns: list[Connection]) -> None:
         self.pool = pool
         self.conns = conns
-        self.pinned: dict[tuple[str, int, int], int] = {}  # request → member chosen by ready()
+        self.pinned: dict[Hashable, int] = {}  # request → the member ready() chose
 
     async def ready(self, request: ChatRequest) -> None:
         """Pick the first member whose budget takes ``request`` now (else wait for the one
@@ -235,14 +231,14 @@ class _PoolConnection:
             wait, _, index, budget = min(waits, key=lambda w: (w[0], w[1]))
             if wait <= 0:
                 if budget is not None:
-                    budget.reserve(budget.cost(request))
-                self.pinned[_pin(request)] = index
+                    budget.reserve(request_key(request), budget.cost(request))
+                self.pinned[request_key(request)] = index
                 return
             await asyncio.sleep(min(wait, _MAX_SLEEP_S))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
         """Stream from the chosen member; a refused key (401/403) fails over at once."""
-        pinned = self.pinned.pop(_pin(request), None)
+        pinned = self.pinned.pop(request_key(request), None)
         while True:
             # choose() raises AuthError when every key was refused
             index = pinned if pinned is not None else self.pool.choose(request)
