@@ -17,6 +17,7 @@ from .analysis import (
     SweepResult,
     plot_concurrency,
     plot_distributions,
+    plot_limit,
     plot_serial_vs_parallel,
     plot_timeline,
     sweep,
@@ -67,6 +68,7 @@ from .events import (
 )
 from .handle import RunHandle
 from .limits import FixedLimit, Limiter
+from .pacing import RateBudget
 from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
 from .render import render_book, render_run
@@ -119,6 +121,7 @@ __all__ = [
     "Limiter",
     "OpenAIBackend",
     "PairVerdict",
+    "RateBudget",
     "RateLimited",
     "Recorder",
     "RedisCache",
@@ -162,6 +165,7 @@ __all__ = [
     "parse_reply",
     "plot_concurrency",
     "plot_distributions",
+    "plot_limit",
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",

@@ -1,37 +1,54 @@
 """Adaptive concurrency: a limit that finds how many requests the API takes at once.
 
-``AdaptiveLimit`` is **AIMD** (additive increase, multiplicative decrease — TCP's congestion
-control) with slow start, rather than a pure gradient method such as Netflix's
-concurrency-limits ``Gradient2``. Why: the signal an LLM API gives is mostly *explicit* —
-a 429 with Retry-After when a per-account concurrency or rate cap is hit — and often no
-latency rise before it (the cap rejects, it does not queue). A gradient law only moves on
-latency, so it would overshoot into 429s. Latency still counts: when the time to first
-token (TTFT) of recent requests rises well above its long-run level (a self-hosted server
-that queues), the limit falls the same way as on a 429. The control law:
+``AdaptiveLimit`` is **AIMD** (additive increase, multiplicative decrease) as in Netflix
+concurrency-limits' ``AIMDLimit``, with three things taken from TCP congestion control,
+and a latency rule in the spirit of Netflix's ``Gradient2``. Why AIMD and not a pure
+gradient: an LLM API's overload signal is mostly *explicit* — a 429, often with
+Retry-After — and often arrives with no latency rise before it (a cap or a rate limit
+rejects, it does not queue). A gradient law moves only on latency, so it would run into
+the 429s. Latency still counts where it is the only signal (a self-hosted server that
+just gets slower). The control law:
 
-* **slow start** — until the first decrease, each success while the limiter is saturated
-  adds 1 (the limit doubles per round trip), so a good limit is found in a few rounds;
-* **additive increase** — afterwards, +1 after ``limit × patience`` saturated successes;
-* **multiplicative decrease** — a 429, or short-term TTFT above ``latency_tolerance`` ×
-  the long-term TTFT, sets ``limit = max(min, floor(limit × backoff))`` (at least −1),
-  at most once per ``cooldown_s`` (one overload event often returns several 429s);
-* **no cascade** — a 429 also lowers the limit to the other requests still in flight, so
-  the slot it frees is not handed to the next queued request (which would get a 429 too);
-* **probe backoff** — each 429 doubles ``patience`` (at least 4, up to ``max_patience``), so a hard
-  cap is probed ever more rarely: that keeps the 429 share low once the cap is known.
-  Growing past the level of the last 429 without a new one resets ``patience`` to 1.
+* **slow start** (TCP) — until the first congestion event, +1 per saturated success: the
+  limit doubles per round trip, so a good level is found in a few rounds.
+* **one congestion event, one decrease** (TCP NewReno) — a 429 answering a request that
+  was admitted *before* the last decrease is part of the event that caused it: a window
+  or a burst refuses many requests at once, and counting each would collapse the limit
+  (8 → 1 in 0.4 s). A 429 for a request admitted after it is a new event, which sets
+  ``limit = ⌊limit × backoff⌋`` — or lower, to the other requests still in flight (the
+  ones the server took), but never below half. A later 429 of the same event may still
+  lower the limit to the requests still in flight: that is how a burst above a
+  concurrency cap finds the cap at once, and why the slot a 429 frees is not handed to
+  the next queued request (which would be refused too).
+* **ssthresh** (TCP) — the limit where congestion began is remembered (``ceiling``).
+  Below it the limit grows by one per round trip (+1 per ``limit`` saturated successes);
+  reaching it again is a *probe*. A probe costs a 429 and, when the 429 carries
+  Retry-After, every slot idle until it ends; so the first probe waits for
+  ``probe_every × (1 + limit × retry_after / duration)`` successes (``duration``: the
+  usual time of an attempt), which keeps probing below ~2 % of the throughput, and the
+  wait doubles with every event at or below the same ceiling (up to 64×). A probe that
+  survives as long again means the cap moved: the ceiling is dropped.
+* **latency** (Gradient2's idea: compare short-term latency with a long-term baseline) —
+  with no 429s, when the short-term time to first token (EWMA α=0.3) exceeds
+  ``latency_tolerance`` × its long-term average (EWMA α=0.05), that is a congestion
+  event too: one multiplicative decrease, no ceiling. A mean, not a minimum, is the
+  baseline: LLM latencies are noisy, and noise must not read as a queue.
 
 Only a *saturated* limiter grows (all slots busy or someone waiting): successes at low
 load say nothing about the capacity above it. Errors other than 429 (5xx, timeouts,
-disconnects) are not load signals here; the retry policy handles them.
+disconnects) are not load signals here; the retry policy handles them. The Retry-After
+*gate* — no version sends before a 429's Retry-After ends — is kept per API key by the
+backend's pacing budget (:mod:`arboris_nb.pacing`), so it holds under any limiter.
 
 The limiter is shareable across runs (pass the same object as ``limiter=``) and records
-its limit over time in ``history``.
+its limit over time in ``history``. ``observe()`` must be called inside the attempt's
+``slot()`` (the engine does): that is how it knows when the attempt was admitted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
@@ -49,6 +66,16 @@ __all__ = ["AdaptiveLimit", "plot_limit_history"]
 
 Clock = Callable[[], float]
 
+_MAX_PROBE_SCALE = 64  # probes of a confirmed cap grow this rare at most
+_SHORT_ALPHA = 0.3  # short-term TTFT: the last few requests
+_LONG_ALPHA = 0.05  # the baseline: the last few dozen requests
+_MIN_SAMPLES = 5  # TTFT samples before latency may count as congestion
+
+# (limiter id, admitted at) of the slot this task holds.
+_ADMISSION: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar(
+    "arboris_admission", default=None
+)
+
 
 def _loop_clock() -> float:
     """The running loop's clock (fake under looptime), else the monotonic clock."""
@@ -61,7 +88,7 @@ def _loop_clock() -> float:
 class AdaptiveLimit:
     """A :class:`~arboris_nb.limits.Limiter` whose limit moves between ``min`` and ``max``.
 
-    ``AdaptiveLimit(min=1, max=10, initial=2)``; ``clock`` is injectable for tests.
+    ``AdaptiveLimit(min=1, max=10, initial=4)``; ``clock`` is injectable for tests.
     ``history`` holds ``(t, limit)`` pairs, ``t`` in seconds since the first use.
     """
 
@@ -73,49 +100,42 @@ class AdaptiveLimit:
         min: int = 1,
         max: int = 10,
         initial: int | None = None,
-        backoff: float = 0.9,
+        backoff: float = 0.75,
         latency_tolerance: float = 1.5,
-        cooldown_s: float = 0.5,
-        max_patience: int = 32,
+        probe_every: int = 50,
         clock: Clock | None = None,
     ) -> None:
         start = min if initial is None else initial
-        if not 1 <= min <= max:
-            raise ConfigError(f"AdaptiveLimit needs 1 <= min <= max, got min={min}, max={max}")
-        if not min <= start <= max:
-            raise ConfigError(f"AdaptiveLimit initial must be from {min} to {max}, got {start}")
-        if not 0 < backoff < 1:
-            raise ConfigError(f"AdaptiveLimit backoff must be between 0 and 1, got {backoff}")
-        if latency_tolerance <= 1 or cooldown_s < 0 or max_patience < 1:
-            raise ConfigError(
-                "AdaptiveLimit needs latency_tolerance > 1, cooldown_s >= 0, max_patience >= 1"
-            )
+        _validate(min, max, start, backoff, latency_tolerance, probe_every)
         self.min, self.max = min, max
         self.backoff = backoff
         self.latency_tolerance = latency_tolerance
-        self.cooldown_s = cooldown_s
-        self.max_patience = max_patience
+        self.probe_every = probe_every
         self._clock = clock or _loop_clock
         self._t0: float | None = None
         self._limit = start
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._slow_start = True
-        self._successes = 0
-        self._patience = 1
-        self._ceiling: int | None = None  # the limit at which the last 429 came
-        self._last_decrease: float | None = None
-        self._limit_before_decrease = start
+        self._successes = 0  # saturated successes since the limit last moved
+        self._ceiling: int | None = None  # where the last 429 congestion began (ssthresh)
+        self._probe_scale = 1  # doubles with every event at the same ceiling
+        self._probe_idle = 0.0  # Retry-After of the event that set the ceiling
+        self._retry_after: float | None = None  # of the 429 being observed
+        self._duration: float | None = None  # EWMA of successful attempts, admitted → done
+        self._last_decrease = -math.inf
+        self._event_floor = min  # the same event may lower the limit down to this
         self._ttft_short: float | None = None
-        self._ttft_long: float | None = None
+        self._ttft_base: float | None = None
+        self._ttft_samples = 0
         self.history: list[tuple[float, int]] = []
         self.rate_limited = 0  # 429s observed
-        self.decreases = 0
+        self.decreases = 0  # congestion events (429 or latency)
 
     def __repr__(self) -> str:
         return (
             f"AdaptiveLimit(limit={self._limit}, min={self.min}, max={self.max}, "
-            f"in_flight={self._in_flight})"
+            f"in_flight={self._in_flight}, ceiling={self._ceiling})"
         )
 
     # -- the Limiter protocol ----------------------------------------------------------
@@ -128,87 +148,141 @@ class AdaptiveLimit:
         """Slots held right now."""
         return self._in_flight
 
+    @property
+    def ceiling(self) -> int | None:
+        """The limit at which the last 429 congestion event began (None: not known)."""
+        return self._ceiling
+
+    @property
+    def probe_after(self) -> int:
+        """Saturated successes the limit waits at the ceiling before probing it: a probe
+        costs one 429 and every slot idle for its Retry-After, so rarer when that is long."""
+        idle_share = self._limit * self._probe_idle / self._duration if self._duration else 0.0
+        return math.ceil(self.probe_every * self._probe_scale * (1.0 + idle_share))
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of ``limit`` slots; waiters are admitted first come, first served."""
         self._now()  # starts the history clock at first use
         if self._in_flight >= self._limit or self._waiters:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # the slot was handed over just as we were cancelled
-                else:
-                    self._waiters.remove(waiter)
-                raise
+            await self._wait_turn()
         else:
             self._in_flight += 1
+        # Remember, for observe(), when this attempt was admitted.
+        token = _ADMISSION.set((id(self), self._clock()))
         try:
             yield
         finally:
+            _ADMISSION.reset(token)
             self._release()
+
+    async def _wait_turn(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed over just as we were cancelled
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def note_retry_after(self, seconds: float) -> None:
+        """The Retry-After of the 429 about to be observed (the engine passes it on)."""
+        self._retry_after = seconds
 
     def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None:
         """Learn from one finished attempt (the engine calls this once per attempt)."""
+        admitted = self._admitted()
+        new_event = admitted >= self._last_decrease
         if rate_limited:
             self.rate_limited += 1
-            self._on_rate_limited()
+            self._on_rate_limited(new_event)
         elif ok:
-            if ttft_s is not None and self._latency_inflated(ttft_s):
-                self._decrease()
-            else:
+            self._note_duration(self._clock() - admitted)
+            inflated = ttft_s is not None and self._latency_inflated(ttft_s)
+            if inflated and new_event:
+                self._decrease(self._target(math.floor(self._limit * self.backoff)))
+            elif not inflated:
                 self._on_success()
+        self._retry_after = None
 
     # -- the control law ---------------------------------------------------------------
-    def _on_rate_limited(self) -> None:
-        if self._decrease():
-            self._ceiling = self._limit_before_decrease
-            # At least 4: one probe per ~4 × limit requests keeps 429s to a few percent.
-            self._patience = min(self.max_patience, max(4, self._patience * 2))
-        # The engine observes inside the attempt's slot. The slot this 429 frees must not
-        # go straight to the next waiter — the server just said it is full — or every
-        # queued request in turn burns a 429. So the limit drops to the requests that are
-        # still in flight (those the server took), whatever the cooldown says.
-        if self._in_flight >= 1:
-            self._set_limit(min(self._limit, self._in_flight - 1))
+    def _admitted(self) -> float:
+        """When the observed attempt was admitted (now, if observed outside its slot)."""
+        held = _ADMISSION.get()
+        return held[1] if held is not None and held[0] == id(self) else self._clock()
+
+    def _on_rate_limited(self, new_event: bool) -> None:
+        # Inside the refused attempt's slot: the others in flight are the ones the
+        # server took (or is about to refuse, if this is a burst).
+        others = self._in_flight - 1
+        if not new_event:
+            # The same event: no new cut, but the slot this 429 frees goes to nobody,
+            # and congestion began no higher than where this request was refused.
+            self._set_limit(max(self._event_floor, min(self._limit, others)))
+            if self._ceiling is not None:
+                self._ceiling = max(self._limit + 1, min(self._ceiling, others + 1))
+            return
+        confirmed = self._ceiling is not None and self._limit <= self._ceiling
+        self._probe_scale = min(_MAX_PROBE_SCALE, self._probe_scale * 2) if confirmed else 1
+        self._probe_idle = self._retry_after or 0.0
+        self._ceiling = max(self.min, min(self._limit, others + 1))
+        self._event_floor = max(self.min, self._limit // 2)
+        self._decrease(self._target(min(others, math.floor(self._limit * self.backoff))))
+
+    def _target(self, value: int) -> int:
+        """A decrease: at least one step, at most halving (TCP never cuts more)."""
+        return max(self._limit // 2, min(self._limit - 1, value))
+
+    def _decrease(self, target: int) -> None:
+        self._last_decrease = self._clock()
+        self._slow_start = False
+        self._successes = 0
+        self.decreases += 1
+        self._set_limit(target)
+
+    def _note_duration(self, seconds: float) -> None:
+        if self._duration is None:
+            self._duration = seconds
+        else:
+            self._duration += 0.1 * (seconds - self._duration)
 
     def _on_success(self) -> None:
         if not self._saturated():
             return
         self._successes += 1
-        needed = 1 if self._slow_start else self._limit * self._patience
-        if self._successes >= needed:
-            self._successes = 0
-            self._set_limit(self._limit + 1)
-            if self._ceiling is not None and self._limit > self._ceiling:
-                self._ceiling, self._patience = None, 1  # the cap moved up
+        if self._successes < self._needed():
+            return
+        self._successes = 0
+        self._set_limit(self._limit + 1)
+        if self._ceiling is not None and self._limit > self._ceiling:
+            self._ceiling = None  # the probe held: the cap moved up
+            self._probe_scale, self._probe_idle = 1, 0.0
+
+    def _needed(self) -> int:
+        """Saturated successes before the next +1."""
+        if self._slow_start:
+            return 1
+        if self._ceiling is not None and self._limit + 1 >= self._ceiling:
+            return self.probe_after  # a probe at (or past) the known cap
+        return self._limit  # one step per round trip
 
     def _saturated(self) -> bool:
         # Called inside the slot of the observed attempt, so it counts itself.
         return self._in_flight >= self._limit or bool(self._waiters)
 
     def _latency_inflated(self, ttft: float) -> bool:
-        """Short-term TTFT (EWMA α=0.3) against long-term TTFT (EWMA α=0.05)."""
-        if self._ttft_long is None or self._ttft_short is None:
-            self._ttft_long = self._ttft_short = ttft
+        """Short-term TTFT against its baseline, once there are enough samples."""
+        self._ttft_samples += 1
+        if self._ttft_short is None or self._ttft_base is None:
+            self._ttft_short = self._ttft_base = ttft
             return False
-        self._ttft_short += 0.3 * (ttft - self._ttft_short)
-        self._ttft_long += 0.05 * (ttft - self._ttft_long)
-        return self._ttft_short > self.latency_tolerance * max(self._ttft_long, 1e-3)
-
-    def _decrease(self) -> bool:
-        now = self._now()
-        if self._last_decrease is not None and now - self._last_decrease < self.cooldown_s:
-            return False  # the same overload event as the last decrease
-        self._last_decrease = now
-        self._limit_before_decrease = self._limit
-        self._slow_start = False
-        self._successes = 0
-        self.decreases += 1
-        self._set_limit(min(self._limit - 1, math.floor(self._limit * self.backoff)))
-        return True
+        self._ttft_short += _SHORT_ALPHA * (ttft - self._ttft_short)
+        self._ttft_base += _LONG_ALPHA * (ttft - self._ttft_base)
+        limit = self.latency_tolerance * max(self._ttft_base, 1e-3)
+        return self._ttft_samples >= _MIN_SAMPLES and self._ttft_short > limit
 
     def _set_limit(self, value: int) -> None:
         value = max(self.min, min(self.max, value))
@@ -244,8 +318,27 @@ class AdaptiveLimit:
         return pd.DataFrame(self.history, columns=["t_s", "limit"])
 
 
+def _validate(
+    low: int, high: int, start: int, backoff: float, tolerance: float, probe_every: int
+) -> None:
+    if not 1 <= low <= high:
+        raise ConfigError(f"AdaptiveLimit needs 1 <= min <= max, got min={low}, max={high}")
+    if not low <= start <= high:
+        raise ConfigError(f"AdaptiveLimit initial must be from {low} to {high}, got {start}")
+    if not 0 < backoff < 1:
+        raise ConfigError(f"AdaptiveLimit backoff must be between 0 and 1, got {backoff}")
+    if tolerance <= 1:
+        raise ConfigError(f"AdaptiveLimit latency_tolerance must be above 1, got {tolerance}")
+    if probe_every < 1:
+        raise ConfigError(f"AdaptiveLimit probe_every must be at least 1, got {probe_every}")
+
+
 def plot_limit_history(frame: pd.DataFrame, *, title: str = "Adaptive limit") -> Figure:
-    """A step plot of an :meth:`AdaptiveLimit.frame` (the limit over time)."""
+    """A step plot of an :meth:`AdaptiveLimit.frame` (the limit over time).
+
+    For a run's limit *with* in-flight requests and 429 marks, see
+    :func:`arboris_nb.analysis.plots.plot_limit`.
+    """
     from .analysis.plots import _figure  # displays as an image in Jupyter
 
     fig = _figure(6, 3)

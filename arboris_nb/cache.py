@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 from .backends.base import Message
 from .config import cache_setting, store_setting
 from .errors import ConfigError
-from .events import Event, TokenDelta, VersionFinished
+from .events import Event, VersionFinished
 from .results import Version
 from .store import RunStore
 
@@ -320,12 +320,11 @@ class BoundCache:
                 "reply cache %r: could not store version %d (%s)", self.cache, version.index, exc
             )
 
+    wants_tokens = False  # only VersionFinished matters; TokenDelta is not delivered
+
     def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if kind is TokenDelta:
-            return
-        if kind is VersionFinished:
-            version: Version = event.version  # type: ignore[attr-defined]
+        if isinstance(event, VersionFinished):
+            version = event.version
             if version.ok and not version.cached and version.content:
                 self.store(version)
 

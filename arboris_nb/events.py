@@ -3,6 +3,10 @@
 Subscribers (widget, recorder, store, CLI printer) receive them through ``on_event``;
 they must return quickly — ``TokenDelta`` arrives once per streamed chunk. An event
 carries the live ``Version`` (or ``Run``) object so subscribers never need to copy state.
+
+A subscriber with the attribute ``wants_tokens = False`` (the run store's recorder, the
+reply cache) is not called for ``TokenDelta`` at all, and when no subscriber wants tokens
+none is built: per-chunk work is most of the engine's own cost at load-test scale.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class RunHandle:
         self._runner.cancel()
 
     async def _drive(self) -> Run:
-        await self._runner.go()
+        await self._runner.run_versions()
         run = self.run
         all_failed = bool(run.versions) and all(v.status == "failed" for v in run.versions)
         if all_failed and self._raise_on_all_failed:

@@ -17,7 +17,10 @@ from typing import Protocol, runtime_checkable
 from .adaptive import AdaptiveLimit
 from .errors import ConfigError
 
-__all__ = ["FixedLimit", "Limiter", "make_limiter"]
+__all__ = ["AUTO_INITIAL", "FixedLimit", "Limiter", "make_limiter"]
+
+#: Where ``max_parallel_requests="auto"`` starts.
+AUTO_INITIAL = 4
 
 
 @runtime_checkable
@@ -55,14 +58,17 @@ class FixedLimit:
 
 
 def make_limiter(value: int | str | Limiter) -> Limiter:
-    """The limiter for a ``max_parallel_requests`` setting: a number, ``"auto"`` (an
-    :class:`~arboris_nb.adaptive.AdaptiveLimit` from 2, between 1 and 10) or a limiter."""
+    """The limiter for a ``max_parallel_requests`` setting: a number, ``"auto"`` (a fresh
+    :class:`~arboris_nb.adaptive.AdaptiveLimit` from 4, between 1 and 10) or a limiter.
+
+    ``auto`` starts at 4, not 1: each round trip spent below the API's capacity is lost
+    time, while starting above a lower cap costs only the requests above it, once."""
     if isinstance(value, Limiter):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return FixedLimit(value)
     if value == "auto":
-        return AdaptiveLimit(min=1, max=10, initial=2)
+        return AdaptiveLimit(min=1, max=10, initial=AUTO_INITIAL)
     raise ConfigError(
         f'max_parallel_requests must be a whole number 1–10, "auto" or a limiter, got {value!r}'
     )

@@ -45,6 +45,7 @@ from .events import (
     VersionStarted,
 )
 from .limits import Limiter
+from .pacing import ready
 from .prompts import parse_reply
 from .results import Attempt, Run, Version
 from .retry import RetryPolicy
@@ -86,12 +87,72 @@ class _Outcome:
     from_usage: bool
 
 
+class _Clock:
+    """The run's clock, and a version's time limits (``RetryPolicy.deadline_s``, ``stall_s``).
+
+    ``now()`` is seconds since the run started on the loop's monotonic clock, so a fake
+    loop clock makes every timing exact in tests; deadlines are loop times.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, retry: RetryPolicy) -> None:
+        self.loop = loop
+        self.t0 = loop.time()
+        self.deadline_s = retry.deadline_s
+        self.stall_s = retry.stall_s
+
+    def now(self) -> float:
+        return self.loop.time() - self.t0
+
+    def time_left(self, version: Version) -> float | None:
+        if self.deadline_s is None or version.started_at is None:
+            return None
+        return self.deadline_s - (self.now() - version.started_at)
+
+    def past_deadline(self, version: Version, wait_s: float = 0.0) -> bool:
+        """True when the deadline has passed, or would before a retry after ``wait_s``."""
+        left = self.time_left(version)
+        return left is not None and left <= wait_s
+
+    def deadline_at(self, version: Version) -> float | None:
+        left = self.time_left(version)
+        return None if left is None else self.loop.time() + left
+
+    def abandon_at(self, deadline: float | None) -> float | None:
+        """Loop time at which an attempt is abandoned: the deadline, or the stall limit
+        from now (no token for ``stall_s``), whichever is earlier."""
+        stall_at = None if self.stall_s is None else self.loop.time() + self.stall_s
+        limits = [t for t in (deadline, stall_at) if t is not None]
+        return min(limits) if limits else None
+
+    def timed_out(self, deadline: float | None) -> BackendTimeout:
+        """The error for an attempt abandoned at :meth:`abandon_at`."""
+        if deadline is not None and self.loop.time() >= deadline - 1e-9:
+            return BackendTimeout(f"version deadline of {self.deadline_s:g} s passed")
+        return BackendTimeout(f"no token for {self.stall_s:g} s (stalled)")
+
+    def no_time_to_retry(self, error: BackendError) -> BackendError:
+        if isinstance(error, BackendTimeout) and "deadline" in str(error):
+            return error
+        return BackendTimeout(
+            f"version deadline of {self.deadline_s:g} s (RetryPolicy.deadline_s) "
+            f"leaves no time to retry; last error: {error}",
+            status=error.status,
+        )
+
+
 class Runner:
     """One run: the shared state of its version tasks.
 
     Made by :func:`~arboris_nb.engine.start_versions` and driven by its
     :class:`~arboris_nb.handle.RunHandle`. ``known`` answers versions without a request
     (the reply cache); ``handlers`` hear every event, in order.
+
+    A version's life, one method a step: ``generate_version`` → ``answer_from_known`` or
+    ``request_with_retries`` (admitted by the limiter, ``begin_attempt`` …
+    ``request_once`` → ``read_stream`` … ``end_attempt``, ``wait_retry``) → ``mark_ok`` /
+    ``mark_failed`` / ``mark_cancelled``. Why one class of about 300 lines: every step
+    reads the same state (the run, the limiter, the retry policy, the subscribers); the
+    time limits, which need none of it, live apart in ``_Clock``.
     """
 
     def __init__(
@@ -113,10 +174,12 @@ class Runner:
         self.limiter = limiter
         self.retry = retry
         self.handlers = handlers
+        # TokenDelta is most of the traffic (one per streamed chunk): it is built only
+        # when a subscriber wants it, and only they hear it (events.py: wants_tokens).
+        self.token_handlers = [h for h in handlers if getattr(h, "wants_tokens", True)]
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.loop = asyncio.get_running_loop()
-        self.t0 = self.loop.time()
+        self.clock = _Clock(asyncio.get_running_loop(), retry)
         self.rng = random.Random(retry.seed)
         self.known = known
         # One task per version in parallel mode (one for all in serial mode); a version
@@ -126,23 +189,29 @@ class Runner:
 
     # -- plumbing ---------------------------------------------------------------------
     def now(self) -> float:
-        return self.loop.time() - self.t0
+        return self.clock.now()
 
     def emit(self, cls: Callable[..., Event], **fields: Any) -> None:
-        if not self.handlers:
-            return
-        event = cls(run=self.run, t=self.now(), **fields)
-        for handler in self.handlers:
+        if self.handlers:
+            self._deliver(self.handlers, cls(run=self.run, t=self.now(), **fields))
+
+    def emit_token(self, version: Version, text: str) -> None:
+        self._deliver(self.token_handlers, TokenDelta(self.run, self.now(), version, text))
+
+    @staticmethod
+    def _deliver(handlers: list[EventHandler], event: Event) -> None:
+        for handler in handlers:
             try:
                 handler(event)
             except Exception:  # a broken subscriber must not break generation
                 log.exception("on_event handler %r failed on %s", handler, type(event).__name__)
 
     def _say(self, key: str, version: Version, **values: object) -> None:
-        log.info(_messages.text(key, i=version.index, n=self.run.version_count, **values))
+        if log.isEnabledFor(logging.INFO):  # the text is not even built otherwise
+            log.info(_messages.text(key, i=version.index, n=self.run.version_count, **values))
 
     # -- the run ----------------------------------------------------------------------
-    async def go(self) -> None:
+    async def run_versions(self) -> None:
         """The whole run: announce it, open the backend, run the versions, close."""
         run = self.run
         log.info(
@@ -157,21 +226,25 @@ class Runner:
         self.emit(RunStarted)
         try:
             async with self.backend.open() as conn:
-                await self.execute(conn)
+                await self.generate_all(conn)
         finally:
             run.elapsed_s = self.now()
             log.info(_messages.text("done", s=run.elapsed_s, parallel=run.parallel))
             self.emit(RunFinished)
 
-    async def execute(self, conn: Connection) -> None:
+    async def generate_all(self, conn: Connection) -> None:
+        """Queue every version, start their tasks (or one task in serial mode), wait."""
         for version in self.run.versions:
             version.queued_at = self.now()
             self.emit(VersionQueued, version=version)
         # cancel() before the start leaves every version to close_unfinished.
         if not self.stopping and self.run.parallel:
-            self.tasks = [asyncio.ensure_future(self.one(conn, v)) for v in self.run.versions]
+            self.emit(LimitChanged, limit=self.limiter.limit)  # where the limit trace starts
+            self.tasks = [
+                asyncio.ensure_future(self.generate_version(conn, v)) for v in self.run.versions
+            ]
         elif not self.stopping:
-            self.tasks = [asyncio.ensure_future(self.serial(conn))]
+            self.tasks = [asyncio.ensure_future(self.generate_in_order(conn))]
         try:
             await self.settle()
         finally:
@@ -184,9 +257,9 @@ class Runner:
             batch, waited = self.tasks[waited:], len(self.tasks)
             await asyncio.gather(*batch, return_exceptions=True)
 
-    async def serial(self, conn: Connection) -> None:
+    async def generate_in_order(self, conn: Connection) -> None:
         for version in self.run.versions:
-            await self.one(conn, version)
+            await self.generate_version(conn, version)
 
     def cancel(self) -> None:
         """Cancel every version still queued or running (finished ones are kept)."""
@@ -211,18 +284,19 @@ class Runner:
         self.emit(VersionCancelled, version=version)
 
     # -- one version ------------------------------------------------------------------
-    async def one(self, conn: Connection, version: Version) -> None:
-        if self.replay(version):
+    async def generate_version(self, conn: Connection, version: Version) -> None:
+        """One version from queued to ok, failed or cancelled; only cancellation propagates."""
+        if self.answer_from_known(version):
             return
         try:
-            await self.attempts(conn, version)
+            await self.request_with_retries(conn, version)
         except asyncio.CancelledError:
             self.mark_cancelled(version)
             raise
         except Exception as exc:  # a backend bug fails this version, not the batch
-            self.fail(version, exc)
+            self.mark_failed(version, exc)
 
-    def replay(self, version: Version) -> bool:
+    def answer_from_known(self, version: Version) -> bool:
         """Answer from a known reply: no request, no attempt, no timings but the finish."""
         reply = self.known(version.index) if self.known is not None else None
         if reply is None:
@@ -235,49 +309,60 @@ class Runner:
         self.emit(VersionFinished, version=version)
         return True
 
-    async def attempts(self, conn: Connection, version: Version) -> None:
+    async def request_with_retries(self, conn: Connection, version: Version) -> None:
+        """Request until an attempt succeeds or the retry policy gives up."""
         for number in range(1, self.retry.attempts + 1):
             async with self.limiter.slot():
-                attempt = self.begin(version, number)
+                request = self.build_request(version, number)
+                # Pacing waits (rate-limit budget, Retry-After gate) are queue time, not
+                # part of the attempt: they count toward neither TTFT nor a stall.
+                await ready(conn, request)
+                attempt = self.begin_attempt(version, number)
                 try:
-                    outcome = await self.attempt(conn, version, attempt)
+                    outcome = await self.request_once(conn, version, request)
                 except BackendError as exc:
                     error: BackendError = exc
                     # Inside the slot: an adaptive limiter must hear of a 429 before the
                     # slot it frees is handed to the next request (else 429s cascade).
-                    self.observe(ok=False, rate_limited=exc.status == 429, ttft_s=None)
+                    self.report_to_limiter(
+                        ok=False,
+                        rate_limited=exc.status == 429,
+                        ttft_s=None,
+                        retry_after_s=exc.retry_after_s,
+                    )
                 else:
-                    self.observe(ok=True, rate_limited=False, ttft_s=version.ttft_s)
-                    self.succeed(version, attempt, outcome)
+                    self.report_to_limiter(ok=True, rate_limited=False, ttft_s=version.ttft_s)
+                    self.mark_ok(version, attempt, outcome)
                     return
             # Outside the slot: a waiting retry must not hold a concurrency slot.
             self.end_attempt(attempt, error)
             if not self.retry.should_retry(error, number):
-                self.fail(version, error)
+                self.mark_failed(version, error)
                 return
             delay = self.retry.delay(number, error, self.rng)
-            if self.past_deadline(version, delay):
-                self.fail(version, self.deadline_error(error))
+            if self.clock.past_deadline(version, delay):
+                self.mark_failed(version, self.clock.no_time_to_retry(error))
                 return
             await self.wait_retry(version, attempt, error, delay)
 
-    def deadline_error(self, error: BackendError) -> BackendError:
-        if isinstance(error, BackendTimeout) and "deadline" in str(error):
-            return error
-        return BackendTimeout(
-            f"version deadline of {self.retry.deadline_s:g} s (RetryPolicy.deadline_s) "
-            f"leaves no time to retry; last error: {error}",
-            status=error.status,
-        )
-
-    def observe(self, *, ok: bool, rate_limited: bool, ttft_s: float | None) -> None:
+    def report_to_limiter(
+        self,
+        *,
+        ok: bool,
+        rate_limited: bool,
+        ttft_s: float | None,
+        retry_after_s: float | None = None,
+    ) -> None:
         """Tell the limiter how an attempt went; announce a limit it moved."""
         before = self.limiter.limit
+        note_retry_after = getattr(self.limiter, "note_retry_after", None)
+        if retry_after_s is not None and note_retry_after is not None:
+            note_retry_after(retry_after_s)  # an adaptive limit weighs what a probe costs
         self.limiter.observe(ok=ok, rate_limited=rate_limited, ttft_s=ttft_s)
         if self.limiter.limit != before:
             self.emit(LimitChanged, limit=self.limiter.limit)
 
-    def begin(self, version: Version, number: int) -> Attempt:
+    def begin_attempt(self, version: Version, number: int) -> Attempt:
         now = self.now()
         if version.started_at is None:
             version.started_at = now
@@ -312,67 +397,53 @@ class Runner:
         )
         await asyncio.sleep(delay)
 
-    def past_deadline(self, version: Version, wait_s: float = 0.0) -> bool:
-        """True when the deadline has passed, or would before a retry after ``wait_s``."""
-        left = self.time_left(version)
-        return left is not None and left <= wait_s
-
-    def time_left(self, version: Version) -> float | None:
-        if self.retry.deadline_s is None or version.started_at is None:
-            return None
-        return self.retry.deadline_s - (self.now() - version.started_at)
-
-    async def attempt(self, conn: Connection, version: Version, attempt: Attempt) -> _Outcome:
-        """One request. Its partial text is private to it, so a retry never mixes texts."""
-        request = ChatRequest(
+    def build_request(self, version: Version, number: int) -> ChatRequest:
+        return ChatRequest(
             messages=self.messages,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             run_id=self.run.run_id,
             version_index=version.index,
-            attempt=attempt.number,
+            attempt=number,
         )
-        left = self.time_left(version)
-        stall = self.retry.stall_s
-        deadline = None if left is None else self.loop.time() + left
+
+    async def request_once(
+        self, conn: Connection, version: Version, request: ChatRequest
+    ) -> _Outcome:
+        """One request. Its partial text is private to it, so a retry never mixes texts."""
+        deadline = self.clock.deadline_at(version)
         try:
-            async with _timeout_at(self._next_deadline(deadline, stall)) as guard:
-                return await self.consume(conn, request, version, guard, deadline, stall)
+            async with _timeout_at(self.clock.abandon_at(deadline)) as guard:
+                return await self.read_stream(conn, request, version, guard, deadline)
         except TimeoutError:
-            if deadline is not None and self.loop.time() >= deadline - 1e-9:
-                raise BackendTimeout(
-                    f"version deadline of {self.retry.deadline_s:g} s passed"
-                ) from None
-            raise BackendTimeout(f"no token for {stall:g} s (stalled)") from None
+            raise self.clock.timed_out(deadline) from None
 
-    def _next_deadline(self, deadline: float | None, stall: float | None) -> float | None:
-        """Loop time at which the attempt is abandoned: the earlier of deadline and stall."""
-        stall_at = None if stall is None else self.loop.time() + stall
-        limits = [t for t in (deadline, stall_at) if t is not None]
-        return min(limits) if limits else None
-
-    async def consume(
+    async def read_stream(
         self,
         conn: Connection,
         request: ChatRequest,
         version: Version,
         guard: Any,
         deadline: float | None,
-        stall: float | None,
     ) -> _Outcome:
+        """Stream one attempt's reply into a private buffer (timeouts: ``guard``)."""
         parts: list[str] = []
         usage: Usage | None = None
+        token_handlers = self.token_handlers
+        stalls = self.clock.stall_s is not None
+        # This loop runs once per streamed chunk of every version: keep it lean.
         # aclosing: an abandoned stream (stall, cancel) closes its HTTP response now,
         # not whenever the garbage collector finalizes the generator.
         async with closing_stream(conn.stream(request)) as stream:
             async for item in stream:
                 if isinstance(item, str):
-                    if version.first_token_at is None:
+                    if not parts:
                         version.first_token_at = self.now()
                     parts.append(item)
-                    if stall is not None:
-                        guard.reschedule(self._next_deadline(deadline, stall))
-                    self.emit(TokenDelta, version=version, text=item)
+                    if stalls:  # a token came: the stall limit starts again
+                        guard.reschedule(self.clock.abandon_at(deadline))
+                    if token_handlers:
+                        self.emit_token(version, item)
                 elif isinstance(item, Usage):
                     usage = item
                 elif isinstance(item, Served):
@@ -384,7 +455,7 @@ class Runner:
             return _Outcome(text, usage.output_tokens, True)
         return _Outcome(text, len(parts), False)
 
-    def succeed(self, version: Version, attempt: Attempt, outcome: _Outcome) -> None:
+    def mark_ok(self, version: Version, attempt: Attempt, outcome: _Outcome) -> None:
         self.end_attempt(attempt, None)
         parsed = parse_reply(outcome.text)
         version.content, version.title, version.summary = (
@@ -406,7 +477,7 @@ class Runner:
         )
         self.emit(VersionFinished, version=version)
 
-    def fail(self, version: Version, error: BaseException) -> None:
+    def mark_failed(self, version: Version, error: BaseException) -> None:
         version.status = "failed"
         version.content = None
         version.error = str(error) or type(error).__name__

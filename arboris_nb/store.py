@@ -65,7 +65,6 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
-    TokenDelta,
     VersionCancelled,
     VersionFailed,
     VersionFinished,
@@ -446,7 +445,8 @@ class RunRecorder:
     """The ``on_event`` subscriber that writes a run to a :class:`RunStore`.
 
     It writes at ``RunStarted``, at each version's final event and at ``RunFinished``
-    only; ``TokenDelta`` returns at once. ``owns_store``: :meth:`close` closes the store.
+    only; it does not hear ``TokenDelta`` (``wants_tokens = False``). ``owns_store``:
+    :meth:`close` closes the store.
     """
 
     def __init__(
@@ -466,10 +466,10 @@ class RunRecorder:
         self.session = 1
         self.elapsed_before = 0.0
 
+    wants_tokens = False  # never called for TokenDelta: nothing is written per token
+
     def __call__(self, event: Event) -> None:
         kind = type(event)
-        if kind is TokenDelta:
-            return
         if kind is RunStarted:
             self.session, self.elapsed_before = self.store.begin_run(
                 event.run, self.messages, temperature=self.temperature, max_tokens=self.max_tokens

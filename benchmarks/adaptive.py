@@ -1,119 +1,183 @@
-"""Adaptive concurrency against fixed limits, side by side, on one mock server.
+"""Adaptive concurrency against every fixed limit, on the four ways providers limit load.
 
-The mock admits at most ``--cap`` requests at once and answers 429 with Retry-After
-above that (like a per-account concurrency cap). Each setting generates ``--versions``
-versions in one run; fixed limits and ``AdaptiveLimit`` take turns, ``--rounds`` times,
-and the medians are compared. Target: adaptive ≥ 90 % of the best fixed throughput, with
-under 5 % of its requests answered 429.
+For each behaviour of the mock server (see docs/mockserver.md) the same batch of versions
+runs under every fixed limit C = 1…10 and under ``auto`` (a fresh ``AdaptiveLimit`` per
+run, as ``max_parallel_requests="auto"`` makes), repeat after repeat, interleaved so drift
+on a shared machine spreads over all settings. Before each run the mock is reset (budgets
+full, window closed) and the run uses a new API key, so no run inherits a budget or a
+limit another one learned. Throughput is versions per second; the 429 share is the
+server's own count of 429 answers over all requests it received.
 
-    .venv/bin/python benchmarks/adaptive.py            # ~3 minutes
-    .venv/bin/python benchmarks/adaptive.py --plot limit.png
+1. cap — at most 6 requests in flight; the excess gets 429 (Retry-After 0.06 s)
+2. window — the same cap, but a 429 opens a 0.12 s window refusing everyone
+3. budgets — OpenAI-style token and request buckets with x-ratelimit-* headers
+4. slower — no 429: capacity 6 with a queue behind it, latency +50 % at full load
+3b. no headers — the budgets of 3 without their headers (an extra row)
+
+Targets: on each, auto ≥ 90 % of the best fixed throughput with < 5 % 429s; on 3, < 1 %.
+
+    .venv/bin/python benchmarks/adaptive.py                 # ~7 minutes
+    .venv/bin/python benchmarks/adaptive.py --repeats 5 --only 2 --plot limits.png
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from arboris_nb import AdaptiveLimit, LLMConfig, RetryPolicy, WriterSettings, generate_versions
-from arboris_nb.adaptive import plot_limit_history
-from arboris_nb.limits import FixedLimit, Limiter
+from _common import machine
+
+from arboris_nb import LLMConfig, Recorder, RetryPolicy, WriterSettings, generate_versions
+from arboris_nb.limits import FixedLimit, Limiter, make_limiter
 from arboris_nb.mockserver import MockServer
+
+# ~0.12 s a version: 0.06 s to the first token, 20 tokens at 320 tokens/s, each ±50 %
+# (uniform): real latencies vary, and identical ones would line fixed limits up in waves.
+LATENCY: dict[str, Any] = {"ttft_s": 0.06, "tokens_per_s": 320.0, "output_tokens": 20}
+LATENCY["jitter"] = 0.5
+MAX_TOKENS = 20  # sent with every request, so a budget charge is known up front
+# Waits in proportion to a version's time, as a 1 s Retry-After or a 30 s window would be
+# next to chapters that take 10–30 s to write.
+# 30 tokens a request (10 of prompt, max_tokens 20): 1500 tokens/s are 50 versions/s, what
+# ~6 requests in flight deliver; a bucket refills in 0.2 s, so a burst passes ~10.
+BUDGETS: dict[str, Any] = {"token_budget": 300, "request_budget": 40, "budget_period_s": 0.2}
+BEHAVIOURS: dict[str, dict[str, Any]] = {
+    "1 cap": {"max_concurrent": 6, "retry_after_s": 0.06},
+    "2 window": {"max_concurrent": 6, "window_s": 0.12},
+    "3 budgets": BUDGETS,
+    "4 slower": {"capacity": 6, "slowdown": 0.5},
+    "3b no headers": {**BUDGETS, "ratelimit_headers": False},
+}
+SETTINGS: list[int | str] = [*range(1, 11), "auto"]
 
 
 @dataclass
-class Result:
-    name: str
-    throughput: float  # versions per second
-    share_429: float
+class Measured:
+    throughput: float  # ok versions per second
+    share_429: float  # 429 answers / requests, as the server counted them
     ok: int
-    requests: int
 
 
-async def measure(name: str, limiter: Limiter, server: MockServer, n: int) -> Result:
+async def measure(server: MockServer, setting: int | str, key: str, args: Any) -> Measured:
     server.reset()
-    llm = LLMConfig(base_url=server.base_url, model="mock-model", api_key="sk-bench-0000")
+    limiter: Limiter = FixedLimit(setting) if isinstance(setting, int) else make_limiter("auto")
+    recorder = args.recorder if setting == "auto" else None
     run = await generate_versions(
-        "Write the chapter.",
-        settings=WriterSettings(max_parallel_requests=3),
-        llm=llm,
+        "Write the chapter about the lighthouse keeper and the letter.",
+        settings=WriterSettings(version_count=10),
+        llm=LLMConfig(base_url=server.base_url, api_key=key, max_tokens=MAX_TOKENS),
         limiter=limiter,
-        indices=range(1, n + 1),
-        retry=RetryPolicy(attempts=10, base_delay_s=0.2, seed=1),
+        indices=range(1, args.versions + 1),
+        retry=RetryPolicy(attempts=12, base_delay_s=0.05, max_delay_s=2.0, seed=1),
+        on_event=recorder.label(args.current) if recorder is not None else None,
         raise_on_all_failed=False,
+        store=False,
     )
     stats = server.stats(log=False)
-    requests = stats["requests"]
-    share = stats["by_status"].get("429", 0) / requests if requests else 0.0
-    return Result(name, len(run.ok) / (run.elapsed_s or 1.0), share, len(run.ok), requests)
+    requests = stats["requests"] or 1
+    share = stats["by_status"].get("429", 0) / requests
+    return Measured(len(run.ok) / (run.elapsed_s or 1.0), share, len(run.ok))
 
 
-def limiters(fixed: list[int]) -> list[tuple[str, Limiter | None]]:
-    return [(f"fixed {c}", FixedLimit(c)) for c in fixed] + [("auto", None)]
+async def behaviour(name: str, options: dict[str, Any], args: Any) -> dict[str, list[Measured]]:
+    results: dict[str, list[Measured]] = {str(s): [] for s in SETTINGS}
+    keys = (f"sk-bench-{name[0]}-{i:05d}-padding" for i in itertools.count())
+    args.current = name
+    server = MockServer(**LATENCY, **options, process=True)
+    with server:
+        for _repeat in range(args.repeats):
+            for setting in SETTINGS:
+                measured = await measure(server, setting, next(keys), args)
+                results[str(setting)].append(measured)
+    return results
+
+
+def summary(name: str, results: dict[str, list[Measured]]) -> dict[str, Any]:
+    med = {
+        s: (statistics.median(m.throughput for m in ms), statistics.median(m.share_429 for m in ms))
+        for s, ms in results.items()
+    }
+    fixed = {s: v for s, v in med.items() if s != "auto"}
+    best = max(fixed, key=lambda s: fixed[s][0])
+    auto_tp, auto_share = med["auto"]
+    return {
+        "behaviour": name,
+        "best": best,
+        "best_tp": fixed[best][0],
+        "best_share": fixed[best][1],
+        "auto_tp": auto_tp,
+        "ratio": auto_tp / fixed[best][0],
+        "auto_share": auto_share,
+    }
+
+
+def report(rows: list[dict[str, Any]], args: Any) -> None:
+    print(
+        f"{args.versions} versions a run, fixed C = 1…10 and auto, {args.repeats} repeats, medians"
+    )
+    head = (
+        f"{'behaviour':<13} {'best fixed C':>12} {'versions/s':>10} {'its 429s':>8} "
+        f"{'auto v/s':>8} {'auto/best':>9} {'auto 429s':>9}  target"
+    )
+    print(head)
+    for r in rows:
+        limit_429 = 0.01 if r["behaviour"] == "3 budgets" else 0.05
+        ok = r["ratio"] >= 0.90 and r["auto_share"] < limit_429
+        print(
+            f"{r['behaviour']:<13} {r['best']:>12} {r['best_tp']:>10.2f} {r['best_share']:>8.1%} "
+            f"{r['auto_tp']:>8.2f} {r['ratio']:>9.2f} {r['auto_share']:>9.1%}  "
+            f"{'met' if ok else 'MISSED'} (≥ 0.90, < {limit_429:.0%})"
+        )
+
+
+def detail(name: str, results: dict[str, list[Measured]]) -> None:
+    cells = "  ".join(
+        f"{s}:{statistics.median(m.throughput for m in ms):.1f}/"
+        f"{statistics.median(m.share_429 for m in ms):.0%}"
+        for s, ms in results.items()
+    )
+    print(f"  {name}: {cells}", file=sys.stderr)
 
 
 async def main(args: argparse.Namespace) -> int:
-    server = MockServer(
-        ttft_s=args.ttft,
-        tokens_per_s=args.tokens_per_s,
-        output_tokens=args.tokens,
-        max_concurrent=args.cap,
-        retry_after_s=args.retry_after,
-        process=True,
-    )
-    results: dict[str, list[Result]] = {}
-    last_auto: AdaptiveLimit | None = None
-    with server:
-        for _ in range(args.rounds):
-            for name, limiter in limiters(args.fixed):
-                if limiter is None:
-                    limiter = last_auto = AdaptiveLimit(min=1, max=10, initial=2)
-                result = await measure(name, limiter, server, args.versions)
-                results.setdefault(name, []).append(result)
-    report(results, args)
-    if args.plot and last_auto is not None:
-        plot_limit_history(last_auto.frame(), title="AdaptiveLimit, last round").savefig(args.plot)
-        print(f"limit history plotted to {args.plot}")
+    print(machine())
+    args.recorder = Recorder() if args.plot else None
+    rows = []
+    for name, options in BEHAVIOURS.items():
+        if args.only and not name.startswith(args.only):
+            continue
+        results = await behaviour(name, options, args)
+        detail(name, results)
+        rows.append(summary(name, results))
+    report(rows, args)
+    if args.recorder is not None:
+        plot_traces(args.recorder, Path(args.plot))
     return 0
 
 
-def report(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
-    print(
-        f"mock: cap {args.cap} requests at once (429 above, Retry-After {args.retry_after:g} s), "
-        f"{args.versions} versions per run, {args.rounds} rounds, medians"
-    )
-    print(f"{'setting':<10} {'versions/s':>10} {'429 share':>10} {'ok':>5} {'requests':>9}")
-    medians = {}
-    for name, rs in results.items():
-        tp = statistics.median(r.throughput for r in rs)
-        share = statistics.median(r.share_429 for r in rs)
-        medians[name] = (tp, share)
-        ok, req = sum(r.ok for r in rs), sum(r.requests for r in rs)
-        print(f"{name:<10} {tp:>10.2f} {share:>10.1%} {ok:>5} {req:>9}")
-    best_name, (best_tp, _) = max(
-        ((k, v) for k, v in medians.items() if k != "auto"), key=lambda kv: kv[1][0]
-    )
-    auto_tp, auto_share = medians["auto"]
-    print(
-        f"auto / best fixed ({best_name}) throughput: {auto_tp / best_tp:.2f} "
-        f"(target >= 0.90); auto 429 share: {auto_share:.1%} (target < 5%)"
-    )
+def plot_traces(recorder: Recorder, path: Path) -> None:
+    """The last auto run's limit trace, one file per behaviour: limits-1-cap.png, …"""
+    from arboris_nb.analysis.plots import plot_limit
+
+    frame = recorder.limits_frame()
+    for name, rows in frame.groupby("label", sort=False):
+        out = path.with_name(f"{path.stem}-{str(name).replace(' ', '-')}{path.suffix}")
+        plot_limit(rows).savefig(out, dpi=110)
+        print(f"limit trace of the last auto run, {name}: {out}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cap", type=int, default=6, help="mock max_concurrent (default 6)")
-    p.add_argument("--versions", type=int, default=120, help="versions per run (default 120)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of every setting (default 2)")
-    p.add_argument("--fixed", type=int, nargs="+", default=[3, 6, 8])
-    p.add_argument("--ttft", type=float, default=0.1, help="mock time to first token (s)")
-    p.add_argument("--tokens-per-s", type=float, default=200.0)
-    p.add_argument("--tokens", type=int, default=60, help="tokens per reply")
-    p.add_argument("--retry-after", type=float, default=1.0, help="mock Retry-After (s)")
-    p.add_argument("--plot", help="save the last adaptive run's limit history to this file")
+    p.add_argument("--versions", type=int, default=60, help="versions per run (default 60)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every setting (default 3)")
+    p.add_argument("--only", help="run only the behaviours whose name starts with this")
+    p.add_argument("--plot", help="save the last auto run's limit trace, per behaviour (PNG)")
     return p.parse_args(argv)
 
 

@@ -8,7 +8,13 @@ alternate run by run after a warm-up of each. Wall time: median of the repeats. 
 tracemalloc, in separate alternating runs (tracing slows Python down, so it is never on
 during the wall-time runs).
 
-    .venv/bin/python benchmarks/overhead.py [--repeats 7] [--sizes 500x100,10x10]
+Then the engine's own cost without any network: the same N and C on an in-memory stream of
+CHUNKS text deltas per version (what the mock sends at these settings), ``generate_versions``
+against a hand-written loop over the same stream; CPU time, alternating. On a busy machine
+the ratios above move by several percent from run to run; this figure does not.
+``--engine-only`` prints just that (seconds, no mock server).
+
+    .venv/bin/python benchmarks/overhead.py [--repeats 7] [--sizes 500x100,10x10] [--engine-only]
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import openai
 from _common import machine, server_view
 
-from arboris_nb import FixedLimit, LLMConfig, WriterSettings, generate_versions
+from arboris_nb import FixedLimit, LLMConfig, Usage, WriterSettings, generate_versions
 from arboris_nb.mockserver import MockServer
 
 PROMPT = "Write chapter one: the lighthouse keeper finds a letter in the storm."
@@ -39,7 +46,15 @@ Runner = Callable[[str, int, int], Awaitable[int]]
 
 async def raw_baseline(base_url: str, n: int, c: int) -> int:
     """The hand-written version: returns the number of non-empty replies."""
-    client = openai.AsyncOpenAI(api_key="not-needed", base_url=base_url, max_retries=0)
+    # A generous connect timeout: with hundreds of connects at once on a busy machine,
+    # the SDK's default 5 s can fire before the mock accepts (a timeout costs no CPU,
+    # so this does not favour either side).
+    client = openai.AsyncOpenAI(
+        api_key="not-needed",
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(600.0, connect=60.0),
+    )
     semaphore = asyncio.Semaphore(c)
 
     async def one() -> str:
@@ -151,6 +166,79 @@ def compare(base_url: str, n: int, c: int, repeats: int, mem_repeats: int) -> No
     print(f"  wall range over {repeats} repeats: {spread}")
 
 
+CHUNKS = 42  # text deltas the mock sends per request at the settings above
+
+
+async def _deltas() -> AsyncIterator[str]:
+    for i in range(CHUNKS):
+        if i % 4 == 0:  # as from a socket: a loop round trip now and then
+            await asyncio.sleep(0)
+        yield "two words "
+
+
+class _InMemory:
+    """A backend whose stream is :func:`_deltas`: no HTTP, no SDK, only the engine."""
+
+    model = "in-memory"
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[_InMemory]:
+        yield self
+
+    async def stream(self, request: object) -> AsyncIterator[str | Usage]:
+        async for delta in _deltas():
+            yield delta
+        yield Usage(CHUNKS * 2)
+
+
+async def hand_loop(n: int, c: int) -> None:
+    semaphore = asyncio.Semaphore(c)
+
+    async def one() -> str:
+        async with semaphore:
+            return "".join([delta async for delta in _deltas()])
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def engine(n: int, c: int, **options: Any) -> None:
+    run = await generate_versions(
+        PROMPT,
+        settings=WriterSettings(version_count=min(n, 10), max_parallel_requests=min(c, 10)),
+        llm=_InMemory(),
+        indices=range(1, n + 1),
+        limiter=FixedLimit(c),
+        raise_on_all_failed=False,
+        cache=False,
+        **options,
+    )
+    assert len(run.ok) == n
+
+
+def engine_cost(n: int, c: int, repeats: int) -> None:
+    """The engine's own CPU per version over a hand-written loop, no network."""
+    contenders: dict[str, Callable[[], Awaitable[None]]] = {
+        "hand": lambda: hand_loop(n, c),
+        "ours": lambda: engine(n, c, store=False),
+        "ours_with_store": lambda: engine(n, c),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    for i in range(repeats + 1):  # round 0 warms up
+        for name, make in contenders.items() if i % 2 else reversed(contenders.items()):
+            gc.collect()
+            start = time.process_time()
+            asyncio.run(make())  # type: ignore[arg-type]
+            if i:
+                cpu[name].append(time.process_time() - start)
+    hand = statistics.median(cpu["hand"])
+    costs = "   ".join(
+        f"{name} +{(statistics.median(cpu[name]) - hand) / n * 1e6:.1f} µs/version"
+        for name in ("ours", "ours_with_store")
+    )
+    print(f"  engine's own CPU, no network (N={n} C={c}, {CHUNKS} deltas a version, median of "
+          f"{repeats}): hand-written loop {hand / n * 1e6:.1f} µs/version; {costs}")  # fmt: skip
+
+
 def sizes(raw: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (part.split("x") for part in raw.split(","))]
 
@@ -160,12 +248,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--mem-repeats", type=int, default=2)
     parser.add_argument("--sizes", type=sizes, default=[(500, 100), (10, 10)], metavar="NxC,…")
+    parser.add_argument("--engine-only", action="store_true", help="only the no-network cost")
     args = parser.parse_args()
     # The default run store goes to a throw-away file, never the user's; no reply cache.
     os.environ["ARBORIS_STORE"] = os.path.join(tempfile.mkdtemp(), "runs.sqlite3")
     os.environ.pop("ARBORIS_CACHE", None)
     os.environ.pop("ARBORIS_CACHE_URL", None)
     print(machine())
+    if args.engine_only:
+        for n, c in args.sizes:
+            engine_cost(n, c, args.repeats)
+        return
     print(f"mock (own process): ttft {TTFT_S} s, {TOKENS} tokens at {TOKENS_PER_S:g}/s ≈ "
           f"{LATENCY_S:.2f} s a request; wall = median of {args.repeats}, alternating")  # fmt: skip
     server = MockServer(
@@ -176,6 +269,7 @@ def main() -> None:
             server.reset()
             compare(base_url, n, c, args.repeats, args.mem_repeats)
             print(f"  {server_view(server.stats(), LATENCY_S)}")
+            engine_cost(n, c, args.repeats)
 
 
 if __name__ == "__main__":

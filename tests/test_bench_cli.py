@@ -69,10 +69,11 @@ def test_table_csv_and_plot(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["mode", "version_count", "max_parallel_requests", "runs"]
-    assert [line.split()[:3] for line in lines[1:]] == [
+    assert [line.split()[:3] for line in lines[1:-1]] == [
         ["parallel", "12", "4"],
         ["parallel", "12", "12"],
     ]
+    assert lines[-1].startswith("recommended: max_parallel_requests=")
     frame = pd.read_csv(out)
     assert frame["version_count"].tolist() == [12, 12]  # N beyond the editor's 10
     assert frame["max_parallel_requests"].tolist() == [4, 12]
@@ -122,3 +123,55 @@ def test_base_url_measures_an_external_server(tmp_path: Path) -> None:
     assert stats["requests"] == 4  # warm-up and the measured run, two versions each
     assert {e["key_id"] for e in stats["log"]} == {"sk-…abcd"}
     assert KEY not in result.stdout + result.stderr
+
+
+def test_auto_is_a_sweep_point_with_a_recommendation(tmp_path: Path) -> None:
+    """A cap of 2: C=3 draws 429s, so 2 is recommended; auto is one more row."""
+    png = tmp_path / "limits.png"
+    result = bench(
+        "--mock", "--mock-max-concurrent", "2", "--mock-retry-after", "0.05",
+        "--versions", "6", "--concurrency", "1,2,3,auto", "--repeats", "1", "--json",
+        "--plot", str(png), *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert [r["max_parallel_requests"] for r in runs] == [1, 2, 3, "auto"]
+    assert all(r["ok"] == 6 for r in runs)
+    share = {r["max_parallel_requests"]: r["share_429"] for r in runs}
+    assert share[1] == share[2] == 0.0 and share[3] > 0.05
+    assert "recommended: max_parallel_requests=2 (" in result.stderr
+    assert "; auto: " in result.stderr
+    # With auto swept, --plot draws its limit trace; the wall-time plot goes beside it.
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "limits-concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mock_behaviour_flags_reach_the_server(tmp_path: Path) -> None:
+    result = bench(
+        "--mock", "--mock-token-budget", "200", "--mock-budget-period", "0.5",
+        "--mock-window", "0.2", "--versions", "8", "--concurrency", "8", "--repeats", "1",
+        "--no-warmup", *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # ~110 tokens a request against 200 per half second: the run had to pace on headers.
+    assert "statuses {'200': 8}" in result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("recommended: max_parallel_requests=8 (")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--mock", "--concurrency", "2,fast"), "--concurrency"),
+        (("--mock", "--mock-window", "0"), "--mock-window"),
+        (("--mock", "--mock-token-budget", "1.5"), "--mock-token-budget"),
+        (("--mock", "--mock-slowdown", "-1"), "--mock-slowdown"),
+    ],
+)
+def test_bad_behaviour_values_exit_2_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *args])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: {flag} must be" in capsys.readouterr().err

@@ -323,3 +323,21 @@ async def test_logging_uses_the_seed_lines(
     await generate_versions("p", settings=settings(2), llm=llm, project="P", chapter=3)
     assert "项目 P 第 3 章计划生成 2 个版本（并行模式：True）" in caplog.text
     assert not [r for r in caplog.records if r.getMessage().startswith("token")]
+
+
+@pytest.mark.looptime
+async def test_a_subscriber_that_wants_no_tokens_hears_everything_else() -> None:
+    class Quiet:
+        wants_tokens = False
+
+        def __init__(self) -> None:
+            self.kinds: list[type] = []
+
+        def __call__(self, event: Event) -> None:
+            self.kinds.append(type(event))
+
+    quiet, loud = Quiet(), []
+    await generate_versions("p", settings=settings(2), llm=model(), on_event=[quiet, loud.append])
+    assert TokenDelta not in quiet.kinds
+    assert [k for k in map(type, loud) if k is not TokenDelta] == quiet.kinds
+    assert sum(isinstance(e, TokenDelta) for e in loud) == 20  # 10 words, 2 versions

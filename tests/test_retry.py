@@ -194,18 +194,22 @@ async def test_retry_never_comes_before_retry_after() -> None:
     assert [a.retry_after_s for a in run.versions[0].attempt_log[:2]] == [0.4, 0.4]
 
 
-async def test_a_waiting_retry_holds_no_slot() -> None:
-    # C=1: version 1 gets a 429 with Retry-After 0.5 s; version 2 runs meanwhile.
+async def test_a_waiting_retry_holds_no_slot_and_the_gate_holds_everyone() -> None:
+    # C=1: version 1 gets a 429 with Retry-After 0.5 s. Its wait holds no slot, so version
+    # 2 takes the slot; but the Retry-After gate holds version 2 too until the 0.5 s end.
     server = MockServer(fail_requests={1: 429}, retry_after_s=0.5, **FAST)
     with server as url:
         run = await generate(url, n=2, c=1)
         log = log_of(server)
     order = [(e["version"], e["attempt"], e["status"]) for e in log]
     assert order == [("1", "1", 429), ("2", "1", 200), ("1", "2", 200)]
-    v1_retry, v2 = log[2], log[1]
+    refused, v2, v1_retry = log
+    assert v2["arrival_s"] - refused["end_s"] >= 0.5 - 0.01
     assert v2["end_s"] <= v1_retry["arrival_s"]
     assert [v.status for v in run.versions] == ["ok", "ok"]
-    assert run.versions[1].queue_wait_s is not None and run.versions[1].queue_wait_s < 0.4
+    # The gate is queue time for version 2, not part of its attempt.
+    assert run.versions[1].queue_wait_s is not None and run.versions[1].queue_wait_s >= 0.45
+    assert run.versions[1].ttft_s is not None and run.versions[1].ttft_s < 0.3
 
 
 def test_parse_retry_after_headers() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from arboris_nb import ConfigError, SimulatedLLM, sweep, sweep_sync
+from arboris_nb import ConfigError, RetryPolicy, SimulatedLLM, sweep, sweep_sync
 from arboris_nb.analysis import plan_sweep
+from tests.fixtures.capped import CappedLLM
 
 
 def model() -> SimulatedLLM:
@@ -89,6 +90,7 @@ async def test_progress_bar_counts_runs(capsys: pytest.CaptureFixture[str]) -> N
         ({"concurrency": [2, 0]}, "concurrency"),
         ({"repeats": 0}, "repeats"),
         ({"concurrency": [True]}, "concurrency"),
+        ({"concurrency": [2, "fast"]}, "concurrency"),
     ],
 )
 async def test_bad_settings_name_the_argument(kwargs: dict[str, object], name: str) -> None:
@@ -112,3 +114,46 @@ def test_sweep_keeps_nothing_in_the_run_store() -> None:
     assert len(result.runs) == 2
     # conftest points ARBORIS_STORE at a fresh file: measurement runs are not chapters
     assert not Path(os.environ["ARBORIS_STORE"]).exists()
+
+
+@pytest.mark.looptime
+async def test_auto_is_one_more_point_and_the_recommendation_avoids_429s() -> None:
+    """A cap of 2: C=3 is no faster and draws 429s; auto finds the cap."""
+    result = await sweep(
+        "p",
+        versions=8,
+        concurrency=[1, 2, 3, "auto"],
+        repeats=2,
+        include_serial=False,
+        llm=CappedLLM(cap=2, inner=model(), retry_after_s=0.5),
+        retry=RetryPolicy(attempts=10, base_delay_s=0.1, jitter=0.0),
+        progress=False,
+    )
+    assert result.runs["max_parallel_requests"].tolist() == [1, 2, 3, "auto"] * 2
+    table = result.table()
+    assert table["max_parallel_requests"].tolist() == [1, 2, 3, "auto"]
+    shares = dict(zip(table["max_parallel_requests"], table["share_429"], strict=True))
+    assert shares[1] == shares[2] == 0.0
+    assert shares[3] > 0.05
+    rec = result.recommendation()
+    assert rec is not None
+    assert (rec.max_parallel_requests, rec.versions, rec.share_429) == (2, 8, 0.0)
+    assert rec.versions_per_s == pytest.approx(2.0)  # two at a time, 1 s each
+    assert rec.auto_versions_per_s is not None and rec.auto_share_429 is not None
+    assert str(rec).startswith("recommended: max_parallel_requests=2 (2.00 versions/s at N=8")
+    assert "; auto: " in str(rec)
+
+
+@pytest.mark.looptime
+async def test_no_recommendation_when_every_limit_draws_429s() -> None:
+    result = await sweep(
+        "p",
+        versions=4,
+        concurrency=[3],
+        repeats=1,
+        include_serial=False,
+        llm=CappedLLM(cap=1, inner=model(), retry_after_s=0.5),
+        retry=RetryPolicy(attempts=10, base_delay_s=0.1, jitter=0.0),
+        progress=False,
+    )
+    assert result.recommendation() is None

@@ -18,7 +18,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["plot_concurrency", "plot_distributions", "plot_serial_vs_parallel", "plot_timeline"]
+__all__ = [
+    "plot_concurrency",
+    "plot_distributions",
+    "plot_limit",
+    "plot_serial_vs_parallel",
+    "plot_timeline",
+]
 
 # Colours of the timeline's phases, also used by the legend.
 _PHASES = {
@@ -230,3 +236,40 @@ def plot_distributions(versions_frame: pd.DataFrame) -> Figure:
         ax.set(title=title, ylabel="seconds", xlabel="mode / concurrency limit")
         ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+def plot_limit(limits_frame: pd.DataFrame, run_id: str | None = None) -> Figure:
+    """The concurrency trace of one run (default: the last ``auto`` run recorded, else the
+    last run): the limit and the requests in flight over time, a red mark at every 429.
+    Takes :meth:`Recorder.limits_frame`."""
+    _need(limits_frame, "plot_limit")
+    rows = _trace_rows(limits_frame, run_id)
+    fig = _figure(8, 3.4)
+    ax = fig.subplots()
+    t = rows["t_s"].tolist()
+    ax.fill_between(t, rows["in_flight"].tolist(), step="post", color="#c7c7c7", label="in flight")
+    known = rows[rows["limit"].notna()]
+    ax.step(known["t_s"].tolist(), known["limit"].tolist(), where="post", color="#3b75af",
+            linewidth=2, label="limit")  # fmt: skip
+    refused = rows[rows["rate_limited"].astype(bool)]
+    if not refused.empty:
+        ax.plot(refused["t_s"].tolist(), [0.15] * len(refused), "|", color="#d0463b",
+                markersize=14, markeredgewidth=2, label=f"429 ({len(refused)})")  # fmt: skip
+    head = rows.iloc[0]
+    ax.set(xlabel="seconds since the run started", ylabel="requests",
+           title=f"Run {head['run_id']}: C={head['max_parallel_requests']}")  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def _trace_rows(limits_frame: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
+    if run_id is not None:
+        rows = limits_frame[limits_frame["run_id"] == run_id]
+        if rows.empty:
+            raise ValueError(f"plot_limit: no run with run_id={run_id!r}")
+        return rows
+    auto = limits_frame[limits_frame["max_parallel_requests"] == "auto"]
+    pool = auto if not auto.empty else limits_frame
+    return pool[pool["run_index"] == pool["run_index"].max()]

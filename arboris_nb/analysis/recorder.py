@@ -2,7 +2,9 @@
 
 ``generate_versions(..., on_event=recorder)`` (or ``on_event=recorder.label("warm")``)
 records each run; ``versions_frame()`` has one row per version, ``runs_frame()`` one per
-run, with the speedup, efficiency and ideal-time figures of :mod:`.metrics`.
+run, with the speedup, efficiency and ideal-time figures of :mod:`.metrics`, and
+``limits_frame()`` the concurrency trace of each run (the limit, requests in flight and
+every 429 over time; see :mod:`.trace`).
 
 Token events arrive once per streamed chunk, so the per-token work is O(1) and allocates
 nothing: a counter and the first/last chunk times of the current attempt, kept in a
@@ -18,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..events import Event, RunFinished, RunStarted, TokenDelta, VersionStarted
+from ..events import Event, LimitChanged, RunFinished, RunStarted, TokenDelta, VersionStarted
 from ..results import Run, Version
 from . import metrics
+from .trace import limit_trace
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RUNS_COLUMNS", "VERSIONS_COLUMNS", "Recorder"]
+__all__ = ["LIMITS_COLUMNS", "RUNS_COLUMNS", "VERSIONS_COLUMNS", "Recorder"]
 
 #: Columns of :meth:`Recorder.versions_frame`, one row per version.
 VERSIONS_COLUMNS: dict[str, str] = {
@@ -35,7 +38,7 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "repeat": "repeat number given with Recorder.label() (None if none)",
     "mode": '"parallel" or "serial"',
     "version_count": "N, versions in the run",
-    "max_parallel_requests": "C, the concurrency limit (1 in serial mode)",
+    "max_parallel_requests": 'C, the concurrency limit (1 in serial mode; "auto" if adaptive)',
     "version": "1-based version index",
     "status": '"ok", "failed" or "cancelled"',
     "attempts": "requests made for this version",
@@ -61,18 +64,20 @@ RUNS_COLUMNS: dict[str, str] = {
     "repeat": "repeat number given with Recorder.label()",
     "mode": '"parallel" or "serial"',
     "version_count": "N",
-    "max_parallel_requests": "C (1 in serial mode)",
+    "max_parallel_requests": 'C (1 in serial mode; "auto" if adaptive)',
     "ok": "versions that succeeded",
     "failed": "versions that failed",
     "cancelled": "versions cancelled",
     "attempts": "requests made in all",
+    "rate_limited": "attempts answered 429",
+    "share_429": "rate_limited / attempts (0.0–1.0)",
     "elapsed_s": "wall time of the run",
     "mean_duration_s": "L, mean duration of the ok versions",
     "serial_s": "serial wall time: measured (mean of serial runs, same label and N) or estimated",
     "serial_source": '"measured" or "estimated" (sum of this run\'s durations)',
     "speedup": "serial_s / elapsed_s",
     "efficiency": "(serial_s − elapsed_s) / serial_s × 100, in percent",
-    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows",
+    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows (None for auto)",
     "gap_s": "elapsed_s − ideal_s",
     "wall_over_ideal": "elapsed_s / ideal_s (1.0 = ideal)",
     "ttft_p50_s": "median time to first token",
@@ -83,6 +88,20 @@ RUNS_COLUMNS: dict[str, str] = {
     "duration_p99_s": "99th percentile version duration",
     "requests_per_s": "ok versions / elapsed_s",
     "tokens_per_s": "output tokens of ok versions / elapsed_s",
+}
+
+
+#: Columns of :meth:`Recorder.limits_frame`, one row per moment of each run's trace.
+LIMITS_COLUMNS: dict[str, str] = {
+    "run_id": "id of the run",
+    "run_index": "0-based order in which the recorder saw the run start",
+    "label": "label given with Recorder.label()",
+    "repeat": "repeat number given with Recorder.label()",
+    "max_parallel_requests": 'C, or "auto" for an adaptive limit',
+    "t_s": "seconds after the run started",
+    "limit": "the concurrency limit from then on",
+    "in_flight": "attempts in flight from then on",
+    "rate_limited": "True where an attempt was answered 429",
 }
 
 
@@ -109,12 +128,22 @@ class _Record:
     repeat: int | None
     concurrency: int | None
     traces: dict[int, _Trace] = field(default_factory=dict)  # keyed by id(Version)
+    limits: list[tuple[float, int]] = field(default_factory=list)  # LimitChanged (t, limit)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.run.parallel and self.run.max_parallel_requests == "auto"
 
     @property
     def c(self) -> int:
         if not self.run.parallel:
             return 1
         return self.concurrency if self.concurrency is not None else self.run.concurrency
+
+    @property
+    def setting(self) -> int | str:
+        """C as the run was configured: a number, or "auto"."""
+        return "auto" if self.adaptive and self.concurrency is None else self.c
 
 
 class Recorder:
@@ -151,6 +180,10 @@ class Recorder:
                 trace.count += 1
         elif isinstance(event, VersionStarted):
             self._start_attempt(event.run, event.version)
+        elif isinstance(event, LimitChanged):
+            record = self._by_run.get(id(event.run))
+            if record is not None:
+                record.limits.append((event.t, event.limit))
         elif isinstance(event, RunStarted):
             self._start_run(event.run)
         elif isinstance(event, RunFinished):
@@ -207,6 +240,29 @@ class Recorder:
         ]
         return pd.DataFrame(rows, columns=list(RUNS_COLUMNS))
 
+    def limits_frame(self) -> pd.DataFrame:
+        """The concurrency trace of every recorded run (columns: ``LIMITS_COLUMNS``): one
+        row per limit move, attempt start and attempt end; 429 answers are marked."""
+        import pandas as pd
+
+        rows = [
+            {
+                **{k: v for k, v in _head(rec).items() if k in LIMITS_COLUMNS},
+                "t_s": point.t_s,
+                "limit": point.limit,
+                "in_flight": point.in_flight,
+                "rate_limited": point.rate_limited,
+            }
+            for rec in self._records
+            for point in limit_trace(rec.run, rec.limits)
+        ]
+        return pd.DataFrame(rows, columns=list(LIMITS_COLUMNS))
+
+    def limit_changes(self, run: Run) -> list[tuple[float, int]]:
+        """The ``(t, limit)`` pairs a recorded run announced (empty if not recorded)."""
+        record = self._by_run.get(id(run))
+        return list(record.limits) if record is not None else []
+
     def _measured_serial(self) -> dict[tuple[str | None, int], float]:
         """Mean elapsed time of the finished serial runs, per (label, N)."""
         found: dict[tuple[str | None, int], list[float]] = {}
@@ -243,7 +299,7 @@ def _head(rec: _Record) -> dict[str, Any]:
         "repeat": rec.repeat,
         "mode": run.mode,
         "version_count": run.version_count,
-        "max_parallel_requests": rec.c,
+        "max_parallel_requests": rec.setting,
     }
 
 
@@ -287,7 +343,10 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         serial, source = measured_serial, "measured"
     else:
         serial, source = (sum(durations) if durations else None), "estimated"
-    ideal = metrics.ideal_time(run.version_count, rec.c, mean)
+    # An adaptive limit has no fixed C, so no ideal to compare with.
+    ideal = None if rec.setting == "auto" else metrics.ideal_time(run.version_count, rec.c, mean)
+    attempts = [a for v in run.versions for a in v.attempt_log]
+    refused = sum(a.status_code == 429 for a in attempts)
     ttft = metrics.percentiles(v.ttft_s for v in ok)
     dur = metrics.percentiles(durations)
     return {
@@ -296,6 +355,8 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         "failed": len(run.failed),
         "cancelled": sum(v.status == "cancelled" for v in run.versions),
         "attempts": sum(v.attempts for v in run.versions),
+        "rate_limited": refused,
+        "share_429": _ratio(refused, len(attempts)) if attempts else 0.0,
         "elapsed_s": elapsed,
         "mean_duration_s": mean,
         "serial_s": serial,

@@ -12,7 +12,7 @@ import functools
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +35,7 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
+from ..pacing import PROVIDER_PREFIX, RateBudget, request_key
 from .base import ChatRequest, Served, StreamItem, Usage
 
 __all__ = ["OpenAIBackend", "parse_retry_after", "tls_context", "translate_error"]
@@ -55,14 +56,24 @@ def tls_context() -> ssl.SSLContext:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
-    millis = headers.get("retry-after-ms")
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
+
+    A LiteLLM proxy sends no Retry-After of its own and forwards the provider's as
+    ``llm_provider-retry-after(-ms)``: both forms count, and the longer wait wins.
+    """
+    waits = [_retry_after(headers, prefix) for prefix in ("", PROVIDER_PREFIX)]
+    found = [wait for wait in waits if wait is not None]
+    return max(found) if found else None
+
+
+def _retry_after(headers: Mapping[str, str], prefix: str) -> float | None:
+    millis = headers.get(f"{prefix}retry-after-ms")
     if millis:
         try:
             return max(0.0, float(millis) / 1000.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
+    value = headers.get(f"{prefix}retry-after")
     if not value:
         return None
     try:
@@ -141,12 +152,20 @@ def translate_error(
 
 
 class OpenAIBackend:
-    """Streams chat completions from an OpenAI-compatible endpoint."""
+    """Streams chat completions from an OpenAI-compatible endpoint.
 
-    def __init__(self, config: LLMConfig, *, stream: bool = True) -> None:
+    ``budget`` paces requests on the answers' ``x-ratelimit-*`` headers and closes on a
+    429's Retry-After (:mod:`arboris_nb.pacing`); by default the process-wide budget of
+    this key and endpoint, so every run on one key paces together.
+    """
+
+    def __init__(
+        self, config: LLMConfig, *, stream: bool = True, budget: RateBudget | None = None
+    ) -> None:
         self.config = config
         self.stream_mode = stream
         self.model = config.model
+        self.budget = budget or RateBudget.for_key(config.base_url, config.api_key)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.config!r}, stream={self.stream_mode})"
@@ -161,17 +180,24 @@ class OpenAIBackend:
             http_client=openai.DefaultAsyncHttpxClient(verify=tls_context()),
         )
         try:
-            yield _Connection(client, self.config, self.stream_mode)
+            yield _Connection(client, self.config, self.stream_mode, self.budget)
         finally:
             await client.close()
 
 
 class _Connection:
-    def __init__(self, client: openai.AsyncOpenAI, config: LLMConfig, stream: bool) -> None:
+    def __init__(
+        self, client: openai.AsyncOpenAI, config: LLMConfig, stream: bool, budget: RateBudget
+    ) -> None:
         self.client = client
         self.config = config
         self.stream_mode = stream
+        self.budget = budget
         self.secrets = [config.api_key]
+
+    async def ready(self, request: ChatRequest) -> None:
+        """Wait until this key's budget takes ``request`` and no Retry-After gate is closed."""
+        await self.budget.acquire(request)
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -191,29 +217,49 @@ class _Connection:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
         yield Served(key_id=self.config.key_id)
+        key = request_key(request)
         try:
             if self.stream_mode:
-                async for item in self._streamed(request):
+                async for item in self._streamed(request, key):
                     yield item
             else:
-                async for item in self._whole(request):
+                async for item in self._whole(request, key):
                     yield item
         except (openai.OpenAIError, OSError, ValueError) as exc:
-            raise translate_error(exc, self.secrets, self.config.base_url) from None
+            raise self._failed(exc, key) from None
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "httpcore2"}:
-                raise translate_error(exc, self.secrets, self.config.base_url) from None
+                raise self._failed(exc, key) from None
             raise
+        finally:
+            self.budget.release(key)  # unanswered (cancelled, cut): no longer in flight
 
-    async def _streamed(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    def _failed(self, exc: BaseException, key: Hashable) -> BackendError:
+        """The error to raise; a 429's headers feed the budget and close its gate."""
+        if isinstance(exc, openai.APIStatusError):
+            self.budget.update(exc.response.headers, key)
+        error = translate_error(exc, self.secrets, self.config.base_url)
+        if isinstance(error, RateLimited) and error.retry_after_s:
+            self.budget.block(error.retry_after_s)
+        return error
+
+    def _usage(self, request: ChatRequest, completion: int, prompt: int | None) -> Usage:
+        usage = Usage(completion, prompt)
+        self.budget.note_usage(request, usage)
+        return usage
+
+    async def _streamed(self, request: ChatRequest, key: Hashable) -> AsyncIterator[StreamItem]:
         stream = await self.client.chat.completions.create(
             **self._params(request), stream=True, stream_options={"include_usage": True}
         )
+        self.budget.update(stream.response.headers, key)
         finished = False
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
-                    yield Usage(chunk.usage.completion_tokens, chunk.usage.prompt_tokens)
+                    yield self._usage(
+                        request, chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+                    )
                 for choice in chunk.choices:
                     if choice.delta and choice.delta.content:
                         yield choice.delta.content
@@ -223,10 +269,12 @@ class _Connection:
         if not finished:
             raise StreamInterrupted("the stream ended without a finish_reason")
 
-    async def _whole(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
-        reply = await self.client.chat.completions.create(**self._params(request))
+    async def _whole(self, request: ChatRequest, key: Hashable) -> AsyncIterator[StreamItem]:
+        raw = await self.client.chat.completions.with_raw_response.create(**self._params(request))
+        self.budget.update(raw.headers, key)
+        reply = raw.parse()
         text = reply.choices[0].message.content if reply.choices else None
         if text:
             yield text
         if reply.usage is not None:
-            yield Usage(reply.usage.completion_tokens, reply.usage.prompt_tokens)
+            yield self._usage(request, reply.usage.completion_tokens, reply.usage.prompt_tokens)

@@ -15,8 +15,14 @@ wait already honoured Retry-After); when every member was refused for auth, the 
 fails at once. Each request yields ``Served(label)`` — the member's masked key id (plus
 its host when the pool spans endpoints) — so every Version records which key served it.
 
+Pacing (:mod:`arboris_nb.pacing`): each member keeps its own rate-limit budget from its
+answers' ``x-ratelimit-*`` headers, with its own Retry-After gate. Before a request starts,
+the pool takes the first member (in strategy order) whose budget fits it now, else waits
+for the one that fits soonest.
+
 Keys of one account share that account's rate limit: a pool raises throughput only
-across accounts (or providers). The pool logs that warning once per process.
+across accounts (or providers). The pool logs that warning once per process; pass
+``shared_budget=True`` so such keys pace on one budget instead of each spending it.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import LLMConfig, load_api_keys, load_env
 from ..errors import AuthError, BackendError, ConfigError, RateLimited
+from ..pacing import RateBudget, request_key
 from .base import Backend, ChatRequest, Connection, Served, StreamItem, closing_stream
 from .openai import OpenAIBackend
 
@@ -40,6 +47,7 @@ log = logging.getLogger("arboris_nb")
 
 Strategy = Literal["round_robin", "least_busy"]
 _STRATEGIES = ("round_robin", "least_busy")
+_MAX_SLEEP_S = 0.5
 _warned_shared_account = False
 
 
@@ -94,6 +102,7 @@ class KeyPool:
         strategy: Strategy = "round_robin",
         cooldown_s: float = 5.0,
         auth_cooldown_s: float = 600.0,
+        shared_budget: bool = False,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not members:
@@ -102,7 +111,10 @@ class KeyPool:
             raise ConfigError(f"KeyPool strategy must be one of {_STRATEGIES}, got {strategy!r}")
         if cooldown_s < 0 or auth_cooldown_s < 0:
             raise ConfigError("KeyPool cooldown_s and auth_cooldown_s must be >= 0")
-        backends = [OpenAIBackend(m) if isinstance(m, LLMConfig) else m for m in members]
+        budget = RateBudget() if shared_budget else None
+        backends = [
+            OpenAIBackend(m, budget=budget) if isinstance(m, LLMConfig) else m for m in members
+        ]
         self._members = [_Member(b, lab) for b, lab in zip(backends, _labels(members), strict=True)]
         self.strategy = strategy
         self.cooldown_s = cooldown_s
@@ -163,6 +175,11 @@ class KeyPool:
 
     def choose(self, request: ChatRequest) -> int:
         """The index of the member that takes ``request``."""
+        return self.ranked(request)[0]
+
+    def ranked(self, request: ChatRequest) -> list[int]:
+        """Members in the order the strategy prefers them for ``request``: those not
+        cooling down; if every one is, the usable ones by the end of their cooldown."""
         now = self._now()
         ready = [i for i, m in enumerate(self._members) if m.cool_until <= now]
         if not ready:
@@ -173,12 +190,19 @@ class KeyPool:
                     "(401/403); check OPENAI_API_KEYS",
                     status=401,
                 )
-            return min(usable, key=lambda i: self._members[i].cool_until)
+            return sorted(usable, key=lambda i: self._members[i].cool_until)
         if self.strategy == "least_busy":
-            return min(ready, key=lambda i: (self._members[i].in_flight, self._members[i].served))
+            return sorted(
+                ready, key=lambda i: (self._members[i].in_flight, self._members[i].served)
+            )
         n = len(self._members)
         first = (request.version_index - 1 + request.attempt - 1) % n
-        return min(ready, key=lambda i: (i - first) % n)
+        return sorted(ready, key=lambda i: (i - first) % n)
+
+    def budget_of(self, index: int) -> RateBudget | None:
+        """The rate-limit budget member ``index`` paces on (None for a non-pacing backend)."""
+        budget = getattr(self._members[index].backend, "budget", None)
+        return budget if isinstance(budget, RateBudget) else None
 
     def _bench(self, member: _Member, error: BackendError) -> None:
         if isinstance(error, AuthError):
@@ -193,11 +217,32 @@ class _PoolConnection:
     def __init__(self, pool: KeyPool, conns: list[Connection]) -> None:
         self.pool = pool
         self.conns = conns
+        self.pinned: dict[Hashable, int] = {}  # request → the member ready() chose
+
+    async def ready(self, request: ChatRequest) -> None:
+        """Pick the first member whose budget takes ``request`` now (else wait for the one
+        that takes it soonest) and reserve it there; ``stream`` then uses that member."""
+        while True:
+            waits = []
+            for rank, index in enumerate(self.pool.ranked(request)):
+                budget = self.pool.budget_of(index)
+                wait = budget.wait_s(budget.cost(request)) if budget else 0.0
+                waits.append((wait, rank, index, budget))
+            wait, _, index, budget = min(waits, key=lambda w: (w[0], w[1]))
+            if wait <= 0:
+                if budget is not None:
+                    budget.reserve(request_key(request), budget.cost(request))
+                self.pinned[request_key(request)] = index
+                return
+            await asyncio.sleep(min(wait, _MAX_SLEEP_S))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
         """Stream from the chosen member; a refused key (401/403) fails over at once."""
+        pinned = self.pinned.pop(request_key(request), None)
         while True:
-            index = self.pool.choose(request)  # raises AuthError when every key was refused
+            # choose() raises AuthError when every key was refused
+            index = pinned if pinned is not None else self.pool.choose(request)
+            pinned = None
             try:
                 async with closing_stream(self._from_member(index, request)) as items:
                     async for item in items:

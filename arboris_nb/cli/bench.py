@@ -1,7 +1,10 @@
 """``arboris-nb bench``: a concurrency sweep from the shell, on a real API or the mock server.
 
 ``--mock`` starts :class:`~arboris_nb.mockserver.MockServer` in this process and goes
-through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole client path.
+through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole client path;
+``--mock-…`` flags give it any of the four provider behaviours (docs/mockserver.md).
+``auto`` in ``--concurrency`` is one more sweep point (a fresh adaptive limit per run);
+after the table, the recommended fixed limit is printed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import LLMConfig
 from ..errors import ConfigError
 from ._api import add_api_flags, config_from_args
+from .serve_mock import add_behaviour_flags, behaviour_fields
 
 if TYPE_CHECKING:
     from ..analysis.sweep import SweepResult
@@ -39,6 +43,7 @@ JSON_KEYS = (
     "ideal_s",
     "wall_over_ideal",
     "serial_source",
+    "share_429",
 )
 
 
@@ -57,6 +62,25 @@ def _int_list(flag: str) -> Callable[[str], list[int]]:
         return values
 
     return parse
+
+
+def _concurrency_list(raw: str) -> list[int | str]:
+    """An argparse type for "1,2,4,auto": whole numbers ≥ 1, or auto."""
+    values: list[int | str] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        if part.lower() == "auto":
+            values.append("auto")
+        elif part.isdigit() and int(part) >= 1:
+            values.append(int(part))
+        else:
+            values = []
+            break
+    if not values:
+        raise argparse.ArgumentTypeError(
+            "--concurrency must be whole numbers of 1 or more or auto, comma-separated, "
+            f"got {raw!r}"
+        )
+    return values
 
 
 def _positive(flag: str, kind: Callable[[str], float | int]) -> Callable[[str], Any]:
@@ -90,10 +114,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--concurrency",
-        type=_int_list("--concurrency"),
+        type=_concurrency_list,
         default=[1, 2, 3, 6],
         metavar="C[,C…]",
-        help="concurrency limits, any C ≥ 1 (default 1,2,3,6)",
+        help="concurrency limits, any C ≥ 1, or auto (default 1,2,3,6)",
     )
     p.add_argument(
         "--repeats",
@@ -112,7 +136,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--prompt", help="the prompt (default: a fixed chapter prompt)")
     p.add_argument("--out", type=Path, metavar="CSV", help="write the per-run frame as CSV")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="save the wall-time/efficiency plot")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="save the wall-time/efficiency plot; with auto swept, the limit trace of the "
+        "last auto run (and the wall-time plot as PNG-concurrency.png)",
+    )
     p.add_argument("--json", action="store_true", help="print the run summaries as JSON")
     mock = p.add_argument_group("mock server (with --mock)")
     mock.add_argument(
@@ -141,6 +171,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="run the mock in its own process (no shared GIL)",
     )
+    add_behaviour_flags(mock, prefix="mock-")
     p.set_defaults(func=run)
 
 
@@ -160,13 +191,15 @@ def _llm(args: argparse.Namespace) -> Iterator[LLMConfig]:
         tokens_per_s=args.mock_tokens_per_s,
         output_tokens=args.mock_output_tokens,
         process=args.mock_process,
+        **behaviour_fields(args, prefix="mock-"),
     )
     with server as base_url:
         yield LLMConfig(base_url=base_url, model=args.model or "mock-model")
         stats = server.stats(log=False)
+    windows = f", {stats['windows']} rate-limit windows" if stats["windows"] else ""
     print(
         f"mock server: {stats['requests']} requests, statuses {stats['by_status']}, "
-        f"at most {stats['max_in_flight']} in flight",
+        f"at most {stats['max_in_flight']} in flight{windows}",
         file=sys.stderr,
     )
 
@@ -183,17 +216,41 @@ def _table(result: SweepResult) -> str:
     return str(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+def _plot(result: SweepResult, path: Path) -> None:
+    """The wall-time plot of the fixed limits; with auto swept, the limit trace at ``path``."""
+    from ..analysis.plots import plot_concurrency, plot_limit
+
+    runs = result.runs
+    fixed = runs[runs["max_parallel_requests"] != "auto"]
+    has_auto = len(fixed) < len(runs)
+    beside = path.with_name(f"{path.stem}-concurrency{path.suffix}") if has_auto else path
+    if (fixed["mode"] == "parallel").any():
+        plot_concurrency(fixed).savefig(beside, dpi=110)
+        print(f"wall time against the limit: {beside}", file=sys.stderr)
+    if has_auto:
+        plot_limit(result.recorder.limits_frame()).savefig(path, dpi=110)
+        print(f"limit trace of the last auto run: {path}", file=sys.stderr)
+
+
 def _report(result: SweepResult, args: argparse.Namespace) -> None:
     if args.out is not None:
         result.recorder.to_csv(args.out)
     if args.plot is not None:
-        from ..analysis.plots import plot_concurrency
-
-        plot_concurrency(result.runs).savefig(args.plot, dpi=110)
+        _plot(result, args.plot)
+    recommendation = result.recommendation()
+    advice = str(recommendation) if recommendation else _NO_RECOMMENDATION
     if args.json:
         print(json.dumps(summaries(result), indent=1))
+        print(advice, file=sys.stderr)  # stdout stays pure JSON
     else:
         print(_table(result))
+        print(advice)
+
+
+_NO_RECOMMENDATION = (
+    "recommended: none — every fixed limit swept had 5 % or more of its requests answered "
+    "429 (try lower limits, or auto)"
+)
 
 
 def run(args: argparse.Namespace) -> int:

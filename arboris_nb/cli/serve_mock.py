@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..mockserver import MockConfig
 
-__all__ = ["register", "run"]
+__all__ = ["BEHAVIOUR_FLAGS", "add_behaviour_flags", "behaviour_fields", "register", "run"]
 
 # (flag, MockConfig field, type, metavar, help). Flags default to None and only the ones
 # given reach MockConfig, so the defaults live in one place (the dataclass), not two.
@@ -21,16 +23,81 @@ _FIELD_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
     ("--output-tokens", "output_tokens", int, "N", "tokens per reply (max_tokens caps it)"),
     ("--jitter", "jitter", float, "FRACTION", "latency noise, e.g. 0.1 = ±10%%"),
     ("--seed", "seed", int, "N", "seed of faults, jitter and generated text"),
-    ("--capacity", "capacity", int, "N", "sequences generated at once; the rest queue (FIFO)"),
-    ("--slowdown", "slowdown", float, "X", "latency factor 1 + X * load (see docs)"),
-    ("--max-concurrent", "max_concurrent", int, "N", "429 beyond this many requests in flight"),
-    ("--rpm-limit", "rpm_limit", int, "N", "429 beyond this many requests per rolling minute"),
-    ("--retry-after", "retry_after_s", float, "SECONDS", "Retry-After sent with every 429"),
     ("--error-rate", "error_rate", float, "FRACTION", "fraction of requests answered 500"),
     ("--disconnect-rate", "disconnect_rate", float, "FRACTION", "fraction of streams cut"),
     ("--reply", "reply", str, "TEXT", "fixed reply instead of generated pseudo-text"),
     ("--model", "model", str, "ID", "model id reported by /v1/models"),
 )
+
+# The four provider behaviours (docs/mockserver.md), shared with ``bench --mock-…``:
+# (flag, field, int or float, lowest allowed, lowest excluded, metavar, help).
+BEHAVIOUR_FLAGS: tuple[tuple[str, str, type, float, bool, str, str], ...] = (
+    ("--max-concurrent", "max_concurrent", int, 1, False, "N",
+     "1. concurrency cap: 429 beyond this many requests in flight"),
+    ("--window", "window_s", float, 0, True, "SECONDS",
+     "2. a 429 opens a rate-limit window this long that refuses every request"),
+    ("--request-budget", "request_budget", int, 1, False, "N",
+     "3. requests per budget period (a bucket refilled continuously; x-ratelimit-* headers)"),
+    ("--token-budget", "token_budget", int, 1, False, "N",
+     "3. tokens per budget period (prompt + max_tokens charged on admission)"),
+    ("--budget-period", "budget_period_s", float, 0, True, "SECONDS",
+     "3. time in which an empty budget refills"),
+    ("--capacity", "capacity", int, 1, False, "N",
+     "4. sequences generated at once; the rest queue (FIFO)"),
+    ("--slowdown", "slowdown", float, 0, False, "X",
+     "4. latency factor 1 + X * load (see docs)"),
+    ("--rpm-limit", "rpm_limit", int, 1, False, "N",
+     "429 beyond this many requests per rolling minute"),
+    ("--retry-after", "retry_after_s", float, 0, False, "SECONDS",
+     "Retry-After of a refusal by the cap or the RPM limit"),
+)  # fmt: skip
+
+
+def _bounded(flag: str, kind: type, low: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` at or above (or, ``strict``, above) ``low``."""
+    whole = "whole number" if kind is int else "number"
+    rule = f"a {whole} {'above' if strict else 'of at least'} {low:g}"
+
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def add_behaviour_flags(group: Any, prefix: str = "") -> None:
+    """Add the behaviour flags to ``group``: ``--window`` or, with ``prefix="mock-"``,
+    ``--mock-window`` (dest ``mock_window_s``)."""
+    dest_prefix = prefix.replace("-", "_")
+    for flag, name, kind, low, strict, metavar, text in BEHAVIOUR_FLAGS:
+        full = f"--{prefix}{flag[2:]}"
+        group.add_argument(
+            full,
+            dest=dest_prefix + name,
+            type=_bounded(full, kind, low, strict),
+            metavar=metavar,
+            help=text,
+        )
+    group.add_argument(
+        f"--{prefix}no-ratelimit-headers",
+        dest=dest_prefix + "ratelimit_headers",
+        action="store_false",
+        default=None,
+        help="3. leave the x-ratelimit-* headers out of the answers",
+    )
+
+
+def behaviour_fields(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The MockConfig fields of the behaviour flags that were given."""
+    dest_prefix = prefix.replace("-", "_")
+    names = [name for _, name, *_ in BEHAVIOUR_FLAGS] + ["ratelimit_headers"]
+    given = {name: getattr(args, dest_prefix + name, None) for name in names}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _fail_requests(text: str) -> dict[int, int]:
@@ -65,7 +132,9 @@ class _MockDefaults(argparse.HelpFormatter):
         return f"{text} (default: {'off' if default is None else default})"
 
 
-_FIELD_NAMES = frozenset(name for _, name, _, _, _ in _FIELD_FLAGS)
+_FIELD_NAMES = frozenset(
+    [name for _, name, _, _, _ in _FIELD_FLAGS] + [name for _, name, *_ in BEHAVIOUR_FLAGS]
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +154,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     for flag, name, kind, metavar, text in _FIELD_FLAGS:
         parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=text)
+    add_behaviour_flags(parser.add_argument_group("provider behaviours (see docs/mockserver.md)"))
     parser.add_argument(
         "--fail-requests",
         type=_fail_requests,
@@ -109,6 +179,7 @@ def _config(args: argparse.Namespace) -> MockConfig:
 
     names = [name for _, name, _, _, _ in _FIELD_FLAGS] + ["fail_requests", "reply_format"]
     fields = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    fields.update(behaviour_fields(args))
     if args.require_key_env:
         key = os.environ.get(args.require_key_env)
         if not key:
