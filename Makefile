@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/seed_table.py
 	$(PY) benchmarks/ideal.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,7 @@ from .errors import (
     BadRequest,
     ConfigError,
     ConnectionFailed,
+    FanoutRefused,
     RateLimited,
     ServerError,
     StateError,
@@ -69,6 +70,7 @@ from .events import (
 from .handle import RunHandle
 from .limits import FixedLimit, Limiter
 from .pacing import RateBudget
+from .pricing import Price
 from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
 from .render import render_book, render_run
@@ -113,6 +115,7 @@ __all__ = [
     "Evaluation",
     "EvaluationError",
     "Event",
+    "FanoutRefused",
     "FixedLimit",
     "JudgeCall",
     "KeyPool",
@@ -121,6 +124,7 @@ __all__ = [
     "Limiter",
     "OpenAIBackend",
     "PairVerdict",
+    "Price",
     "RateBudget",
     "RateLimited",
     "Recorder",

@@ -16,9 +16,12 @@ from typing import Any, Literal
 from dotenv.parser import parse_stream
 
 from .errors import ConfigError
+from .pricing import PRICE_FIELDS, Price, check_price
 
 __all__ = [
     "DEFAULT_MODEL",
+    "FANOUTS",
+    "Fanout",
     "LLMConfig",
     "WriterSettings",
     "cache_setting",
@@ -28,12 +31,16 @@ __all__ = [
     "mask_key",
     "parse_bool",
     "parse_count",
+    "parse_fanout",
     "parse_limit",
     "store_setting",
 ]
 
 DEFAULT_MODEL = "gpt-4o-mini"
 COUNT_RANGE = (1, 10)
+#: How N versions are asked for: N separate requests, or one request with ``n = N``.
+Fanout = Literal["requests", "n"]
+FANOUTS: tuple[Fanout, ...] = ("requests", "n")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -107,6 +114,14 @@ def parse_limit(name: str, env: str, value: object) -> int | Literal["auto"]:
         raise ConfigError(f"{exc} (or auto)") from None
 
 
+def parse_fanout(name: str, env: str, value: object) -> Fanout:
+    """``fanout``: ``"requests"`` or ``"n"``, or a ConfigError naming the setting."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word not in FANOUTS:
+        raise ConfigError(f"{name} ({env}) must be 'requests' or 'n', got {value!r}")
+    return "n" if word == "n" else "requests"
+
+
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     for name in names:
         raw = env.get(name)
@@ -120,12 +135,15 @@ class WriterSettings:
     """How many versions to write and how many requests may run at once.
 
     ``max_parallel_requests`` is a whole number 1–10, or ``"auto"`` for adaptive
-    concurrency (see :mod:`arboris_nb.limits`).
+    concurrency (see :mod:`arboris_nb.limits`). ``fanout``: ``"requests"`` sends one
+    request per version; ``"n"`` sends one request asking for ``n = N`` choices, so the
+    prompt is billed once (servers that refuse ``n > 1`` get separate requests).
     """
 
     version_count: int = 2
     parallel: bool = True
     max_parallel_requests: int | Literal["auto"] = 3
+    fanout: Fanout = "requests"
 
     def __post_init__(self) -> None:
         count = parse_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
@@ -140,6 +158,14 @@ class WriterSettings:
             "max_parallel_requests", "WRITER_MAX_PARALLEL_REQUESTS", self.max_parallel_requests
         )
         object.__setattr__(self, "max_parallel_requests", limit)
+        fanout = parse_fanout("fanout", "WRITER_FANOUT", self.fanout)
+        object.__setattr__(self, "fanout", fanout)
+        if fanout == "n" and not self.parallel:
+            raise ConfigError(
+                "fanout='n' (WRITER_FANOUT) needs parallel=True: one request streams all N "
+                "versions at once, which is parallel generation; serial mode writes one "
+                "version after another, one request each (use fanout='requests')"
+            )
 
     @classmethod
     def from_env(
@@ -159,6 +185,8 @@ class WriterSettings:
             values["parallel"] = parse_bool(*found)
         if found := _first(env, "WRITER_MAX_PARALLEL_REQUESTS"):
             values["max_parallel_requests"] = parse_limit("max_parallel_requests", *found)
+        if found := _first(env, "WRITER_FANOUT"):
+            values["fanout"] = parse_fanout("fanout", *found)
         _refuse_unknown(cls, overrides)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -166,7 +194,12 @@ class WriterSettings:
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Where and how to call an OpenAI-compatible API. The key never shows in a repr."""
+    """Where and how to call an OpenAI-compatible API. The key never shows in a repr.
+
+    ``price_in`` / ``price_out`` / ``price_cached_in``: what the model costs, in US
+    dollars per million input / output / cached input tokens (see
+    :mod:`arboris_nb.pricing`); unset, the price table (``ARBORIS_PRICES``) is used.
+    """
 
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
@@ -174,6 +207,9 @@ class LLMConfig:
     temperature: float = 0.75
     max_tokens: int | None = None
     timeout_s: float = 600.0
+    price_in: float | None = None
+    price_out: float | None = None
+    price_cached_in: float | None = None
 
     def __post_init__(self) -> None:
         if not self.model or not str(self.model).strip():
@@ -189,12 +225,35 @@ class LLMConfig:
                 f"base_url (OPENAI_API_BASE_URL) must start with http:// or https://, "
                 f"got {self.base_url!r}"
             )
+        self._check_prices()
+
+    def _check_prices(self) -> None:
+        for name in PRICE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_price(name, value))
+        if (self.price_in is None) != (self.price_out is None):
+            raise ConfigError("price_in and price_out are given together (USD per million tokens)")
+        if self.price_cached_in is not None and self.price_in is None:
+            raise ConfigError("price_cached_in needs price_in and price_out too")
+
+    @property
+    def price(self) -> Price | None:
+        """This config's own price, if it was given one."""
+        if self.price_in is None or self.price_out is None:
+            return None
+        return Price(self.price_in, self.price_out, self.price_cached_in)
 
     def __repr__(self) -> str:
+        prices = "".join(
+            f", {name}={getattr(self, name)}"
+            for name in PRICE_FIELDS
+            if getattr(self, name) is not None
+        )
         return (
             f"LLMConfig(api_key={mask_key(self.api_key)!r}, base_url={self.base_url!r}, "
             f"model={self.model!r}, temperature={self.temperature}, "
-            f"max_tokens={self.max_tokens}, timeout_s={self.timeout_s})"
+            f"max_tokens={self.max_tokens}, timeout_s={self.timeout_s}{prices})"
         )
 
     @property

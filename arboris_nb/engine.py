@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .events import EventHandler
 from .handle import RunHandle
 from .limits import Limiter, make_limiter
+from .pricing import Price, PriceSpec, price_for, price_table
 from .prompts import as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
@@ -38,6 +39,7 @@ __all__ = [
     "generate_versions",
     "generate_versions_sync",
     "resolve_backend",
+    "resolve_price",
     "start_versions",
 ]
 
@@ -107,6 +109,7 @@ def start_versions(
     store: StoreSpec = None,
     cache: CacheSpec = None,
     refresh: bool = False,
+    prices: PriceSpec = None,
 ) -> RunHandle:
     """Start generating ``settings.version_count`` versions of ``prompt``; return at once.
 
@@ -124,6 +127,9 @@ def start_versions(
     ``RunStore``; see ``docs/persistence.md``). ``cache``: opt-in reply cache (None =
     ``ARBORIS_CACHE``/``ARBORIS_CACHE_URL``, False = bypass, True, a URL/path or a
     ``ReplyCache``); ``refresh=True`` skips look-ups but still stores the new replies.
+    ``prices``: the model's price for each attempt's ``cost`` — a mapping model →
+    :class:`~arboris_nb.pricing.Price` or a TOML/JSON file (None = ``ARBORIS_PRICES``);
+    an ``LLMConfig``'s own ``price_in``/``price_out`` win (see ``arboris_nb.pricing``).
 
     The run's first events (and the store's run row) come when the loop next runs, so
     fields set on ``handle.run`` right after this call, such as ``parent_run_id``, are
@@ -135,6 +141,7 @@ def start_versions(
     backend = resolve_backend(llm)
     limiter = limiter or make_limiter(settings.max_parallel_requests)
     temperature, max_tokens = _sampling(llm)
+    price = resolve_price(llm, backend, prices)
     run = _new_run(settings, limiter, backend, indices, run_id, project, chapter)
     with ExitStack() as opened:  # closes what was opened if a later step fails
         recorder = open_recorder(store, messages, temperature=temperature, max_tokens=max_tokens)
@@ -162,6 +169,8 @@ def start_versions(
             temperature=temperature,
             max_tokens=max_tokens,
             known=None if bound is None else bound.lookup,
+            fanout=settings.fanout,
+            price=price,
         )
         closers = opened.pop_all()
     return RunHandle(runner, raise_on_all_failed=raise_on_all_failed, closers=[closers.close])
@@ -198,12 +207,27 @@ def _require_running_loop() -> None:
         ) from None
 
 
+def _config(llm: LLMArg) -> LLMConfig | None:
+    """The LLMConfig the run is asked with (a pool's first), if any."""
+    config = llm[0] if isinstance(llm, list | tuple) and llm else llm
+    return config if isinstance(config, LLMConfig) else None
+
+
 def _sampling(llm: LLMArg) -> tuple[float, int | None]:
     """Temperature and max_tokens of the request: the config's, else the defaults."""
-    config = llm[0] if isinstance(llm, list | tuple) and llm else llm
-    if isinstance(config, LLMConfig):
+    config = _config(llm)
+    if config is not None:
         return config.temperature, config.max_tokens
     return LLMConfig.temperature, None
+
+
+def resolve_price(llm: LLMArg, backend: Backend, prices: PriceSpec = None) -> Price | None:
+    """The run's price: the LLMConfig's own, else the model's in ``prices`` (or the
+    ``ARBORIS_PRICES`` file); None when unknown. Bad prices raise ConfigError."""
+    config = _config(llm)
+    if config is not None and config.price is not None:
+        return config.price
+    return price_for(getattr(backend, "model", None), price_table(prices, load_env()))
 
 
 def _new_run(

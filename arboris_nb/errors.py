@@ -12,6 +12,7 @@
     │   ├── ServerError        5xx, 408, 409 — retryable
     │   ├── AuthError          401 / 403 — not retried
     │   └── BadRequest         400 / 404 / 422 — not retried
+    │       └── FanoutRefused  400 to ``n > 1``: the server takes one choice per request
     ├── EvaluationError        no usable verdict from the judge (in arboris_nb.verdict)
     └── AllVersionsFailed      every version of a run failed; carries the Run
 
@@ -35,6 +36,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "ConnectionFailed",
+    "FanoutRefused",
     "RateLimited",
     "ServerError",
     "StateError",
@@ -106,6 +108,11 @@ class AuthError(BackendError):
 
 class BadRequest(BackendError):
     """400/404/422: the request itself is wrong (model name, parameters)."""
+
+
+class FanoutRefused(BadRequest):
+    """The server refused ``n > 1`` choices in one request (400). The engine remembers it
+    per base URL and model and asks with separate requests instead."""
 
 
 class AllVersionsFailed(ArborisError):

@@ -198,6 +198,8 @@ class _Judging:
             attempts=answer.attempts,
             duration_s=answer.duration_s,
             pair=pair,
+            input_tokens=answer.billed_input_tokens,
+            cost=answer.cost,
         )
 
 

@@ -180,11 +180,13 @@ class RateBudget:
 
     # -- before a request --------------------------------------------------------------
     def cost(self, request: ChatRequest) -> int:
-        """Tokens ``request`` may be charged: its prompt and the output it may produce."""
+        """Tokens ``request`` may be charged: its prompt (once) and the output each of its
+        ``n`` choices may produce."""
         prompt = math.ceil(estimate_tokens(request.messages) * self._prompt_ratio)
         if request.max_tokens is not None:
-            return prompt + request.max_tokens
-        return prompt + (max(self._outputs) if self._outputs else _DEFAULT_OUTPUT_TOKENS)
+            return prompt + request.n * request.max_tokens
+        each = max(self._outputs) if self._outputs else _DEFAULT_OUTPUT_TOKENS
+        return prompt + request.n * each
 
     def wait_s(self, tokens: int) -> float:
         """Seconds before a request of ``tokens`` may start (0 = now)."""
@@ -239,8 +241,8 @@ class RateBudget:
 
     def note_usage(self, request: ChatRequest, usage: Usage) -> None:
         """Learn the output size to expect and how far off the prompt estimate is."""
-        if usage.output_tokens > 0:
-            self._outputs.append(usage.output_tokens)
+        if usage.output_tokens > 0:  # an n > 1 request reports all its choices together
+            self._outputs.append(math.ceil(usage.output_tokens / request.n))
         if usage.input_tokens:
             ratio = usage.input_tokens / estimate_tokens(request.messages)
             self._prompt_ratio = min(4.0, max(0.25, ratio))

@@ -7,6 +7,13 @@ Timestamps are offsets in seconds from the run's start, read from the engine's c
 * ``ttft_s``        start of the attempt whose text was kept → its first token
 * ``duration_s``    first admitted → finished, retries and their waits included
 
+Tokens and money: each :class:`Attempt` keeps what its request was billed (server usage;
+an engine estimate, labelled, when a stream broke before the usage came; this version's
+share when one request carried several versions with ``n``). A Version's
+``input_tokens`` / ``output_tokens`` / ``cached_input_tokens`` are its kept reply's; its
+``billed_*`` counts and ``cost`` add up every attempt, failed ones included (a stream cut
+after 300 tokens was paid for). A Run's totals add up its versions'.
+
 One description of the fields: ``to_dict()`` / ``from_dict()`` on :class:`Attempt`,
 :class:`Version` and :class:`Run` are derived from the dataclass fields, and the run store's
 columns, the book queue's Redis records and the CLI's ``--json`` are built from them — so a
@@ -19,9 +26,9 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .textstats import TEXT_METRIC_COLUMNS, text_metrics
 
@@ -44,7 +51,15 @@ Status = Literal["queued", "running", "retrying", "ok", "failed", "cancelled"]
 #: The statuses a version ends its run in: it never changes again in that run.
 FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
 #: Derived timings :meth:`Version.to_dict` adds with ``metrics=True``.
-VERSION_METRICS = ("queue_wait_s", "ttft_s", "duration_s", "retry_wait_s", "tokens_per_s")
+VERSION_METRICS = (
+    "queue_wait_s",
+    "ttft_s",
+    "duration_s",
+    "retry_wait_s",
+    "tokens_per_s",
+    "cost",
+)
+Num = TypeVar("Num", int, float)
 _EDITOR = {"editor": True}  # field metadata: set by an editor, never by generation
 
 
@@ -77,6 +92,9 @@ FRAME_COLUMNS: dict[str, str] = {
     "duration_s": "seconds from first admitted to finished (retries included)",
     "retry_wait_s": "seconds spent waiting between attempts",
     "output_tokens": "completion tokens (server usage when sent, else counted)",
+    "input_tokens": "prompt tokens of the kept reply (its share with fanout n; None: not sent)",
+    "cached_input_tokens": "of input_tokens, served from the provider's prompt cache",
+    "cost": "US dollars billed for this version, every attempt (None: price or usage unknown)",
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
@@ -87,6 +105,23 @@ FRAME_COLUMNS: dict[str, str] = {
     "error_type": "exception class name when not ok",
     "error": "error message when not ok",
 }
+
+
+def _total(values: Sequence[Num | None], zero: Num) -> Num | None:
+    """The sum (``zero`` for none: nothing billed); None when any part is unknown, since
+    a partial sum would pass for the whole."""
+    total = zero
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
+
+
+def _said(values: list[int | None]) -> int | None:
+    """The sum of what was said (None: nothing was); for counts a server may leave out."""
+    said = [v for v in values if v is not None]
+    return sum(said) if said else None
 
 
 def failure_text(error: str | None, lang: str = "en") -> str:
@@ -106,6 +141,14 @@ class Attempt:
     status_code: int | None = None
     wait_s: float = 0.0  # backoff waited *after* this attempt, before the next
     retry_after_s: float | None = None  # the server's hint, if it sent one
+    # What this request was billed (None: unknown). With ``choices > 1`` (one request
+    # for several versions) these are this version's share of the request's usage.
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_estimated: bool = False  # no usage from the server: the engine's estimate
+    choices: int = 1  # versions the request carried (n)
+    cost: float | None = None  # US dollars; None when the price or a count is unknown
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, JSON-ready."""
@@ -133,6 +176,8 @@ class Version:
     finished_at: float | None = None
     output_tokens: int = 0
     tokens_from_usage: bool = False
+    input_tokens: int | None = None  # the kept reply's prompt tokens, as the server said
+    cached_input_tokens: int | None = None  # of those, served from the prompt cache
     attempts: int = 0
     attempt_log: list[Attempt] = field(default_factory=list)
     key_id: str | None = None  # masked id of the API key that served it
@@ -192,6 +237,27 @@ class Version:
         return sum(a.wait_s for a in self.attempt_log)
 
     @property
+    def billed_input_tokens(self) -> int | None:
+        """Input tokens billed for this version, every attempt (None: one is unknown)."""
+        return _total([a.input_tokens for a in self.attempt_log], 0)
+
+    @property
+    def billed_output_tokens(self) -> int | None:
+        """Output tokens billed for this version, every attempt (None: one is unknown)."""
+        return _total([a.output_tokens for a in self.attempt_log], 0)
+
+    @property
+    def billed_cached_input_tokens(self) -> int | None:
+        """Cached input tokens the server reported over every attempt (None: never said)."""
+        return _said([a.cached_input_tokens for a in self.attempt_log])
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars billed for this version, failed attempts included (a cached reply
+        costs 0); None when the price or an attempt's usage is unknown."""
+        return _total([a.cost for a in self.attempt_log], 0.0)
+
+    @property
     def tokens_per_s(self) -> float | None:
         if self.first_token_at is None or self.finished_at is None or not self.output_tokens:
             return None
@@ -218,6 +284,9 @@ class Version:
             "duration_s": self.duration_s,
             "retry_wait_s": self.retry_wait_s,
             "output_tokens": self.output_tokens,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cost": self.cost,
             "tokens_per_s": self.tokens_per_s,
             "start_s": self.started_at,
             "finish_s": self.finished_at,
@@ -320,6 +389,26 @@ class Run:
         return limit if isinstance(limit, int) else self.version_count
 
     @property
+    def input_tokens(self) -> int | None:
+        """Input tokens billed for the run, every attempt (None: one is unknown)."""
+        return _total([v.billed_input_tokens for v in self.versions], 0)
+
+    @property
+    def output_tokens(self) -> int | None:
+        """Output tokens billed for the run, every attempt (None: one is unknown)."""
+        return _total([v.billed_output_tokens for v in self.versions], 0)
+
+    @property
+    def cached_input_tokens(self) -> int | None:
+        """Cached input tokens the server reported for the run (None: never said)."""
+        return _said([v.billed_cached_input_tokens for v in self.versions])
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars billed for the run (None: a price or some usage is unknown)."""
+        return _total([v.cost for v in self.versions], 0.0)
+
+    @property
     def ideal_s(self) -> float | None:
         """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows."""
         mean = self.avg_per_version_s
@@ -371,6 +460,10 @@ class Run:
             "efficiency": self.efficiency,
             "ideal_s": self.ideal_s,
             "attempts": sum(v.attempts for v in self.versions),
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost": self.cost,
         }
 
     def to_frame(self) -> pd.DataFrame:

@@ -6,7 +6,9 @@ files: the run store and the reply cache are wired in by the handle layer
 (:mod:`arboris_nb.engine`), the store as a subscriber and the cache as ``known``, a
 look-up of replies that need no request. Each version is its own task;
 ``gather(return_exceptions=True)`` collects them so a failing version never cancels the
-others.
+others. With ``fanout="n"`` one task first asks for every version in one request
+(:mod:`arboris_nb.fanout`); versions it leaves missing get their own tasks here. Every
+attempt is billed (:mod:`arboris_nb.billing`) as it ends.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import asyncio
 import logging
 import random
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from . import _messages
 from .backends.base import (
@@ -29,6 +30,7 @@ from .backends.base import (
     Usage,
     closing_stream,
 )
+from .billing import Tally, bill, fill_estimates
 from .errors import BackendError, BackendTimeout, ServerError
 from .events import (
     Event,
@@ -44,8 +46,10 @@ from .events import (
     VersionRetrying,
     VersionStarted,
 )
+from .fanout import Outcome, fan_out
 from .limits import Limiter
 from .pacing import ready
+from .pricing import Price
 from .prompts import parse_reply
 from .results import Attempt, Run, Version
 from .retry import RetryPolicy
@@ -58,6 +62,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["KnownReply", "Runner"]
 
 log = logging.getLogger("arboris_nb")
+T = TypeVar("T")
 
 
 class KnownReply(Protocol):
@@ -78,13 +83,6 @@ class KnownReply(Protocol):
 
 #: Looks up a version index's known reply; None means "ask the model".
 KnownReplies = Callable[[int], KnownReply | None]
-
-
-@dataclass
-class _Outcome:
-    text: str
-    tokens: int
-    from_usage: bool
 
 
 class _Clock:
@@ -167,6 +165,8 @@ class Runner:
         temperature: float,
         max_tokens: int | None,
         known: KnownReplies | None = None,
+        fanout: str = "requests",
+        price: Price | None = None,
     ) -> None:
         self.run = run
         self.messages = messages
@@ -182,6 +182,10 @@ class Runner:
         self.clock = _Clock(asyncio.get_running_loop(), retry)
         self.rng = random.Random(retry.seed)
         self.known = known
+        self.fanout = fanout
+        self.price = price
+        # The prompt's size as a server reported it: the estimate for a broken stream.
+        self.prompt_tokens: int | None = None
         # One task per version in parallel mode (one for all in serial mode); a version
         # added later would get its task here too, and ``settle`` waits for it.
         self.tasks: list[asyncio.Task[None]] = []
@@ -240,9 +244,12 @@ class Runner:
         # cancel() before the start leaves every version to close_unfinished.
         if not self.stopping and self.run.parallel:
             self.emit(LimitChanged, limit=self.limiter.limit)  # where the limit trace starts
-            self.tasks = [
-                asyncio.ensure_future(self.generate_version(conn, v)) for v in self.run.versions
-            ]
+            if self.fanout == "n":
+                self.tasks = [asyncio.ensure_future(fan_out(self, conn))]
+            else:
+                self.tasks = [
+                    asyncio.ensure_future(self.generate_version(conn, v)) for v in self.run.versions
+                ]
         elif not self.stopping:
             self.tasks = [asyncio.ensure_future(self.generate_in_order(conn))]
         try:
@@ -281,15 +288,27 @@ class Runner:
             version.attempt_log[-1].finished_at = version.finished_at
             version.attempt_log[-1].error_type = "CancelledError"
         self._say("cancel", version)
+        self.ended(version)
         self.emit(VersionCancelled, version=version)
 
     # -- one version ------------------------------------------------------------------
-    async def generate_version(self, conn: Connection, version: Version) -> None:
-        """One version from queued to ok, failed or cancelled; only cancellation propagates."""
-        if self.answer_from_known(version):
+    async def generate_version(
+        self,
+        conn: Connection,
+        version: Version,
+        *,
+        looked_up: bool = False,
+        after: BaseException | None = None,
+    ) -> None:
+        """One version from queued to ok, failed or cancelled; only cancellation propagates.
+        ``looked_up``: the known replies were asked already; ``after``: the error of a
+        shared request it falls back from (waited on if retryable, as a retry would)."""
+        if not looked_up and self.answer_from_known(version):
             return
         try:
-            await self.request_with_retries(conn, version)
+            if after is not None and not await self.wait_after(version, after):
+                return
+            await self.request_with_retries(conn, version, first=len(version.attempt_log) + 1)
         except asyncio.CancelledError:
             self.mark_cancelled(version)
             raise
@@ -309,17 +328,33 @@ class Runner:
         self.emit(VersionFinished, version=version)
         return True
 
-    async def request_with_retries(self, conn: Connection, version: Version) -> None:
-        """Request until an attempt succeeds or the retry policy gives up."""
-        for number in range(1, self.retry.attempts + 1):
+    async def wait_after(self, version: Version, error: BaseException) -> bool:
+        """Before falling back from a failed shared request: wait as a retry would (a 429
+        or a 5xx), unless the deadline forbids it (then the version fails: False)."""
+        if not (isinstance(error, BackendError) and error.retryable):
+            return True
+        delay = self.retry.delay(1, error, self.rng)
+        if self.clock.past_deadline(version, delay):
+            self.mark_failed(version, self.clock.no_time_to_retry(error))
+            return False
+        await self.wait_retry(version, version.attempt_log[-1], error, delay)
+        return True
+
+    async def request_with_retries(
+        self, conn: Connection, version: Version, first: int = 1
+    ) -> None:
+        """Request until an attempt succeeds or the retry policy gives up. A fallback
+        from a shared request (``first`` > 1) still gets one request of its own."""
+        for number in range(first, max(first, self.retry.attempts) + 1):
             async with self.limiter.slot():
                 request = self.build_request(version, number)
                 # Pacing waits (rate-limit budget, Retry-After gate) are queue time, not
                 # part of the attempt: they count toward neither TTFT nor a stall.
                 await ready(conn, request)
                 attempt = self.begin_attempt(version, number)
+                tally = Tally()
                 try:
-                    outcome = await self.request_once(conn, version, request)
+                    outcome = await self.request_once(conn, version, request, tally)
                 except BackendError as exc:
                     error: BackendError = exc
                     # Inside the slot: an adaptive limiter must hear of a 429 before the
@@ -330,11 +365,16 @@ class Runner:
                         ttft_s=None,
                         retry_after_s=exc.retry_after_s,
                     )
+                except asyncio.CancelledError:
+                    self.bill([attempt], tally, asyncio.CancelledError())
+                    raise
                 else:
                     self.report_to_limiter(ok=True, rate_limited=False, ttft_s=version.ttft_s)
+                    self.bill([attempt], tally, None)
                     self.mark_ok(version, attempt, outcome)
                     return
             # Outside the slot: a waiting retry must not hold a concurrency slot.
+            self.bill([attempt], tally, error)
             self.end_attempt(attempt, error)
             if not self.retry.should_retry(error, number):
                 self.mark_failed(version, error)
@@ -397,7 +437,21 @@ class Runner:
         )
         await asyncio.sleep(delay)
 
-    def build_request(self, version: Version, number: int) -> ChatRequest:
+    def bill(self, attempts: list[Attempt], tally: Tally, error: BaseException | None) -> None:
+        """Record what the request behind ``attempts`` was billed (see billing.py)."""
+        if tally.usage is not None and tally.usage.input_tokens is not None:
+            self.prompt_tokens = tally.usage.input_tokens
+        bill(attempts, tally, error=error, prompt_tokens=self.prompt_tokens, price=self.price)
+
+    def ended(self, version: Version) -> None:
+        """The version's bill is final: estimates made before the prompt's size was
+        known get it now (the store writes the version on the event that follows)."""
+        fill_estimates(version.attempt_log, self.prompt_tokens, self.price)
+
+    def build_request(
+        self, version: Version, number: int, choices: list[Version] | None = None
+    ) -> ChatRequest:
+        """The request of attempt ``number``; with several ``choices``, one for all of them."""
         return ChatRequest(
             messages=self.messages,
             temperature=self.temperature,
@@ -405,16 +459,29 @@ class Runner:
             run_id=self.run.run_id,
             version_index=version.index,
             attempt=number,
+            choice_versions=tuple(v.index for v in choices) if choices and len(choices) > 1 else (),
         )
 
     async def request_once(
-        self, conn: Connection, version: Version, request: ChatRequest
-    ) -> _Outcome:
+        self, conn: Connection, version: Version, request: ChatRequest, tally: Tally
+    ) -> Outcome:
         """One request. Its partial text is private to it, so a retry never mixes texts."""
+        return await self.within_limits(
+            version,
+            lambda guard, deadline: self.read_stream(
+                conn, request, version, tally, guard, deadline
+            ),
+        )
+
+    async def within_limits(
+        self, version: Version, work: Callable[[Any, float | None], Awaitable[T]]
+    ) -> T:
+        """Run ``work(guard, deadline)`` under the version's deadline and the stall limit;
+        ``work`` reschedules ``guard`` to ``clock.abandon_at(deadline)`` on every token."""
         deadline = self.clock.deadline_at(version)
         try:
             async with _timeout_at(self.clock.abandon_at(deadline)) as guard:
-                return await self.read_stream(conn, request, version, guard, deadline)
+                return await work(guard, deadline)
         except TimeoutError:
             raise self.clock.timed_out(deadline) from None
 
@@ -423,12 +490,12 @@ class Runner:
         conn: Connection,
         request: ChatRequest,
         version: Version,
+        tally: Tally,
         guard: Any,
         deadline: float | None,
-    ) -> _Outcome:
+    ) -> Outcome:
         """Stream one attempt's reply into a private buffer (timeouts: ``guard``)."""
         parts: list[str] = []
-        usage: Usage | None = None
         token_handlers = self.token_handlers
         stalls = self.clock.stall_s is not None
         # This loop runs once per streamed chunk of every version: keep it lean.
@@ -440,22 +507,32 @@ class Runner:
                     if not parts:
                         version.first_token_at = self.now()
                     parts.append(item)
+                    tally.add(0, item)
                     if stalls:  # a token came: the stall limit starts again
                         guard.reschedule(self.clock.abandon_at(deadline))
                     if token_handlers:
                         self.emit_token(version, item)
                 elif isinstance(item, Usage):
-                    usage = item
+                    tally.usage = item
                 elif isinstance(item, Served):
                     version.key_id = item.key_id
         text = "".join(parts)
         if not text.strip():
             raise ServerError("the model returned an empty reply")
-        if usage is not None and usage.output_tokens > 0:
-            return _Outcome(text, usage.output_tokens, True)
-        return _Outcome(text, len(parts), False)
+        return Outcome(text, len(parts))
 
-    def mark_ok(self, version: Version, attempt: Attempt, outcome: _Outcome) -> None:
+    def token(self, version: Version, text: str, guard: Any, deadline: float | None) -> None:
+        """A streamed chunk of ``version``'s reply from a shared request (fanout.py; the
+        one-version path does the same inline in ``read_stream``, its hot loop)."""
+        if version.first_token_at is None:
+            version.first_token_at = self.now()
+        if self.clock.stall_s is not None:  # a token came: the stall limit starts again
+            guard.reschedule(self.clock.abandon_at(deadline))
+        if self.token_handlers:
+            self.emit_token(version, text)
+
+    def mark_ok(self, version: Version, attempt: Attempt, outcome: Outcome) -> None:
+        """The version is ok with ``outcome``, its reply (billed already)."""
         self.end_attempt(attempt, None)
         parsed = parse_reply(outcome.text)
         version.content, version.title, version.summary = (
@@ -463,9 +540,14 @@ class Runner:
             parsed.title,
             parsed.summary,
         )
-        version.output_tokens = outcome.tokens
-        version.tokens_from_usage = outcome.from_usage
-        version.finished_at = self.now()
+        billed = attempt.output_tokens
+        from_usage = not attempt.usage_estimated and billed is not None and billed > 0
+        version.output_tokens = billed if from_usage and billed is not None else outcome.chunks
+        version.tokens_from_usage = from_usage
+        estimated = attempt.usage_estimated
+        version.input_tokens = None if estimated else attempt.input_tokens
+        version.cached_input_tokens = None if estimated else attempt.cached_input_tokens
+        version.finished_at = self.now() if outcome.ended_at is None else outcome.ended_at
         version.status = "ok"
         version.error = version.error_type = None
         self._say(
@@ -475,6 +557,7 @@ class Runner:
             tokens=version.output_tokens,
             attempts=version.attempts,
         )
+        self.ended(version)
         self.emit(VersionFinished, version=version)
 
     def mark_failed(self, version: Version, error: BaseException) -> None:
@@ -489,4 +572,5 @@ class Runner:
         log.warning(
             _messages.text("fail", i=version.index, n=self.run.version_count, error=version.error)
         )
+        self.ended(version)
         self.emit(VersionFailed, version=version)

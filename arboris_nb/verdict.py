@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from .backends.base import Message
 from .errors import ArborisError
+from .pricing import format_cost, format_tokens
 from .prompts import ChapterContext
 
 __all__ = ["Evaluation", "EvaluationError", "JudgeCall", "JudgeMode", "PairVerdict"]
@@ -40,7 +41,8 @@ class JudgeCall:
     ``pair`` is (version shown as A, version shown as B) in pairwise mode, None for the
     all-at-once request. ``output_tokens`` is the server's count when
     ``tokens_from_usage``, else the streamed chunks counted. ``duration_s`` covers all
-    ``attempts`` (the engine's retries and their waits)."""
+    ``attempts`` (the engine's retries and their waits), and so do ``input_tokens`` and
+    ``cost``: what the request was billed (None: unknown, or no price given)."""
 
     messages: list[Message]
     reply: str
@@ -51,6 +53,8 @@ class JudgeCall:
     attempts: int = 1
     duration_s: float | None = None
     pair: tuple[int, int] | None = None
+    input_tokens: int | None = None
+    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,18 @@ class Evaluation:
         """Tokens the judge wrote, over all its requests."""
         return sum(c.output_tokens for c in self.calls)
 
+    @property
+    def input_tokens(self) -> int | None:
+        """Input tokens the judge was billed, over all its requests (None: unknown)."""
+        counts = [c.input_tokens for c in self.calls]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    @property
+    def cost(self) -> float | None:
+        """What the evaluation cost in US dollars (None: a price or a count unknown)."""
+        costs = [c.cost for c in self.calls]
+        return None if not costs or None in costs else sum(c for c in costs if c is not None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (version numbers as string keys); see :meth:`from_dict`."""
         data = asdict(replace(self, context=None))
@@ -132,7 +148,20 @@ class Evaluation:
         """The evaluation as escaped HTML (CSS class ``arboris-evaluation``)."""
         head = f"<p><b>Best: version {self.best_choice}</b> — {html.escape(self.reason)}</p>"
         body = _pairwise_html(self) if self.mode == "pairwise" else _notes_html(self)
-        return f'<div class="arboris-evaluation">{head}{body}</div>'
+        return f'<div class="arboris-evaluation">{head}{body}{_cost_html(self)}</div>'
+
+
+def _cost_html(evaluation: Evaluation) -> str:
+    """What the judge's requests cost, when it is known (no line without a price)."""
+    if evaluation.cost is None:
+        return ""
+    n = len(evaluation.calls)
+    return (
+        f'<p class="arboris-evaluation-cost">Evaluation: {n} request{"s" * (n != 1)}, '
+        f"{format_tokens(evaluation.input_tokens)} input and "
+        f"{format_tokens(evaluation.output_tokens)} output tokens, "
+        f"{format_cost(evaluation.cost)}</p>"
+    )
 
 
 def _lists(value: Any) -> Any:

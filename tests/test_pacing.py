@@ -149,6 +149,18 @@ def test_expected_output_and_prompt_size_are_learned() -> None:
     assert budget.cost(bare) == 28 + 300  # the largest recent reply; the prompt as counted
 
 
+
+def test_a_fanout_request_counts_the_output_of_each_choice() -> None:
+    budget = RateBudget(clock=Clock())
+    messages = [{"role": "user", "content": "x" * 40}]  # estimated 10 + 4
+    capped = ChatRequest(messages=messages, max_tokens=100, choice_versions=(1, 2, 3))
+    assert budget.cost(capped) == 14 + 3 * 100  # the prompt once, n x max_tokens
+    bare = ChatRequest(messages=messages, choice_versions=(1, 2, 3))
+    # One usage covers all three choices: the reply size learned is one choice's.
+    budget.note_usage(bare, Usage(output_tokens=900, input_tokens=14))
+    assert budget.cost(bare) == 14 + 3 * 300
+    assert budget.cost(ChatRequest(messages=messages)) == 14 + 300
+
 def test_budgets_are_per_key_and_endpoint() -> None:
     a = RateBudget.for_key("http://127.0.0.1:1/v1", "sk-a")
     assert RateBudget.for_key("http://127.0.0.1:1/v1", "sk-a") is a

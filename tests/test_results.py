@@ -31,10 +31,12 @@ def full_version() -> Version:
         finished_at=3.0,
         output_tokens=12,
         tokens_from_usage=True,
+        input_tokens=40,
+        cached_input_tokens=8,
         attempts=2,
         attempt_log=[
-            Attempt(1, 1.0, 1.2, "ServerError", 500, 0.3, 0.25),
-            Attempt(2, 1.5, 3.0),
+            Attempt(1, 1.0, 1.2, "StreamInterrupted", None, 0.3, 0.25, 40, None, 5, True),
+            Attempt(2, 1.5, 3.0, input_tokens=40, cached_input_tokens=8, output_tokens=12),
         ],
         key_id="sk-…wxyz",
         cached=True,
@@ -73,6 +75,7 @@ def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
         "duration_s": 2.0,
         "retry_wait_s": 0.3,
         "tokens_per_s": 8.0,
+        "cost": None,  # no attempt has a price
     }
     assert Version.from_dict(data) == version
 

@@ -124,7 +124,9 @@ async def test_generate_returns_a_task_and_panels_end_with_the_versions() -> Non
         assert w.panel(v.index).text == v.content
         assert w.panel(v.index).view.text == v.content  # synced state: a saved notebook has it
     assert statuses(w) == ["done"] * 3
-    assert w.progress.text == f"3 ok of 3 · {run.elapsed_s:.1f} s"
+    # The line ends with the run's bill: tokens in and out (no price known: no cost).
+    bill = f"{run.input_tokens} in · {run.output_tokens} out tok"
+    assert w.progress.text == f"3 ok of 3 · {run.elapsed_s:.1f} s · {bill}"
     assert w.progress.outcome == "ok"
     assert not w.generate_button.disabled and w.stop_button.disabled
     stats = w.panel(1).stats

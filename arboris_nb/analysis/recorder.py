@@ -49,6 +49,9 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "deltas": "text chunks streamed by the kept attempt",
     "duration_s": "seconds from first admitted to finished (retries included)",
     "output_tokens": "completion tokens (server usage when sent, else counted)",
+    "input_tokens": "prompt tokens of the kept reply (its share with fanout n; None: not sent)",
+    "cached_input_tokens": "of input_tokens, served from the provider's prompt cache",
+    "cost": "US dollars billed for this version, every attempt (None: price or usage unknown)",
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "first_token_s": "first token of the kept attempt, seconds after the run started",
@@ -88,6 +91,10 @@ RUNS_COLUMNS: dict[str, str] = {
     "duration_p99_s": "99th percentile version duration",
     "requests_per_s": "ok versions / elapsed_s",
     "tokens_per_s": "output tokens of ok versions / elapsed_s",
+    "input_tokens": "input tokens billed, every attempt (None: some usage unknown)",
+    "cached_input_tokens": "of input_tokens, served from the prompt cache (None: not said)",
+    "output_tokens": "output tokens billed, every attempt (None: some usage unknown)",
+    "cost": "US dollars billed, every attempt (None: a price or some usage unknown)",
 }
 
 
@@ -317,6 +324,9 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         "deltas": trace.count if trace else 0,
         "duration_s": v.duration_s,
         "output_tokens": v.output_tokens,
+        "input_tokens": v.input_tokens,
+        "cached_input_tokens": v.cached_input_tokens,
+        "cost": v.cost,
         "tokens_per_s": v.tokens_per_s,
         "start_s": v.started_at,
         "first_token_s": v.first_token_at,
@@ -370,4 +380,8 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         **{f"duration_{k}_s": value for k, value in dur.items()},
         "requests_per_s": _ratio(len(ok), elapsed),
         "tokens_per_s": _ratio(sum(v.output_tokens for v in ok), elapsed),
+        "input_tokens": run.input_tokens,
+        "cached_input_tokens": run.cached_input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost": run.cost,
     }

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Backend, ChatRequest, Connection, Served, StreamItem, Usage
+from .base import (
+    Backend,
+    ChatRequest,
+    ChoiceDelta,
+    ChoiceEnd,
+    Connection,
+    Served,
+    StreamItem,
+    Usage,
+)
 from .simulated import SimulatedLLM
 
 if TYPE_CHECKING:
@@ -17,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "ChatRequest",
+    "ChoiceDelta",
+    "ChoiceEnd",
     "Connection",
     "OpenAIBackend",
     "Served",

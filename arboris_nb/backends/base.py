@@ -6,6 +6,13 @@ the loop that will use it (so HTTP clients are created in, and closed by, that l
 (which key or endpoint took the request) and a ``Usage`` last. It raises
 :class:`~arboris_nb.errors.BackendError` subclasses; retries, concurrency, timing and
 display all live in the engine, once.
+
+One request may ask for several choices (``request.n > 1``, the ``"n"`` fan-out): the
+backend then yields ``ChoiceDelta`` and ``ChoiceEnd`` items tagged with the choice's
+0-based index, interleaved as they arrive, and one ``Usage`` for the whole request (the
+prompt counted once). A backend that cannot do that may ignore ``n`` and stream one
+plain reply: the engine gives it to the first choice and asks again for the others. A
+connection may say up front that it will refuse ``n > 1`` with ``accepts_n() -> False``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "Backend",
     "ChatRequest",
+    "ChoiceDelta",
+    "ChoiceEnd",
     "Connection",
     "Message",
     "Served",
@@ -39,6 +48,13 @@ class ChatRequest:
     run_id: str = ""
     version_index: int = 1
     attempt: int = 1
+    # With the "n" fan-out: the version index of each choice (``n`` = their count).
+    choice_versions: tuple[int, ...] = ()
+
+    @property
+    def n(self) -> int:
+        """Choices asked for in this one request (1 unless fanned out by ``n``)."""
+        return max(1, len(self.choice_versions))
 
     @property
     def prompt(self) -> str:
@@ -49,10 +65,30 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts reported by the server at the end of a stream."""
+    """Token counts reported by the server at the end of a stream (for an ``n > 1``
+    request: the whole request's, the prompt counted once). ``cached_input_tokens`` are
+    the part of ``input_tokens`` served from the provider's prompt cache (None: not said).
+    """
 
     output_tokens: int
     input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceDelta:
+    """A text delta of choice ``index`` (0-based) of an ``n > 1`` request."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEnd:
+    """Choice ``index`` of an ``n > 1`` request is complete (its ``finish_reason``)."""
+
+    index: int
+    finish_reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +98,7 @@ class Served:
     key_id: str
 
 
-StreamItem = str | Usage | Served
+StreamItem = str | ChoiceDelta | ChoiceEnd | Usage | Served
 
 
 @runtime_checkable

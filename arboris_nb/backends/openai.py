@@ -3,12 +3,21 @@
 The SDK's own retries are off (``max_retries=0``): the engine retries and records every
 attempt, so timings stay honest. One client per ``open()``, created on the loop that
 uses it and closed on exit — httpx clients must not cross event loops.
+
+Usage comes from the stream's last chunk (``stream_options.include_usage``), with
+``prompt_tokens_details.cached_tokens`` when the server sends it. A request for ``n > 1``
+choices streams them interleaved, each chunk tagged with its choice's ``index``; a server
+that answers such a request with 400 about ``n`` (DeepSeek and others take one choice
+per request) is remembered for this process per base URL + model, logged once, and later
+connections say so with ``accepts_n()``.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import logging
+import re
 import ssl
 import time
 import urllib.parse
@@ -31,14 +40,17 @@ from ..errors import (
     BackendTimeout,
     BadRequest,
     ConnectionFailed,
+    FanoutRefused,
     RateLimited,
     ServerError,
     StreamInterrupted,
 )
 from ..pacing import PROVIDER_PREFIX, RateBudget, request_key
-from .base import ChatRequest, Served, StreamItem, Usage
+from .base import ChatRequest, ChoiceDelta, ChoiceEnd, Served, StreamItem, Usage
 
 __all__ = ["OpenAIBackend", "parse_retry_after", "tls_context", "translate_error"]
+
+log = logging.getLogger("arboris_nb")
 
 _CONNECT_TIMEOUT_S = 10.0
 _PLACEHOLDER_KEY = "not-needed"  # local servers take any key; the SDK insists on one
@@ -151,6 +163,30 @@ def translate_error(
     return StreamInterrupted(redact(f"stream interrupted: {type(exc).__name__}: {exc}", secrets))
 
 
+# (base URL, model) pairs whose server refused n > 1 with a 400, for this process.
+_REFUSED_N: set[tuple[str | None, str]] = set()
+# "n", 'n' or `n` as a word: how servers name the parameter in a 400's message.
+_N_WORD = re.compile(r"(?<![\w-])['\"`]?n['\"`]?(?![\w-])")
+
+
+def _refuses_n(exc: openai.APIStatusError) -> bool:
+    """A 400 about the ``n`` parameter (the body's ``param``, else its message)."""
+    if exc.status_code != 400:
+        return False
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error", body)
+    if isinstance(inner, dict) and inner.get("param") == "n":
+        return True
+    return bool(_N_WORD.search(_server_message(exc)))
+
+
+def _usage(usage: Any) -> Usage:
+    """The SDK's usage object as a Usage (cached tokens when the server says)."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return Usage(usage.completion_tokens, usage.prompt_tokens, cached)
+
+
 class OpenAIBackend:
     """Streams chat completions from an OpenAI-compatible endpoint.
 
@@ -199,6 +235,25 @@ class _Connection:
         """Wait until this key's budget takes ``request`` and no Retry-After gate is closed."""
         await self.budget.acquire(request)
 
+    def accepts_n(self) -> bool:
+        """False once this server refused ``n > 1`` for this model (in this process)."""
+        return (self.config.base_url, self.config.model) not in _REFUSED_N
+
+    def _refused_n(self, exc: openai.APIStatusError) -> FanoutRefused:
+        key = (self.config.base_url, self.config.model)
+        if key not in _REFUSED_N:  # say so once per server and model
+            _REFUSED_N.add(key)
+            log.warning(
+                "%s refused n > 1 for model %s (%s); asking with one request per version "
+                "from now on",
+                _where(self.config.base_url),
+                self.config.model,
+                redact(_server_message(exc), self.secrets),
+            )
+        return FanoutRefused(
+            redact(f"HTTP 400: {_server_message(exc)} (n > 1 refused)", self.secrets), status=400
+        )
+
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.config.model,
@@ -207,12 +262,15 @@ class _Connection:
             # Lets a server (or our mock) attribute requests to versions and attempts.
             "extra_headers": {
                 "X-Arboris-Run": request.run_id,
-                "X-Arboris-Version": str(request.version_index),
+                "X-Arboris-Version": ",".join(map(str, request.choice_versions))
+                or str(request.version_index),
                 "X-Arboris-Attempt": str(request.attempt),
             },
         }
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
+        if request.n > 1:
+            params["n"] = request.n
         return params
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
@@ -226,25 +284,28 @@ class _Connection:
                 async for item in self._whole(request, key):
                     yield item
         except (openai.OpenAIError, OSError, ValueError) as exc:
-            raise self._failed(exc, key) from None
+            raise self._failed(exc, key, request) from None
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "httpcore2"}:
-                raise self._failed(exc, key) from None
+                raise self._failed(exc, key, request) from None
             raise
         finally:
             self.budget.release(key)  # unanswered (cancelled, cut): no longer in flight
 
-    def _failed(self, exc: BaseException, key: Hashable) -> BackendError:
+    def _failed(self, exc: BaseException, key: Hashable, request: ChatRequest) -> BackendError:
         """The error to raise; a 429's headers feed the budget and close its gate."""
         if isinstance(exc, openai.APIStatusError):
             self.budget.update(exc.response.headers, key)
+            if request.n > 1 and _refuses_n(exc):
+                return self._refused_n(exc)
         error = translate_error(exc, self.secrets, self.config.base_url)
         if isinstance(error, RateLimited) and error.retry_after_s:
             self.budget.block(error.retry_after_s)
         return error
 
-    def _usage(self, request: ChatRequest, completion: int, prompt: int | None) -> Usage:
-        usage = Usage(completion, prompt)
+    def _noted(self, request: ChatRequest, reported: Any) -> Usage:
+        """The SDK's usage as a Usage, also taught to the budget (output size, prompt ratio)."""
+        usage = _usage(reported)
         self.budget.note_usage(request, usage)
         return usage
 
@@ -253,28 +314,39 @@ class _Connection:
             **self._params(request), stream=True, stream_options={"include_usage": True}
         )
         self.budget.update(stream.response.headers, key)
-        finished = False
+        seen: set[int] = set()
+        finished: set[int] = set()
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
-                    yield self._usage(
-                        request, chunk.usage.completion_tokens, chunk.usage.prompt_tokens
-                    )
+                    yield self._noted(request, chunk.usage)
                 for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        yield choice.delta.content
-                    finished = finished or choice.finish_reason is not None
+                    seen.add(choice.index)
+                    text = choice.delta.content if choice.delta else None
+                    if text:
+                        yield text if request.n == 1 else ChoiceDelta(choice.index, text)
+                    if choice.finish_reason is not None and choice.index not in finished:
+                        finished.add(choice.index)
+                        if request.n > 1:
+                            yield ChoiceEnd(choice.index, choice.finish_reason)
         finally:
             await stream.close()
-        if not finished:
+        # Every choice that began must end (a server that ignored n sends only one).
+        if not finished or seen - finished:
             raise StreamInterrupted("the stream ended without a finish_reason")
 
     async def _whole(self, request: ChatRequest, key: Hashable) -> AsyncIterator[StreamItem]:
         raw = await self.client.chat.completions.with_raw_response.create(**self._params(request))
         self.budget.update(raw.headers, key)
         reply = raw.parse()
-        text = reply.choices[0].message.content if reply.choices else None
-        if text:
-            yield text
+        for choice in reply.choices:
+            text = choice.message.content
+            if request.n == 1:
+                if text:
+                    yield text
+                break
+            if text:
+                yield ChoiceDelta(choice.index, text)
+            yield ChoiceEnd(choice.index, choice.finish_reason or "stop")
         if reply.usage is not None:
-            yield self._usage(request, reply.usage.completion_tokens, reply.usage.prompt_tokens)
+            yield self._noted(request, reply.usage)

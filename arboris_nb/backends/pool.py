@@ -236,6 +236,10 @@ class _PoolConnection:
                 return
             await asyncio.sleep(min(wait, _MAX_SLEEP_S))
 
+    def accepts_n(self) -> bool:
+        """False when a member knows its server refuses ``n > 1`` (any member may serve)."""
+        return all(getattr(c, "accepts_n", lambda: True)() for c in self.conns)
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
         """Stream from the chosen member; a refused key (401/403) fails over at once."""
         pinned = self.pinned.pop(request_key(request), None)

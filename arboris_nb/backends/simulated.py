@@ -8,6 +8,12 @@ is for. Latency follows a small model — time to first token, tokens per
 second, multiplicative jitter — on ``asyncio.sleep``, so a fake loop clock makes it exact.
 Faults: ``fail_versions`` fail on every attempt; ``fail_rate`` fails single attempts at
 random (transient, so retries can succeed).
+
+Usage counts words: the prompt's words are its input tokens (as the mock server counts
+them), the streamed words its output tokens. A request for ``n > 1`` choices streams them
+interleaved after one time to first token, one token of each choice per step, and its
+usage counts the prompt once; a choice whose version fails ends without text (all
+failing: the request fails).
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import _messages
 from ..errors import BackendError, ConfigError, ServerError
-from .base import ChatRequest, Served, StreamItem, Usage
+from .base import ChatRequest, ChoiceDelta, ChoiceEnd, Served, StreamItem, Usage
 
 __all__ = ["SimulatedLLM", "simulated_text"]
 
@@ -153,13 +159,25 @@ class SimulatedLLM:
         rng = _rng("fault", self.seed, request.prompt, request.version_index, request.attempt)
         return rng.random() < self.fail_rate
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
-        self.calls.append(request)
+    def _spread(self, request: ChatRequest) -> Callable[[float], float]:
         rng = _rng("latency", self.seed, request.prompt, request.version_index, request.attempt)
 
         def spread(seconds: float) -> float:
             return seconds * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
 
+        return spread
+
+    @staticmethod
+    def _prompt_tokens(request: ChatRequest) -> int:
+        return max(1, sum(len(m.get("content", "").split()) for m in request.messages))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        self.calls.append(request)
+        if request.n > 1:
+            async for item in self._choices(request):
+                yield item
+            return
+        spread = self._spread(request)
         yield Served(key_id="simulated")
         await asyncio.sleep(spread(self.ttft_s))
         if self._fails(request):
@@ -172,4 +190,29 @@ class SimulatedLLM:
                 await asyncio.sleep(spread(1.0 / self.tokens_per_s))
             count += 1
             yield token
-        yield Usage(output_tokens=count)
+        yield Usage(count, self._prompt_tokens(request), 0)
+
+    async def _choices(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        """An ``n > 1`` request: the choices' tokens interleaved, one usage for all."""
+        spread = self._spread(request)
+        yield Served(key_id="simulated")
+        await asyncio.sleep(spread(self.ttft_s))  # one prompt to read for every choice
+        each = [
+            replace(request, version_index=v, choice_versions=()) for v in request.choice_versions
+        ]
+        if all(self._fails(r) for r in each):
+            raise self.fail_error(
+                f"simulated failure of versions {request.choice_versions}", status=500
+            )
+        texts = [[] if self._fails(r) else list(self._tokens(self._reply_text(r))) for r in each]
+        count = 0
+        for step in range(max(map(len, texts))):
+            if step:
+                await asyncio.sleep(spread(1.0 / self.tokens_per_s))
+            for index, tokens in enumerate(texts):
+                if step < len(tokens):
+                    count += 1
+                    yield ChoiceDelta(index, tokens[step])
+                if step == len(tokens) - 1 or (step == 0 and not tokens):
+                    yield ChoiceEnd(index, "stop" if tokens else "error")
+        yield Usage(count, self._prompt_tokens(request), 0)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import WriterSettings, parse_count, parse_limit
+from ..config import FANOUTS, WriterSettings, parse_count, parse_fanout, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
@@ -62,6 +62,20 @@ def register(subparsers: Any) -> None:
         help='requests at once, 1–10, or "auto" for adaptive concurrency '
         "(default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
     )
+    p.add_argument(
+        "--fanout",
+        type=_arg_type(parse_fanout, "--fanout", "WRITER_FANOUT"),
+        metavar="|".join(reversed(FANOUTS)),
+        help='"requests": one request per version; "n": one request asking for N choices, '
+        "the prompt billed once (default: WRITER_FANOUT or requests)",
+    )
+    p.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="TOML or JSON price file, model → price_in/price_out/price_cached_in in USD "
+        "per million tokens (default: ARBORIS_PRICES; no file: no cost)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
     mode.add_argument("--parallel", dest="parallel", action="store_true")
@@ -99,8 +113,10 @@ def _backend(args: argparse.Namespace) -> LLMArg:
 def run_json(run: Run) -> dict[str, Any]:
     """The ``--json`` object: ``Run.to_dict(metrics=True)``. A contract: it always has
     run_id, project, chapter, mode, version_count, max_parallel_requests, elapsed_s, ok,
-    failed and versions, each with index, status, content, error, queue_wait_s, ttft_s,
-    duration_s, output_tokens and attempts (and every other Version field)."""
+    failed, input_tokens, output_tokens and cost (billed, every attempt; null when
+    unknown) and versions, each with index, status, content, error, queue_wait_s, ttft_s,
+    duration_s, input_tokens, output_tokens, cost and attempts (and every other Version
+    field)."""
     return run.to_dict(metrics=True)
 
 
@@ -123,7 +139,10 @@ def _report(run: Run, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = WriterSettings.from_env(
-        version_count=args.versions, parallel=args.parallel, max_parallel_requests=args.max_parallel
+        version_count=args.versions,
+        parallel=args.parallel,
+        max_parallel_requests=args.max_parallel,
+        fanout=args.fanout,
     )
     prompt, backend = _prompt(args), _backend(args)
     started: list[RunHandle] = []  # so Ctrl-C can still show what finished
@@ -136,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             project=args.project,
             chapter=args.chapter,
             on_event=ProgressPrinter(),
+            prices=args.prices,
         )
         started.append(handle)
         return await handle

@@ -22,6 +22,7 @@ _FIELD_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
     ("--tokens-per-s", "tokens_per_s", float, "RATE", "token rate after the first token"),
     ("--output-tokens", "output_tokens", int, "N", "tokens per reply (max_tokens caps it)"),
     ("--jitter", "jitter", float, "FRACTION", "latency noise, e.g. 0.1 = ±10%%"),
+    ("--prefill", "prefill", float, "RATE", "prompt tokens read per second, server-wide"),
     ("--seed", "seed", int, "N", "seed of faults, jitter and generated text"),
     ("--error-rate", "error_rate", float, "FRACTION", "fraction of requests answered 500"),
     ("--disconnect-rate", "disconnect_rate", float, "FRACTION", "fraction of streams cut"),
@@ -135,6 +136,10 @@ class _MockDefaults(argparse.HelpFormatter):
 _FIELD_NAMES = frozenset(
     [name for _, name, _, _, _ in _FIELD_FLAGS] + [name for _, name, *_ in BEHAVIOUR_FLAGS]
 )
+_SWITCHES = (
+    ("--reject-n", "reject_n", "answer n > 1 with 400, as providers without n do"),
+    ("--prompt-cache", "prompt_cache", "serve a prompt read before from the prompt cache"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -166,6 +171,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("text", "json"),
         help="generated reply as text or Arboris-Novel chapter JSON (default: text)",
     )
+    # Switches: present = on; absent leaves MockConfig's default.
+    for flag, name, text in _SWITCHES:
+        parser.add_argument(flag, dest=name, action="store_true", default=None, help=text)
     parser.add_argument(
         "--require-key-env",
         metavar="VAR",
@@ -177,7 +185,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _config(args: argparse.Namespace) -> MockConfig:
     from ..mockserver import MockConfig
 
-    names = [name for _, name, _, _, _ in _FIELD_FLAGS] + ["fail_requests", "reply_format"]
+    names = [name for _, name, _, _, _ in _FIELD_FLAGS] + [name for _, name, _ in _SWITCHES]
+    names += ["fail_requests", "reply_format"]
     fields = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     fields.update(behaviour_fields(args))
     if args.require_key_env:

@@ -22,6 +22,7 @@ from ._text import prompt_digest, prompt_tokens, pseudo_json, pseudo_text, token
 __all__ = ["make_app", "root_url", "serve", "start"]
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024
+_MAX_N = 128  # OpenAI's own upper bound for n
 
 
 # --------------------------------------------------------------------------- responses
@@ -98,11 +99,11 @@ class _Chunks:
     def event(self, body: str) -> bytes:
         return f"data: {self.head}, {body}}}\n\n".encode()
 
-    def delta(self, delta: dict[str, str], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def delta(self, delta: dict[str, str], finish: str | None = None, index: int = 0) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         return self.event(f'"choices": [{json.dumps(choice, ensure_ascii=False)}]')
 
-    def usage(self, usage: dict[str, int]) -> bytes:
+    def usage(self, usage: dict[str, Any]) -> bytes:
         return self.event(f'"choices": [], "usage": {json.dumps(usage)}')
 
 
@@ -128,7 +129,22 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
             raise _Reject(400, f"'{name}' must be an integer >= 1.", "invalid_value", param=name)
     if not isinstance(body.get("stream", False), bool):
         raise _Reject(400, "'stream' must be a boolean.", "invalid_value", param="stream")
+    n = body.get("n", 1)
+    if n is not None and not (is_int(n) and 1 <= n <= _MAX_N):
+        raise _Reject(
+            400, f"'n' must be an integer from 1 to {_MAX_N}.", "invalid_value", param="n"
+        )
     return body
+
+
+def _choices(body: dict[str, Any]) -> int:
+    return int(body.get("n") or 1)
+
+
+def _check_n(config: MockConfig, body: dict[str, Any]) -> None:
+    if config.reject_n and _choices(body) > 1:
+        msg = "This model does not support n > 1; ask for one choice per request."
+        raise _Reject(400, msg, "invalid_value", param="n")
 
 
 def _check_auth(config: MockConfig, request: web.Request) -> None:
@@ -148,9 +164,10 @@ def _phrase(status: int) -> str:
 
 
 def _cost(cfg: MockConfig, body: dict[str, Any]) -> int:
-    """Tokens a request is charged when admitted: prompt + max_tokens (else ``output_tokens``)."""
+    """Tokens a request is charged when admitted: prompt + n × max_tokens (else
+    ``output_tokens``)."""
     cap = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.output_tokens
-    return prompt_tokens(body["messages"]) + int(cap)
+    return prompt_tokens(body["messages"]) + _choices(body) * int(cap)
 
 
 def _admit(state: State, n: int, rng: random.Random, body: dict[str, Any]) -> dict[str, str]:
@@ -177,31 +194,48 @@ def _admit(state: State, n: int, rng: random.Random, body: dict[str, Any]) -> di
     return verdict.headers
 
 
+def _choice_versions(version: str | None, n: int) -> list[str | None]:
+    """The version each choice is for: ``X-Arboris-Version: 1,2,3`` names one per choice."""
+    named = (version or "").split(",")
+    if n > 1 and len(named) == n:
+        return list(named)
+    return [version if i == 0 else f"{version}/{i}" for i in range(n)]
+
+
+def _reply_tokens(cfg: MockConfig, digest: str, version: str | None) -> list[str]:
+    # Text depends on prompt, seed and version only, so retries of a version get the same
+    # text while parallel versions of one prompt differ, as sampled LLM replies do.
+    text_rng = random.Random(f"{cfg.seed}/{digest}/{version}")
+    if cfg.reply is not None:
+        return tokens(cfg.reply)
+    if cfg.reply_format == "json":
+        return tokens(pseudo_json(text_rng, cfg.output_tokens))
+    return tokens(pseudo_text(text_rng, cfg.output_tokens))
+
+
 def _plan(
     state: State, body: dict[str, Any], digest: str, version: str | None, rng: random.Random
 ) -> Plan:
     cfg = state.config
     disconnect = rng.random() < cfg.disconnect_rate and bool(body.get("stream"))
-    # Text depends on prompt, seed and version only, so retries of a version get the same
-    # text while parallel versions of one prompt differ, as sampled LLM replies do.
-    text_rng = random.Random(f"{cfg.seed}/{digest}/{version}")
-    if cfg.reply is not None:
-        full = tokens(cfg.reply)
-    elif cfg.reply_format == "json":
-        full = tokens(pseudo_json(text_rng, cfg.output_tokens))
-    else:
-        full = tokens(pseudo_text(text_rng, cfg.output_tokens))
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    kept = full[:cap] if cap else full
-    finish = "length" if len(kept) < len(full) else "stop"
-    cut_after = rng.randint(1, max(1, len(kept) - 1)) if disconnect and kept else None
-    return Plan(kept, finish, cut_after, rng)
+    choices, finishes = [], []
+    for choice_version in _choice_versions(version, _choices(body)):
+        full = _reply_tokens(cfg, digest, choice_version)
+        kept = full[:cap] if cap else full
+        choices.append(kept)
+        finishes.append("length" if len(kept) < len(full) else "stop")
+    steps = max(map(len, choices))
+    cut_after = rng.randint(1, max(1, steps - 1)) if disconnect and steps else None
+    return Plan(choices, finishes, cut_after, rng, prompt_tokens(body["messages"]), digest)
 
 
 async def _paced(
     state: State, request: web.Request, plan: Plan, entry: dict[str, Any]
-) -> AsyncIterator[list[str]]:
-    """Yield the plan's tokens in batches, each when it is due.
+) -> AsyncIterator[tuple[int, int]]:
+    """Yield the plan's steps in batches (``start, stop``: slice each choice's tokens),
+    each when it is due — after the prompt is read (``prefill``) and the time to first
+    token.
 
     Deadlines are absolute (not sleep-after-write) so event-loop lag under load does not
     add up; the load factor is re-read at every step, as a batch's size changes over time.
@@ -211,18 +245,18 @@ async def _paced(
     def jitter() -> float:
         return 1.0 + plan.rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 1.0
 
-    due = loop.time() + cfg.ttft_s * state.latency_factor() * jitter()
-    sent, step, total = 0, 1, len(plan.tokens)
+    due = state.read_prompt(plan, entry) + cfg.ttft_s * state.latency_factor() * jitter()
+    sent, step, total = 0, 1, plan.steps
     while True:
         # sleep(0) when late still lets other streams run between catch-up writes
         await asyncio.sleep(max(0.0, due - loop.time()))
         if _client_gone(request):
             raise _ClientGone
-        batch = plan.tokens[sent : sent + step]
+        stop = min(total, sent + step)
         if entry["first_token_s"] is None:
             entry["first_token_s"] = state.now()
-        sent += len(batch)
-        yield batch
+        yield sent, stop
+        sent = stop
         if sent >= total:
             return
         # floor: jitter=1 can draw a factor of exactly 0
@@ -231,21 +265,22 @@ async def _paced(
         due += step * itl
 
 
-def _usage(body: dict[str, Any], completion: int) -> dict[str, int]:
-    prompt = prompt_tokens(body["messages"])
+def _usage(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the request is billed: its prompt once (whatever ``n``), every choice's tokens."""
+    prompt, completion = entry["prompt_tokens"], entry["tokens"]
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": entry["cached_tokens"]},
     }
 
 
 async def _complete(
     state: State, request: web.Request, body: dict[str, Any], plan: Plan, entry: dict[str, Any]
 ) -> web.StreamResponse:
-    async for batch in _paced(state, request, plan, entry):
-        entry["tokens"] += len(batch)
-    content = "".join(plan.tokens)
+    async for start, stop in _paced(state, request, plan, entry):
+        entry["tokens"] += sum(len(c[start:stop]) for c in plan.choices)
     payload = {
         "id": f"chatcmpl-mock-{entry['n']}",
         "object": "chat.completion",
@@ -253,18 +288,37 @@ async def _complete(
         "model": body.get("model") or state.config.model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(choice)},
                 "logprobs": None,
-                "finish_reason": plan.finish_reason,
+                "finish_reason": finish,
             }
+            for index, (choice, finish) in enumerate(
+                zip(plan.choices, plan.finish_reasons, strict=True)
+            )
         ],
-        "usage": _usage(body, len(plan.tokens)),
+        "usage": _usage(entry),
     }
     resp = web.json_response(
         payload, headers=plan.headers, dumps=lambda o: json.dumps(o, ensure_ascii=False)
     )
     return await _send(request, resp)
+
+
+def _step_events(
+    chunks: _Chunks, plan: Plan, start: int, stop: int, entry: dict[str, Any]
+) -> bytes:
+    """The events of one step: each choice's new tokens, and the end of a choice that ends
+    in it (choices of an ``n`` request arrive interleaved, as OpenAI streams them)."""
+    out = b""
+    for index, (choice, finish) in enumerate(zip(plan.choices, plan.finish_reasons, strict=True)):
+        part = choice[start:stop]
+        if part:
+            entry["tokens"] += len(part)
+            out += chunks.delta({"content": "".join(part)}, index=index)
+        if start < len(choice) <= stop or (start == 0 and not choice):  # ends in this step
+            out += chunks.delta({}, finish, index=index)
+    return out
 
 
 async def _stream(
@@ -278,18 +332,20 @@ async def _stream(
     try:
         # Headers go out at once, as real servers do; the time to first token is in the body.
         await resp.prepare(request)
-        role = chunks.delta({"role": "assistant", "content": ""})
-        async for batch in _paced(state, request, plan, entry):
+        role = b"".join(
+            chunks.delta({"role": "assistant", "content": ""}, index=i)
+            for i in range(len(plan.choices))
+        )
+        async for start, stop in _paced(state, request, plan, entry):
             if plan.cut_after is not None:
-                batch = batch[: plan.cut_after - entry["tokens"]]
-            out, role = role, b""  # the role chunk goes out with the first token
-            entry["tokens"] += len(batch)
-            await resp.write(out + chunks.delta({"content": "".join(batch)}))
-            if entry["tokens"] == plan.cut_after:
+                stop = min(stop, plan.cut_after)
+            out, role = role, b""  # the role chunks go out with the first tokens
+            await resp.write(out + _step_events(chunks, plan, start, stop, entry))
+            if stop == plan.cut_after:
                 _cut(request, resp)
-        tail = chunks.delta({}, plan.finish_reason)
+        tail = b""
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail += chunks.usage(_usage(body, entry["tokens"]))
+            tail += chunks.usage(_usage(entry))
         await resp.write(tail + b"data: [DONE]\n\n")
         await resp.write_eof()
     except ConnectionError as exc:
@@ -386,7 +442,8 @@ async def _chat_inner(
     _check_auth(cfg, request)
     body = _parse_body(await request.read())
     digest = prompt_digest(body["messages"])
-    entry.update(stream=bool(body.get("stream")), prompt_sha=digest[:12])
+    entry.update(stream=bool(body.get("stream")), prompt_sha=digest[:12], choices=_choices(body))
+    _check_n(cfg, body)
     n = entry["n"]
     # One generator per request, drawn in a fixed order: error, disconnect, cut, jitter.
     rng = random.Random(f"{cfg.seed}/{n}")

@@ -39,6 +39,9 @@ class MockConfig:
     tokens_per_s: float = 50.0
     output_tokens: int = 120
     jitter: float = 0.0
+    prefill: float | None = None  # prompt tokens read per second, server-wide (None: instant)
+    prompt_cache: bool = False  # a prompt read before is cached (and reported as such)
+    reject_n: bool = False  # answer n > 1 with 400, like providers that take one choice
     seed: int = 0
     capacity: int | None = None
     slowdown: float = 0.0
@@ -76,6 +79,12 @@ class MockConfig:
         out = self.output_tokens
         _check(is_int(out) and out >= 1, "output_tokens", "an int >= 1", out)
         _check(_is_num(self.jitter) and 0 <= self.jitter <= 1, "jitter", "in [0, 1]", self.jitter)
+        pf = self.prefill
+        _check(pf is None or (_is_num(pf) and pf > 0), "prefill", "None or a number > 0", pf)
+        for name in ("prompt_cache", "reject_n"):
+            _check(
+                isinstance(getattr(self, name), bool), name, "True or False", getattr(self, name)
+            )
         _check(is_int(self.seed), "seed", "an int", self.seed)
 
     def _validate_limits(self) -> None:

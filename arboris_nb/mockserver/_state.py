@@ -63,13 +63,21 @@ class FifoGate:
 
 @dataclass
 class Plan:
-    """What one admitted request will produce, decided up front from its own RNG."""
+    """What one admitted request will produce, decided up front from its own RNG: the
+    tokens of each choice (one unless the request asked for ``n``) and how each ends."""
 
-    tokens: list[str]
-    finish_reason: str
-    cut_after: int | None
+    choices: list[list[str]]
+    finish_reasons: list[str]
+    cut_after: int | None  # a disconnect after this many steps (tokens of each choice)
     rng: random.Random
+    prompt_tokens: int = 1
+    digest: str = ""  # the prompt's identity, for the prompt cache
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers of the answer
+
+    @property
+    def steps(self) -> int:
+        """Tokens of the longest choice: the choices are generated side by side."""
+        return max(map(len, self.choices), default=0)
 
 
 class State:
@@ -82,6 +90,7 @@ class State:
         self.in_flight = 0
         self.active = 0  # sequences generating (past the capacity gate)
         self.limits = Limits(config)
+        self.prefill_free_at = 0.0  # loop time when the prefill lane is next free
         self.reset()
 
     def reset(self) -> None:
@@ -92,7 +101,10 @@ class State:
         self.max_in_flight = self.in_flight
         self.max_queued = self.queued
         self.disconnects = 0
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
         self.completion_tokens = 0
+        self.prompts_read: set[str] = set()  # the prompt cache (prompt_cache=True)
         self.log: deque[dict[str, Any]] = deque(maxlen=_LOG_LIMIT)
         self.limits.reset()
 
@@ -116,6 +128,9 @@ class State:
             "outcome": None,
             "stream": None,
             "tokens": 0,
+            "prompt_tokens": 0,
+            "cached_tokens": 0,
+            "choices": 1,
             "version": request.headers.get("X-Arboris-Version"),
             "attempt": request.headers.get("X-Arboris-Attempt"),
             "run": request.headers.get("X-Arboris-Run"),
@@ -128,9 +143,26 @@ class State:
     def finish(self, entry: dict[str, Any], status: int, outcome: str) -> None:
         entry.update(status=status, outcome=outcome, end_s=self.now())
         self.by_status[str(status)] += 1
+        self.prompt_tokens += entry["prompt_tokens"]
+        self.cached_prompt_tokens += entry["cached_tokens"]
         self.completion_tokens += entry["tokens"]
         if outcome == "disconnect":
             self.disconnects += 1
+
+    def read_prompt(self, plan: Plan, entry: dict[str, Any]) -> float:
+        """Bill the prompt (generation starts now) and return the loop time its reading
+        ends. Prompts are read one after another at ``prefill`` tokens per second, so
+        prompts sent at once share that throughput; one request for ``n`` choices reads
+        its prompt once. A prompt read before is served from the cache if it is on."""
+        cfg, loop = self.config, asyncio.get_running_loop()
+        cached = plan.prompt_tokens if cfg.prompt_cache and plan.digest in self.prompts_read else 0
+        self.prompts_read.add(plan.digest)
+        entry.update(prompt_tokens=plan.prompt_tokens, cached_tokens=cached)
+        if cfg.prefill is None:
+            return loop.time()
+        start = max(loop.time(), self.prefill_free_at)
+        self.prefill_free_at = start + (plan.prompt_tokens - cached) / cfg.prefill
+        return self.prefill_free_at
 
     def latency_factor(self) -> float:
         """Latency multiplier for the current load (see ``docs/mockserver.md``)."""
@@ -152,6 +184,8 @@ class State:
             "queued": self.queued,
             "max_queued": self.max_queued,
             "disconnects": self.disconnects,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "windows": self.limits.windows,
             "uptime_s": self.now(),

@@ -63,6 +63,8 @@ BOOK_FRAME_COLUMNS: dict[str, str] = {
     "duration_s": "seconds from first admitted to finished (retries included)",
     "ttft_s": "seconds to the first token of the kept attempt",
     "output_tokens": "completion tokens",
+    "input_tokens": "prompt tokens of the stored result (None: not reported)",
+    "cost": "US dollars the stored result was billed, every attempt (None: unknown)",
     "chars": "characters of content",
     "worker": "process that ran it last (kernel, or Celery worker hostname)",
     "key_id": "masked id of the API key that served it",
@@ -201,6 +203,7 @@ class BookJob:
         self._task: asyncio.Task[dict[str, Any]] | None = None
         self._session_start: float | None = None
         self._session_end: float | None = None
+        self._billed: tuple[tuple[Any, ...], tuple[float | None, float | None]] = ((), (None, None))
 
     @classmethod
     def load(
@@ -341,7 +344,10 @@ class BookJob:
 
         ``running`` counts units holding a slot of the limit (never above ``limit``);
         ``queued`` those waiting for one (a retry's wait included); ``pending`` and
-        ``cancelled`` those not in this session's queue."""
+        ``cancelled`` those not in this session's queue. ``cost``: US dollars the stored
+        results were billed so far (every attempt they record); ``projected_cost``: that
+        plus the mean cost of a finished unit for each unit still to finish (None until
+        one finished, or when a price or some usage is unknown)."""
         self._executor.sync(_SYNC_EVERY_S)
         units = self.records.units(self.job_id)
         states = Counter(u["state"] for u in units)
@@ -360,7 +366,20 @@ class BookJob:
             "requests": sum(u["requests"] for u in units),
             "elapsed_s": elapsed,
             "eta_s": eta,
+            **dict(zip(("cost", "projected_cost"), self._costs(units), strict=True)),
         }
+
+    def _costs(self, units: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+        """Cost so far and projected; read from the store only when a unit moved on."""
+        key = tuple((u["chapter"], u["version"], u["state"], u["requests"]) for u in units)
+        if key != self._billed[0]:
+            stored = [
+                v
+                for c in self.spec.chapters
+                for v in self.records.store.get_versions(chapter_run_id(self.job_id, c))
+            ]
+            self._billed = key, _projection(stored, len(units))
+        return self._billed[1]
 
     def _timing(
         self, units: list[dict[str, Any]], *, remaining: int
@@ -408,6 +427,19 @@ class BookJob:
 _STATES = ("ok", "failed", "running", "queued", "cancelled", "pending")
 
 
+def _projection(stored: list[Version], units: int) -> tuple[float | None, float | None]:
+    """(spent, projected): what the stored versions cost, and that plus the mean cost of
+    a finished one for every unit not finished yet."""
+    costs = [v.cost for v in stored]
+    if not stored or None in costs:
+        return None, None
+    spent = sum(c for c in costs if c is not None)
+    finished = [v.cost or 0.0 for v in stored if v.status in ("ok", "failed")]
+    if not finished:
+        return spent, None
+    return spent, spent + sum(finished) / len(finished) * (units - len(finished))
+
+
 def _frame_row(job_id: str, unit: dict[str, Any], v: Version | None) -> dict[str, Any]:
     """One row of :meth:`BookJob.frame`: the unit's state and its stored version, if any."""
     return {
@@ -421,6 +453,8 @@ def _frame_row(job_id: str, unit: dict[str, Any], v: Version | None) -> dict[str
         "duration_s": v.duration_s if v else None,
         "ttft_s": v.ttft_s if v else None,
         "output_tokens": v.output_tokens if v else 0,
+        "input_tokens": v.input_tokens if v else None,
+        "cost": v.cost if v else None,
         "chars": len(v.content or "") if v else 0,
         "worker": unit["worker"],
         "key_id": v.key_id if v else None,

@@ -22,6 +22,7 @@ from ..engine import start_versions
 from ..errors import ConfigError
 from ..events import EventHandler
 from ..handle import RunHandle
+from ..pricing import PRICE_FIELDS
 from ..results import Version
 from ..retry import RetryPolicy
 from ..store import RunStore
@@ -63,9 +64,8 @@ def backend_from_spec(spec: dict[str, Any]) -> LLMConfig | Backend:
     this process's environment (``api_key_env``)."""
     kind = spec.get("kind")
     if kind == "openai":
-        fields = {
-            k: spec[k] for k in ("base_url", "model", "temperature", "max_tokens", "timeout_s")
-        }
+        names = ("base_url", "model", "temperature", "max_tokens", "timeout_s", *PRICE_FIELDS)
+        fields = {k: spec.get(k) for k in names}  # a spec from before prices has none
         return LLMConfig.from_env(api_key_env=spec["api_key_env"], **fields)
     if kind == "simulated":
         error = getattr(errors, str(spec.get("fail_error")), errors.ServerError)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from .. import _messages
+from ..console import run_bill
 from ..events import (
     Event,
     RunFinished,
@@ -28,6 +29,7 @@ from ..events import (
     VersionRetrying,
     VersionStarted,
 )
+from ..results import Run
 from .panels import VersionPanel
 from .progress import RunProgress
 from .stream import DeltaStream
@@ -52,6 +54,7 @@ class PanelBoard:
         self._live: set[int] = set()  # id() of runs between RunStarted and RunFinished
         self._t0: float | None = None  # loop time at which the latest run started
         self._elapsed = 0.0  # the latest finished run's elapsed seconds
+        self._run: Run | None = None  # the owner's run, whose bill the progress line shows
         self._progress_due = False
         self._make_panels(n)
         self._render_progress()
@@ -74,9 +77,9 @@ class PanelBoard:
         return self._elapsed
 
     # -- the owner's commands ----------------------------------------------------------
-    def start(self, n: int) -> None:
-        """A run is about to start: ``n`` panels, all queued."""
-        self._elapsed, self._t0 = 0.0, None
+    def start(self, n: int, run: Run | None = None) -> None:
+        """A run is about to start: ``n`` panels, all queued (``run``: its bill is shown)."""
+        self._elapsed, self._t0, self._run = 0.0, None, run
         if n != len(self.panels):
             self._make_panels(n)
         for panel in self.panels.values():
@@ -150,4 +153,7 @@ class PanelBoard:
         self._progress_due = False
         statuses = [p.status for p in self.panels.values()]
         live = self.live
-        self.progress.show(statuses, self.clock() if live else self._elapsed, live=live)
+        bill = run_bill(self._run) if self._run is not None else None
+        self.progress.show(
+            statuses, self.clock() if live else self._elapsed, live=live, bill=bill or ""
+        )

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from ..pricing import format_cost
+
 if TYPE_CHECKING:
     from ..queue.job import BookJob
 
@@ -49,6 +51,11 @@ def _line(status: dict[str, Any]) -> str:
         f"elapsed {format_seconds(status['elapsed_s'])}",
         f"ETA {format_seconds(status['eta_s'])}",
     ]
+    if status.get("cost") is not None:  # known only with prices (ARBORIS_PRICES, LLMConfig)
+        parts.append(
+            f"cost {format_cost(status['cost'])} so far, "
+            f"{format_cost(status['projected_cost'])} projected"
+        )
     return " · ".join(parts)
 
 

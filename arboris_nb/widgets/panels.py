@@ -24,6 +24,7 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
+from ..console import version_bill
 from ..results import Version
 from .actions import note_html
 
@@ -269,6 +270,7 @@ class VersionPanel:
                 _num(v.duration_s, " s"),
                 f"{tokens} tok" if tokens else None,
                 _num(v.tokens_per_s if v.ok else None, " tok/s", 0),
+                version_bill(v),  # input billed and cost, once it ended
             ]
         return " · ".join(p for p in parts if p)
 

@@ -1,4 +1,5 @@
-"""RunProgress: the progress line — a bar coloured by outcome and "1 ok · 2 cancelled of 3".
+"""RunProgress: the progress line — a bar coloured by outcome and "1 ok · 2 cancelled of 3",
+then the elapsed time and the run's tokens and cost so far.
 
 The kernel sends it only when a version changes state; the elapsed time ticks in the
 browser (``static/progress.js``). ``text`` is the whole line as the browser shows it.
@@ -46,12 +47,14 @@ class RunProgress(anywidget.AnyWidget):
     outcome = traitlets.Unicode("idle").tag(sync=True)  # idle, live, ok, mixed, stopped, failed
     clock_s = traitlets.Float(0.0).tag(sync=True)  # elapsed at the last update
     live = traitlets.Bool(False).tag(sync=True)  # the browser ticks the clock while True
+    bill = traitlets.Unicode("").tag(sync=True)  # tokens and cost so far (console.run_bill)
 
-    def show(self, statuses: list[str], clock_s: float, *, live: bool) -> None:
+    def show(self, statuses: list[str], clock_s: float, *, live: bool, bill: str = "") -> None:
         """Redraw from the panels' status words (one message)."""
         counts, summary = progress_summary(statuses)
         with self.hold_sync():
             self.total, self.counts, self.summary = len(statuses), counts, summary
+            self.bill = bill
             self.clock_s, self.live = round(clock_s, 3), live
             self.outcome = _outcome(counts, live)
 
@@ -59,7 +62,7 @@ class RunProgress(anywidget.AnyWidget):
     def text(self) -> str:
         """The line as shown (the clock as of the last update)."""
         clock = f" · {self.clock_s:.1f} s" if self.clock_s or self.live else ""
-        return self.summary + clock
+        return self.summary + clock + (f" · {self.bill}" if self.bill else "")
 
 
 def _outcome(counts: dict[str, int], live: bool) -> str:

@@ -443,7 +443,7 @@ class VersionsWidget:
         self.run, self._selected = run, None
         self.message.value = ""
         self.compare.reset(_goal(self._messages))
-        self.board.start(run.version_count)
+        self.board.start(run.version_count, run)
 
     def _sync_busy(self) -> None:
         busy = self.busy
@@ -457,6 +457,8 @@ class VersionsWidget:
             version_count=self.count.value,
             parallel=self.parallel.value,
             max_parallel_requests=self.max_parallel.value,
+            # The fan-out the widget was given; serial mode asks one version at a time.
+            fanout=self.settings.fanout if self.parallel.value else "requests",
         )
 
     def _llm_for_run(self) -> LLMConfig | Backend:

@@ -24,7 +24,8 @@ export default {
     const line = make("span", "arboris-line");
     const summary = make("span", "arboris-summary");
     const clock = make("span", "arboris-clock");
-    line.append(summary, clock);
+    const bill = make("span", "arboris-bill");
+    line.append(summary, clock, bill);
     el.append(bar, line);
 
     let base = model.get("clock_s");
@@ -42,6 +43,7 @@ export default {
       bar.setAttribute("aria-valuenow", String(done));
       bar.setAttribute("aria-valuemax", String(model.get("total")));
       summary.textContent = model.get("summary");
+      bill.textContent = model.get("bill") ? ` · ${model.get("bill")}` : "";
       el.dataset.outcome = model.get("outcome");
       drawClock();
     };
@@ -50,7 +52,7 @@ export default {
       at = performance.now();
       drawClock();
     });
-    model.on("change:counts change:total change:summary change:outcome", draw);
+    model.on("change:counts change:total change:summary change:outcome change:bill", draw);
     draw();
     const timer = setInterval(drawClock, 250);
     return () => clearInterval(timer);
