@@ -1,0 +1,465 @@
+"""The mock's HTTP side: chat completions (JSON and SSE), models, stats; app and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from ._config import MockConfig, is_int
+from ._state import STATE, Plan, State
+from ._text import prompt_digest, prompt_tokens, pseudo_json, pseudo_text, tokens
+
+__all__ = ["make_app", "root_url", "serve", "start"]
+
+_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class _Reject(Exception):
+    """Raised to answer a request at once with an OpenAI-style error.
+
+    A 429 says when to come back (``retry_after_s``) and may carry rate-limit ``headers``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        *,
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.extra = status, message, code, extra
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+
+
+class _ClientGone(Exception):
+    """The client closed its connection before the reply was complete."""
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def _error_response(config: MockConfig, rej: _Reject) -> web.Response:
+    err = {"message": rej.message, "type": _error_type(rej.status), "param": None, "code": rej.code}
+    err.update(rej.extra)
+    headers = dict(rej.headers)
+    if rej.status == 429:
+        wait = config.retry_after_s if rej.retry_after_s is None else rej.retry_after_s
+        # Whole seconds rounded up (so never early), and the exact figure in milliseconds.
+        headers["Retry-After"] = str(math.ceil(wait - 1e-9))
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000 - 1e-6))
+    return web.json_response({"error": err}, status=rej.status, headers=headers)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _send(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Write ``resp`` now, so the request's end time and in-flight count include the write."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionError as exc:
+        raise _ClientGone from exc
+    return resp
+
+
+class _Chunks:
+    """Pre-rendered pieces of ``chat.completion.chunk`` events (cheap per token)."""
+
+    def __init__(self, cid: str, created: int, model: str) -> None:
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.head = json.dumps(head)[:-1]  # drop "}" to append fields
+
+    def event(self, body: str) -> bytes:
+        return f"data: {self.head}, {body}}}\n\n".encode()
+
+    def delta(self, delta: dict[str, str], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self.event(f'"choices": [{json.dumps(choice, ensure_ascii=False)}]')
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        return self.event(f'"choices": [], "usage": {json.dumps(usage)}')
+
+
+# --------------------------------------------------------------------------- request handling
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _Reject(400, f"Invalid JSON body: {exc}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise _Reject(400, "The request body must be a JSON object.", "invalid_json")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        msg = "Missing required parameter: 'messages' (a non-empty list)."
+        raise _Reject(400, msg, "missing_required_parameter", param="messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise _Reject(400, "Each message needs a 'role'.", "invalid_value", param="messages")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and not (is_int(value) and value >= 1):
+            raise _Reject(400, f"'{name}' must be an integer >= 1.", "invalid_value", param=name)
+    if not isinstance(body.get("stream", False), bool):
+        raise _Reject(400, "'stream' must be a boolean.", "invalid_value", param="stream")
+    return body
+
+
+def _check_auth(config: MockConfig, request: web.Request) -> None:
+    if config.require_key is None:
+        return
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), config.require_key.encode()):
+        raise _Reject(401, "Incorrect API key provided.", "invalid_api_key")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _cost(cfg: MockConfig, body: dict[str, Any]) -> int:
+    """Tokens a request is charged when admitted: prompt + max_tokens (else ``output_tokens``)."""
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.output_tokens
+    return prompt_tokens(body["messages"]) + int(cap)
+
+
+def _admit(state: State, n: int, rng: random.Random, body: dict[str, Any]) -> dict[str, str]:
+    """Apply scripted failures, rate limits and random errors; raise ``_Reject`` to refuse.
+
+    Returns the rate-limit headers the answer carries (the budgets after this request).
+    """
+    cfg = state.config
+    scripted = cfg.fail_requests.get(n)
+    if scripted is not None:
+        msg = f"Scripted failure of request {n}: {_phrase(scripted)}."
+        raise _Reject(scripted, msg, "mock_scripted")
+    verdict = state.limits.admit(in_flight=state.in_flight, tokens=_cost(cfg, body))
+    if verdict.refused is not None:
+        raise _Reject(
+            429,
+            verdict.refused,
+            "rate_limit_exceeded",
+            retry_after_s=verdict.retry_after_s,
+            headers=verdict.headers,
+        )
+    if rng.random() < cfg.error_rate:
+        raise _Reject(500, "The server had an error while processing your request.", None)
+    return verdict.headers
+
+
+def _plan(
+    state: State, body: dict[str, Any], digest: str, version: str | None, rng: random.Random
+) -> Plan:
+    cfg = state.config
+    disconnect = rng.random() < cfg.disconnect_rate and bool(body.get("stream"))
+    # Text depends on prompt, seed and version only, so retries of a version get the same
+    # text while parallel versions of one prompt differ, as sampled LLM replies do.
+    text_rng = random.Random(f"{cfg.seed}/{digest}/{version}")
+    if cfg.reply is not None:
+        full = tokens(cfg.reply)
+    elif cfg.reply_format == "json":
+        full = tokens(pseudo_json(text_rng, cfg.output_tokens))
+    else:
+        full = tokens(pseudo_text(text_rng, cfg.output_tokens))
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    kept = full[:cap] if cap else full
+    finish = "length" if len(kept) < len(full) else "stop"
+    cut_after = rng.randint(1, max(1, len(kept) - 1)) if disconnect and kept else None
+    return Plan(kept, finish, cut_after, rng)
+
+
+async def _paced(
+    state: State, request: web.Request, plan: Plan, entry: dict[str, Any]
+) -> AsyncIterator[list[str]]:
+    """Yield the plan's tokens in batches, each when it is due.
+
+    Deadlines are absolute (not sleep-after-write) so event-loop lag under load does not
+    add up; the load factor is re-read at every step, as a batch's size changes over time.
+    """
+    cfg, loop = state.config, asyncio.get_running_loop()
+
+    def jitter() -> float:
+        return 1.0 + plan.rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 1.0
+
+    due = loop.time() + cfg.ttft_s * state.latency_factor() * jitter()
+    sent, step, total = 0, 1, len(plan.tokens)
+    while True:
+        # sleep(0) when late still lets other streams run between catch-up writes
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        if _client_gone(request):
+            raise _ClientGone
+        batch = plan.tokens[sent : sent + step]
+        if entry["first_token_s"] is None:
+            entry["first_token_s"] = state.now()
+        sent += len(batch)
+        yield batch
+        if sent >= total:
+            return
+        # floor: jitter=1 can draw a factor of exactly 0
+        itl = max(1e-9, state.latency_factor() * jitter() / cfg.tokens_per_s)
+        step = min(total - sent, max(1, math.ceil(state.write_interval() / itl)))
+        due += step * itl
+
+
+def _usage(body: dict[str, Any], completion: int) -> dict[str, int]:
+    prompt = prompt_tokens(body["messages"])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def _complete(
+    state: State, request: web.Request, body: dict[str, Any], plan: Plan, entry: dict[str, Any]
+) -> web.StreamResponse:
+    async for batch in _paced(state, request, plan, entry):
+        entry["tokens"] += len(batch)
+    content = "".join(plan.tokens)
+    payload = {
+        "id": f"chatcmpl-mock-{entry['n']}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or state.config.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": plan.finish_reason,
+            }
+        ],
+        "usage": _usage(body, len(plan.tokens)),
+    }
+    resp = web.json_response(
+        payload, headers=plan.headers, dumps=lambda o: json.dumps(o, ensure_ascii=False)
+    )
+    return await _send(request, resp)
+
+
+async def _stream(
+    state: State, request: web.Request, body: dict[str, Any], plan: Plan, entry: dict[str, Any]
+) -> web.StreamResponse:
+    headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    resp = web.StreamResponse(status=200, headers={**headers, **plan.headers})
+    chunks = _Chunks(
+        f"chatcmpl-mock-{entry['n']}", int(time.time()), body.get("model") or state.config.model
+    )
+    try:
+        # Headers go out at once, as real servers do; the time to first token is in the body.
+        await resp.prepare(request)
+        role = chunks.delta({"role": "assistant", "content": ""})
+        async for batch in _paced(state, request, plan, entry):
+            if plan.cut_after is not None:
+                batch = batch[: plan.cut_after - entry["tokens"]]
+            out, role = role, b""  # the role chunk goes out with the first token
+            entry["tokens"] += len(batch)
+            await resp.write(out + chunks.delta({"content": "".join(batch)}))
+            if entry["tokens"] == plan.cut_after:
+                _cut(request, resp)
+        tail = chunks.delta({}, plan.finish_reason)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            tail += chunks.usage(_usage(body, entry["tokens"]))
+        await resp.write(tail + b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionError as exc:
+        raise _ClientGone from exc
+    return resp
+
+
+class _Disconnected(Exception):
+    """A stream was cut on purpose (``disconnect_rate``); carries the prepared response."""
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        super().__init__("mock disconnect")
+        self.resp = resp
+
+
+def _cut(request: web.Request, resp: web.StreamResponse) -> NoReturn:
+    """Close the socket mid-stream: no final chunk, no [DONE], so clients see an error.
+
+    ``close`` (not ``abort``) flushes what was written; aiohttp's own ``write_eof`` then
+    finds a closing transport and treats the request as a premature disconnection.
+    """
+    if request.transport is not None:
+        request.transport.close()
+    raise _Disconnected(resp)
+
+
+async def _acquire(state: State) -> None:
+    """Wait for a generation slot in FIFO order (no-op without ``capacity``)."""
+    if state.gate is None:
+        return
+    waiter = state.gate.enter()
+    if waiter is None:
+        return
+    state.max_queued = max(state.max_queued, state.queued)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled():
+            state.gate.release()  # the slot was handed over just as we were cancelled
+        raise
+
+
+async def _serve_admitted(
+    state: State, request: web.Request, body: dict[str, Any], plan: Plan, entry: dict[str, Any]
+) -> web.StreamResponse:
+    """Queue for capacity, generate, and keep the load gauges right even on cancellation."""
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        await _acquire(state)
+        state.active += 1
+        try:
+            if body.get("stream"):
+                return await _stream(state, request, body, plan, entry)
+            return await _complete(state, request, body, plan, entry)
+        finally:
+            state.active -= 1
+            if state.gate is not None:
+                state.gate.release()
+    finally:
+        state.in_flight -= 1
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    entry = state.arrive(request)
+    try:
+        resp = await _chat_inner(state, request, entry)
+    except _Reject as rej:
+        state.finish(entry, rej.status, "rejected")
+        error = _error_response(state.config, rej)
+        with contextlib.suppress(_ClientGone):  # nobody left to tell
+            await _send(request, error)
+        return error
+    except _Disconnected as cut:
+        state.finish(entry, 200, "disconnect")
+        return cut.resp
+    except _ClientGone:
+        # 499 = "client closed request" (nginx's convention). aiohttp finds the socket
+        # closed when it tries to send this and drops the connection quietly.
+        state.finish(entry, 499, "client_closed")
+        return web.Response(status=499)
+    except asyncio.CancelledError:
+        state.finish(entry, 499, "client_closed")
+        raise
+    state.finish(entry, resp.status, "ok")
+    return resp
+
+
+async def _chat_inner(
+    state: State, request: web.Request, entry: dict[str, Any]
+) -> web.StreamResponse:
+    cfg = state.config
+    _check_auth(cfg, request)
+    body = _parse_body(await request.read())
+    digest = prompt_digest(body["messages"])
+    entry.update(stream=bool(body.get("stream")), prompt_sha=digest[:12])
+    n = entry["n"]
+    # One generator per request, drawn in a fixed order: error, disconnect, cut, jitter.
+    rng = random.Random(f"{cfg.seed}/{n}")
+    headers = _admit(state, n, rng, body)
+    plan = _plan(state, body, digest, entry["version"], rng)
+    plan.headers = headers
+    return await _serve_admitted(state, request, body, plan, entry)
+
+
+async def _models(request: web.Request) -> web.Response:
+    cfg = request.app[STATE].config
+    model = {"id": cfg.model, "object": "model", "created": 0, "owned_by": "arboris-mock"}
+    return web.json_response({"object": "list", "data": [model]})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    with_log = request.query.get("log", "1").lower() not in ("0", "false", "no")
+    return web.json_response(request.app[STATE].snapshot(with_log))
+
+
+async def _stats_reset(request: web.Request) -> web.Response:
+    request.app[STATE].reset()
+    return web.json_response({"ok": True})
+
+
+# --------------------------------------------------------------------------- app and serving
+
+
+def make_app(config: MockConfig | None = None) -> web.Application:
+    """The aiohttp application of the mock server (run it with any aiohttp runner)."""
+    # Room for long novel prompts (aiohttp's default cap is 1 MiB).
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app[STATE] = State(config or MockConfig())
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/stats", _stats)
+    app.router.add_post("/stats/reset", _stats_reset)
+    return app
+
+
+def root_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def start(config: MockConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
+    # A short shutdown timeout: on stop, streams still running are cut rather than awaited.
+    # handler_cancellation: a handler whose client left is cancelled, not left pending.
+    runner = web.AppRunner(
+        make_app(config), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
+    await runner.setup()
+    # A deep backlog, so a burst of hundreds of connections is queued, not refused.
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+async def serve(
+    config: MockConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve on the running loop until cancelled; ``on_ready`` gets the base URL (``…/v1``)."""
+    runner, real_port = await start(config or MockConfig(), host, port)
+    try:
+        if on_ready is not None:
+            on_ready(root_url(host, real_port) + "/v1")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
