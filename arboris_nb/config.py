@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EXTRA_RANGE",
     "LLMConfig",
     "WriterSettings",
     "cache_setting",
@@ -28,12 +29,15 @@ __all__ = [
     "mask_key",
     "parse_bool",
     "parse_count",
+    "parse_extra",
     "parse_limit",
     "store_setting",
 ]
 
 DEFAULT_MODEL = "gpt-4o-mini"
 COUNT_RANGE = (1, 10)
+#: ``extra_versions``: versions started beyond the ones kept (keep the first N of N+k).
+EXTRA_RANGE = (0, 5)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -82,9 +86,10 @@ def parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
 
 
-def parse_count(name: str, env: str, value: object) -> int:
-    """A 1–10 count, or a ConfigError naming ``name`` (``env``) and the range."""
-    low, high = COUNT_RANGE
+def parse_count(name: str, env: str, value: object, bounds: tuple[int, int] = COUNT_RANGE) -> int:
+    """A whole number in ``bounds`` (1–10 by default), or a ConfigError naming ``name``
+    (``env``) and the range."""
+    low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             value = int(str(value).strip())
@@ -95,6 +100,11 @@ def parse_count(name: str, env: str, value: object) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} ({env}) must be from {low} to {high}, got {value}")
     return value
+
+
+def parse_extra(name: str, env: str, value: object) -> int:
+    """``extra_versions``: a 0–5 count."""
+    return parse_count(name, env, value, EXTRA_RANGE)
 
 
 def parse_limit(name: str, env: str, value: object) -> int | Literal["auto"]:
@@ -120,12 +130,15 @@ class WriterSettings:
     """How many versions to write and how many requests may run at once.
 
     ``max_parallel_requests`` is a whole number 1–10, or ``"auto"`` for adaptive
-    concurrency (see :mod:`arboris_nb.limits`).
+    concurrency (see :mod:`arboris_nb.limits`). ``extra_versions`` (0–5) starts that many
+    versions more and keeps the first ``version_count`` to finish: the rest are cancelled
+    (reason ``surplus``), so one slow request no longer holds the run.
     """
 
     version_count: int = 2
     parallel: bool = True
     max_parallel_requests: int | Literal["auto"] = 3
+    extra_versions: int = 0
 
     def __post_init__(self) -> None:
         count = parse_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
@@ -140,6 +153,8 @@ class WriterSettings:
             "max_parallel_requests", "WRITER_MAX_PARALLEL_REQUESTS", self.max_parallel_requests
         )
         object.__setattr__(self, "max_parallel_requests", limit)
+        extra = parse_extra("extra_versions", "WRITER_EXTRA_VERSIONS", self.extra_versions)
+        object.__setattr__(self, "extra_versions", extra)
 
     @classmethod
     def from_env(
@@ -159,6 +174,8 @@ class WriterSettings:
             values["parallel"] = parse_bool(*found)
         if found := _first(env, "WRITER_MAX_PARALLEL_REQUESTS"):
             values["max_parallel_requests"] = parse_limit("max_parallel_requests", *found)
+        if found := _first(env, "WRITER_EXTRA_VERSIONS"):
+            values["extra_versions"] = parse_extra("extra_versions", *found)
         _refuse_unknown(cls, overrides)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -83,12 +83,15 @@ def _handlers(on_event: Handlers) -> list[EventHandler]:
 
 
 def _indices(settings: WriterSettings, indices: Sequence[int] | None) -> list[int]:
+    """The versions to start: the ones kept (``version_count``, or ``indices``) and the
+    ``extra_versions`` after them."""
     if indices is None:
-        return list(range(1, settings.version_count + 1))
-    chosen = sorted(set(indices))
-    if not chosen or chosen[0] < 1:
-        raise ConfigError(f"version indices must be 1 or more, got {list(indices)}")
-    return chosen
+        chosen = list(range(1, settings.version_count + 1))
+    else:
+        chosen = sorted(set(indices))
+        if not chosen or chosen[0] < 1:
+            raise ConfigError(f"version indices must be 1 or more, got {list(indices)}")
+    return chosen + [chosen[-1] + i for i in range(1, settings.extra_versions + 1)]
 
 
 def start_versions(
@@ -109,6 +112,10 @@ def start_versions(
     refresh: bool = False,
 ) -> RunHandle:
     """Start generating ``settings.version_count`` versions of ``prompt``; return at once.
+
+    With ``settings.extra_versions`` k, k more are started and the first
+    ``version_count`` to finish are kept: the rest are cancelled (reason ``surplus``).
+    ``retry`` may hedge slow requests (``RetryPolicy(hedge_after_s=…)``).
 
     The returned :class:`~arboris_nb.handle.RunHandle` has the :class:`Run` as
     ``handle.run`` straight away (its id, every version ``queued``), live while it
@@ -215,9 +222,12 @@ def _new_run(
     project: str | None,
     chapter: int | None,
 ) -> Run:
+    chosen = _indices(settings, indices)
     return Run(
         run_id=run_id or uuid.uuid4().hex[:12],
-        versions=[Version(index=i) for i in _indices(settings, indices)],
+        versions=[Version(index=i) for i in chosen],
+        keep=len(chosen) - settings.extra_versions,
+        extra_versions=settings.extra_versions,
         parallel=settings.parallel,
         # The limiter in use sets C for the record (it may be shared, or above 10).
         max_parallel_requests="auto" if getattr(limiter, "adaptive", False) else limiter.limit,

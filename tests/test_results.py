@@ -33,11 +33,16 @@ def full_version() -> Version:
         tokens_from_usage=True,
         attempts=2,
         attempt_log=[
-            Attempt(1, 1.0, 1.2, "ServerError", 500, 0.3, 0.25),
-            Attempt(2, 1.5, 3.0),
+            Attempt(1, 1.0, 1.2, "ServerError", 500, 0.3, 0.25, output_tokens=3),
+            Attempt(2, 1.5, 3.0, first_token_at=1.5, output_tokens=12),
+            Attempt(2, 1.6, 2.9, "CancelledError", hedge=True, lost=True, output_tokens=9),
         ],
         key_id="sk-…wxyz",
         cached=True,
+        partial="streamed so far",
+        cancel_reason="surplus",
+        hedged=True,
+        hedge_won=True,
         edited=True,
         original_content="generated",
     )
@@ -73,6 +78,7 @@ def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
         "duration_s": 2.0,
         "retry_wait_s": 0.3,
         "tokens_per_s": 8.0,
+        "wasted_tokens": 12,  # the failed attempt's 3 and the losing hedge's 9
     }
     assert Version.from_dict(data) == version
 
@@ -96,6 +102,8 @@ def test_a_run_round_trips_with_its_versions() -> None:
         elapsed_s=3.5,
         parent_run_id="r0",
         parent_index=3,
+        keep=1,
+        extra_versions=1,
     )
     plain = json.loads(json.dumps(run.to_dict()))
     assert Run.from_dict(plain) == run

@@ -39,6 +39,7 @@ class ChatRequest:
     run_id: str = ""
     version_index: int = 1
     attempt: int = 1
+    hedge: bool = False  # a duplicate of ``attempt``, started because it was slow
 
     @property
     def prompt(self) -> str:
