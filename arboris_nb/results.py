@@ -395,11 +395,12 @@ class Run:
 
     @property
     def ideal_s(self) -> float | None:
-        """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows."""
+        """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows (N: the
+        versions kept — extras are there to reach this despite stragglers)."""
         mean = self.avg_per_version_s
         if mean is None:
             return None
-        return math.ceil(self.version_count / self.concurrency) * mean
+        return math.ceil(self.keep_count / self.concurrency) * mean
 
     def to_dict(self, *, metrics: bool = False) -> dict[str, Any]:
         """The fields, JSON-ready, versions included (each :meth:`Version.to_dict`).

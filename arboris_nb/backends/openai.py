@@ -183,6 +183,7 @@ class _Connection:
                 "X-Arboris-Run": request.run_id,
                 "X-Arboris-Version": str(request.version_index),
                 "X-Arboris-Attempt": str(request.attempt),
+                **({"X-Arboris-Hedge": "1"} if request.hedge else {}),
             },
         }
         if request.max_tokens is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import WriterSettings, parse_count, parse_limit
+from ..config import WriterSettings, parse_count, parse_extra, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
         type=limit_arg(),
         help='requests at once, 1–10, or "auto" for adaptive concurrency '
         "(default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
+    )
+    p.add_argument(
+        "--extra-versions",
+        type=_arg_type(parse_extra, "--extra-versions", "WRITER_EXTRA_VERSIONS"),
+        help="start this many more, 0–5, and keep the first --versions to finish "
+        "(default: WRITER_EXTRA_VERSIONS or 0)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--serial", dest="parallel", action="store_false", default=None)
@@ -123,7 +129,10 @@ def _report(run: Run, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = WriterSettings.from_env(
-        version_count=args.versions, parallel=args.parallel, max_parallel_requests=args.max_parallel
+        version_count=args.versions,
+        parallel=args.parallel,
+        max_parallel_requests=args.max_parallel,
+        extra_versions=args.extra_versions,
     )
     prompt, backend = _prompt(args), _backend(args)
     started: list[RunHandle] = []  # so Ctrl-C can still show what finished

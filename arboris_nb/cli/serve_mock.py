@@ -20,6 +20,8 @@ _FIELD_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
     ("--tokens-per-s", "tokens_per_s", float, "RATE", "token rate after the first token"),
     ("--output-tokens", "output_tokens", int, "N", "tokens per reply (max_tokens caps it)"),
     ("--jitter", "jitter", float, "FRACTION", "latency noise, e.g. 0.1 = ±10%%"),
+    ("--straggler-rate", "straggler_rate", float, "FRACTION", "fraction of requests slowed"),
+    ("--straggler-factor", "straggler_factor", float, "X", "how many times slower they are"),
     ("--seed", "seed", int, "N", "seed of faults, jitter and generated text"),
     ("--capacity", "capacity", int, "N", "sequences generated at once; the rest queue (FIFO)"),
     ("--slowdown", "slowdown", float, "X", "latency factor 1 + X * load (see docs)"),

@@ -198,6 +198,14 @@ def _plan(
     return Plan(kept, finish, cut_after, rng)
 
 
+def _straggler(cfg: MockConfig, n: int) -> bool:
+    """Is request ``n`` one of the heavy tail? Its own generator, apart from the one of
+    errors and jitter, so turning the tail on changes no other draw of a seeded run."""
+    return cfg.straggler_rate > 0 and random.Random(f"{cfg.seed}/{n}/tail").random() < (
+        cfg.straggler_rate
+    )
+
+
 async def _paced(
     state: State, request: web.Request, plan: Plan, entry: dict[str, Any]
 ) -> AsyncIterator[list[str]]:
@@ -211,7 +219,7 @@ async def _paced(
     def jitter() -> float:
         return 1.0 + plan.rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 1.0
 
-    due = loop.time() + cfg.ttft_s * state.latency_factor() * jitter()
+    due = loop.time() + cfg.ttft_s * plan.slow * state.latency_factor() * jitter()
     sent, step, total = 0, 1, len(plan.tokens)
     while True:
         # sleep(0) when late still lets other streams run between catch-up writes
@@ -226,7 +234,7 @@ async def _paced(
         if sent >= total:
             return
         # floor: jitter=1 can draw a factor of exactly 0
-        itl = max(1e-9, state.latency_factor() * jitter() / cfg.tokens_per_s)
+        itl = max(1e-9, plan.slow * state.latency_factor() * jitter() / cfg.tokens_per_s)
         step = min(total - sent, max(1, math.ceil(state.write_interval() / itl)))
         due += step * itl
 
@@ -393,6 +401,9 @@ async def _chat_inner(
     headers = _admit(state, n, rng, body)
     plan = _plan(state, body, digest, entry["version"], rng)
     plan.headers = headers
+    if _straggler(cfg, n):
+        plan.slow = cfg.straggler_factor
+        entry["straggler"] = True
     return await _serve_admitted(state, request, body, plan, entry)
 
 

@@ -39,6 +39,10 @@ class MockConfig:
     tokens_per_s: float = 50.0
     output_tokens: int = 120
     jitter: float = 0.0
+    # A heavy tail: this fraction of requests (drawn per request) is straggler_factor
+    # times slower — first token and every token after it.
+    straggler_rate: float = 0.0
+    straggler_factor: float = 5.0
     seed: int = 0
     capacity: int | None = None
     slowdown: float = 0.0
@@ -76,6 +80,9 @@ class MockConfig:
         out = self.output_tokens
         _check(is_int(out) and out >= 1, "output_tokens", "an int >= 1", out)
         _check(_is_num(self.jitter) and 0 <= self.jitter <= 1, "jitter", "in [0, 1]", self.jitter)
+        rate, factor = self.straggler_rate, self.straggler_factor
+        _check(_is_num(rate) and 0 <= rate <= 1, "straggler_rate", "in [0, 1]", rate)
+        _check(_is_num(factor) and factor >= 1, "straggler_factor", "a number >= 1", factor)
         _check(is_int(self.seed), "seed", "an int", self.seed)
 
     def _validate_limits(self) -> None:

@@ -69,6 +69,7 @@ class Plan:
     finish_reason: str
     cut_after: int | None
     rng: random.Random
+    slow: float = 1.0  # latency multiplier: straggler_factor for a straggler, else 1
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers of the answer
 
 
@@ -116,6 +117,8 @@ class State:
             "outcome": None,
             "stream": None,
             "tokens": 0,
+            "straggler": False,
+            "hedge": request.headers.get("X-Arboris-Hedge") == "1",
             "version": request.headers.get("X-Arboris-Version"),
             "attempt": request.headers.get("X-Arboris-Attempt"),
             "run": request.headers.get("X-Arboris-Run"),
