@@ -257,7 +257,8 @@ class RunStore:
                     "version_count, indices, max_parallel_requests, model, messages, "
                     "temperature, max_tokens, elapsed_s, sessions, status, parent_run_id, "
                     "parent_index, keep, extra_versions) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', "
+                    "?, ?, ?, ?)",
                     (
                         run.run_id,
                         run.project,

@@ -63,7 +63,7 @@ def test_extra_versions_range_is_named_with_its_env_var() -> None:
         WriterSettings(extra_versions=-1)
     assert WriterSettings.from_env({"WRITER_EXTRA_VERSIONS": "2"}).extra_versions == 2
     assert WriterSettings.from_env({}).extra_versions == 0
-    with pytest.raises(ConfigError, match="WRITER_EXTRA_VERSIONS.*whole number from 0 to 5"):
+    with pytest.raises(ConfigError, match=r"WRITER_EXTRA_VERSIONS.*whole number from 0 to 5"):
         WriterSettings.from_env({"WRITER_EXTRA_VERSIONS": "one"})
 
 
@@ -190,7 +190,7 @@ async def test_stop_reports_ended_and_unknown_versions() -> None:
     handle = start(2)
     await asyncio.sleep(L + 0.1)
     assert handle.cancel_version(1) is False  # already ok: nothing to stop
-    with pytest.raises(ConfigError, match="no version 7 .*versions: 1, 2"):
+    with pytest.raises(ConfigError, match=r"no version 7 .*versions: 1, 2"):
         handle.cancel_version(7)
     await handle
 
@@ -497,21 +497,20 @@ async def test_the_widget_stream_shows_one_request_per_version() -> None:
 
 
 @pytest.mark.looptime
-async def test_the_store_keeps_the_pool_a_run_kept_and_the_versions_added(
-    _private_run_store: Any,
-) -> None:
+async def test_the_store_keeps_the_pool_a_run_kept_and_the_versions_added(tmp_path: Any) -> None:
+    path = tmp_path / "runs.sqlite3"
     handle = start_versions(
-        "p", settings=settings(2, extra=1), llm=model(stragglers={1}), store=_private_run_store
+        "p", settings=settings(2, extra=1), llm=model(stragglers={1}), store=path
     )
     await asyncio.sleep(0.5)
     handle.add_versions(1)
     run = await handle
-    with RunStore(_private_run_store) as store:
+    with RunStore(path) as store:
         record = store.get_run(run.run_id)
         assert record is not None
         assert (record.keep, record.extra_versions, record.indices) == (3, 1, [1, 2, 3, 4])
         assert record.status == "complete"  # the three it keeps are ok; one was surplus
-    loaded = load_run(run.run_id, store=_private_run_store)
+    loaded = load_run(run.run_id, store=path)
     assert loaded.keep == 3 and [v.index for v in loaded.kept] == [2, 3, 4]
     assert loaded.versions[0].cancel_reason == "surplus"
     assert loaded.summary()["kept"] == 3
