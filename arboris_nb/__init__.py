@@ -68,12 +68,13 @@ from .events import (
 )
 from .handle import RunHandle
 from .limits import FixedLimit, Limiter
-from .prompts import chapter_messages, parse_reply
+from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
+from .verdict import JudgeCall, PairVerdict
 
 # Loaded on first use, so `import arboris_nb` (and so every CLI command) does not pay for
 # packages a path may never need: openai (+ aiohttp, pydantic) and ipywidgets (+ IPython).
@@ -102,6 +103,7 @@ __all__ = [
     "BadRequest",
     "BookJob",
     "BookProgress",
+    "ChapterContext",
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",
@@ -109,11 +111,13 @@ __all__ = [
     "EvaluationError",
     "Event",
     "FixedLimit",
+    "JudgeCall",
     "KeyPool",
     "LLMConfig",
     "LimitChanged",
     "Limiter",
     "OpenAIBackend",
+    "PairVerdict",
     "RateLimited",
     "Recorder",
     "RedisCache",

@@ -7,13 +7,10 @@
 * :func:`edit_version` — replace a version's text by the editor's, saved to the run
   store next to the generated text (which is kept).
 * :func:`word_diff` / :func:`diff_html` — an inline word-level diff (``difflib``).
-* :func:`evaluate` — ask the model to compare the ok versions; the reply is parsed into
-  Arboris-Novel's evaluation shape (:class:`Evaluation`) by :func:`parse_evaluation`.
-  :func:`simulated_judge` is an offline model that writes chapters *and* answers
-  evaluation requests with deterministic JSON, so Evaluate works without an API; a plain
-  :class:`SimulatedLLM` is judged by it too.
 * :func:`export_markdown` — one version to a Markdown file.
 
+Evaluate (asking a judge model which version is best) lives in :mod:`arboris_nb.judge`;
+its names are re-exported here, so every editor action is in one namespace.
 Everything that becomes HTML here is escaped: model output is untrusted.
 """
 
@@ -21,23 +18,24 @@ from __future__ import annotations
 
 import difflib
 import html
-import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from .backends.base import Backend, ChatRequest, Message
-from .backends.simulated import SimulatedLLM, simulated_text
+from .backends.base import Backend, Message
 from .config import LLMConfig, WriterSettings
-from .engine import Handlers, generate_versions, start_versions
-from .errors import ArborisError, ConfigError, StateError
-from .prompts import as_messages, strip_think
+from .engine import Handlers, start_versions
+from .errors import ConfigError, StateError
+from .judge import evaluate, evaluation_candidates
+from .judge_prompts import EVALUATION_SYSTEM_PROMPT, evaluation_messages, parse_evaluation
+from .judge_sim import simulated_judge
+from .prompts import as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
 from .store import RunStore, StoreSpec, open_store
+from .verdict import Evaluation, EvaluationError
 
 __all__ = [
     "EVALUATION_SYSTEM_PROMPT",
@@ -59,25 +57,6 @@ __all__ = [
 
 LLM = LLMConfig | Backend | None
 DiffOp = Literal["equal", "insert", "delete"]
-
-EVALUATION_SYSTEM_PROMPT = (
-    "You are a senior fiction editor. Compare the candidate versions of one chapter for "
-    "prose, pacing, character consistency and fidelity to the chapter goal. Reply with JSON "
-    'only: {"best_choice": <version number>, "reason_for_choice": "...", "evaluation": '
-    '{"version1": {"pros": ["..."], "cons": ["..."], "overall_review": "..."}, ...}}'
-)
-# The judge finds the versions by these headings; keep them in one place.
-_VERSION_HEADING = "[Version {index}]"
-_HEADING_RE = re.compile(r"^\[Version (\d+)\]$", re.MULTILINE)
-
-
-class EvaluationError(ArborisError):
-    """No usable verdict: the judge's reply could not be parsed, chose a version that is
-    not a candidate, or the judge request failed. ``reply`` holds the reply ("" if none)."""
-
-    def __init__(self, message: str, reply: str) -> None:
-        super().__init__(message)
-        self.reply = reply
 
 
 def _not_ok(version: Version, done_to_it: str) -> StateError:
@@ -276,202 +255,6 @@ def diff_html(a: str, b: str) -> str:
     tags = {"equal": "{}", "delete": "<del>{}</del>", "insert": "<ins>{}</ins>"}
     body = "".join(tags[op].format(html.escape(text)) for op, text in word_diff(a, b))
     return f'<div class="arboris-diff" style="white-space: pre-wrap">{body}</div>'
-
-
-# -- evaluate ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Evaluation:
-    """Arboris-Novel's evaluation: the best version, why, and pros/cons per version."""
-
-    best_choice: int
-    reason: str
-    versions: dict[int, dict[str, list[str]]] = field(default_factory=dict)
-    raw: str = field(default="", repr=False)
-
-    def to_html(self) -> str:
-        """The evaluation as escaped HTML (CSS class ``arboris-evaluation``)."""
-        rows = []
-        for index, notes in sorted(self.versions.items()):
-            items = [
-                f"<li>{label} {html.escape(point)}</li>"
-                for key, label in (("pros", "+"), ("cons", "−"))
-                for point in notes.get(key, [])
-            ]
-            rows.append(f"<p><b>Version {index}</b></p><ul>{''.join(items)}</ul>")
-        return (
-            f'<div class="arboris-evaluation"><p><b>Best: version {self.best_choice}</b> — '
-            f"{html.escape(self.reason)}</p>{''.join(rows)}</div>"
-        )
-
-
-def evaluation_messages(versions: Sequence[Version], goal: str | None = None) -> list[Message]:
-    """The request asking a model to compare ``versions`` (each under a heading)."""
-    parts = [f"[Chapter goal]\n{goal}"] if goal else []
-    for v in versions:
-        parts.append(f"{_VERSION_HEADING.format(index=v.index)}\n{v.content or ''}")
-    return [
-        {"role": "system", "content": EVALUATION_SYSTEM_PROMPT},
-        {"role": "user", "content": "\n\n".join(parts)},
-    ]
-
-
-def _json_object(text: str) -> Any:
-    """The first JSON object in a reply: ``<think>`` and code fences tolerated."""
-    clean = strip_think(text)
-    start, end = clean.find("{"), clean.rfind("}")
-    if start < 0 or end < start:
-        return None
-    try:
-        return json.loads(clean[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-
-
-def _version_number(key: object) -> int | None:
-    match = re.search(r"\d+", str(key))
-    return int(match.group()) if match else None
-
-
-def _points(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list):
-        return [str(p) for p in value if str(p).strip()]
-    return []
-
-
-def parse_evaluation(text: str) -> Evaluation:
-    """Parse an evaluation reply; raise :class:`EvaluationError` when it is not usable.
-
-    Accepts ``best_choice`` (or ``best_version``), ``reason_for_choice`` (or ``reason``)
-    and ``evaluation`` (or ``versions``) keyed ``version1`` / ``1`` / ``version_1``.
-    """
-    data = _json_object(text)
-    if not isinstance(data, dict):
-        raise EvaluationError("the evaluation reply is not a JSON object", text)
-    best = _version_number(data.get("best_choice", data.get("best_version", "")))
-    if best is None:
-        raise EvaluationError("the evaluation reply has no best_choice version number", text)
-    reason = str(data.get("reason_for_choice", data.get("reason", "")))
-    notes = data.get("evaluation", data.get("versions", {}))
-    versions: dict[int, dict[str, list[str]]] = {}
-    if isinstance(notes, dict):
-        for key, value in notes.items():
-            number = _version_number(key)
-            if number is not None and isinstance(value, dict):
-                versions[number] = {k: _points(value.get(k)) for k in ("pros", "cons")}
-    return Evaluation(best_choice=best, reason=reason, versions=versions, raw=text)
-
-
-def evaluation_candidates(run: Run) -> list[Version]:
-    """The versions :func:`evaluate` compares: the run's ok ones, at least two of them."""
-    candidates = run.ok
-    if len(candidates) < 2:
-        raise StateError(
-            f"Evaluate needs at least 2 done versions; the run has {len(candidates)}: "
-            "retry the failed or cancelled ones first"
-        )
-    return candidates
-
-
-async def evaluate(
-    run: Run,
-    *,
-    llm: LLM = None,
-    goal: str | None = None,
-    retry: RetryPolicy | None = None,
-) -> Evaluation:
-    """Ask the model to compare the run's ok versions; return the parsed evaluation.
-
-    The request goes through the engine (one version, so retries and timing are the
-    engine's). Needs at least two ok versions; the chosen version must be one of them.
-    A plain :class:`SimulatedLLM` (no ``reply`` of its own) answers as
-    :func:`simulated_judge` does, so an offline model evaluates offline. Raises
-    :class:`EvaluationError` when there is no usable verdict.
-    """
-    candidates = evaluation_candidates(run)
-    judged = await generate_versions(
-        evaluation_messages(candidates, goal),
-        settings=WriterSettings(version_count=1, max_parallel_requests=1),
-        llm=_offline_judge(llm),
-        retry=retry,
-        run_id=f"{run.run_id}-eval",
-        store=False,  # an evaluation is not a run of chapter versions
-        raise_on_all_failed=False,  # a failed judge is an EvaluationError, said below
-    )
-    answer = judged.versions[0]
-    if not answer.ok:
-        raise EvaluationError(
-            f"the judge model gave no reply ({answer.status}: {answer.error})", ""
-        )
-    reply = answer.content or ""
-    evaluation = parse_evaluation(reply)
-    if evaluation.best_choice not in {v.index for v in candidates}:
-        raise EvaluationError(
-            f"the evaluation chose version {evaluation.best_choice}, which is not an ok version",
-            reply,
-        )
-    return evaluation
-
-
-def _judge_reply(user: str) -> str:
-    """A deterministic toy verdict: the richest vocabulary wins (distinct words / words)."""
-    headings = list(_HEADING_RE.finditer(user))
-    scores: dict[int, tuple[float, int]] = {}
-    for pos, match in enumerate(headings):
-        end = headings[pos + 1].start() if pos + 1 < len(headings) else len(user)
-        words = re.findall(r"\w+", user[match.end() : end].lower())
-        scores[int(match.group(1))] = (len(set(words)) / max(len(words), 1), len(words))
-    best = max(scores, key=lambda i: (scores[i], -i))
-    evaluation = {
-        f"version{i}": {
-            "pros": [f"{variety:.0%} distinct words"] if i == best else [f"{words} words"],
-            "cons": [] if i == best else ["less varied vocabulary than the best version"],
-            "overall_review": "simulated review",
-        }
-        for i, (variety, words) in scores.items()
-    }
-    verdict = {
-        "best_choice": best,
-        "reason_for_choice": f"version {best} has the most varied vocabulary (simulated judge)",
-        "evaluation": evaluation,
-    }
-    return json.dumps(verdict, ensure_ascii=False)
-
-
-def _offline_judge(llm: LLM) -> LLM:
-    """A plain SimulatedLLM writes prose, never a verdict: judge with its simulated_judge
-    twin (same timing, seed and faults; requests still recorded in its ``calls``)."""
-    if not isinstance(llm, SimulatedLLM) or llm.reply is not None:
-        return llm  # a real model, or a scripted reply the caller chose on purpose
-    twin = replace(llm)  # shares the `calls` list
-    twin.reply = _judge_replier(twin)
-    return twin
-
-
-def simulated_judge(**options: Any) -> SimulatedLLM:
-    """A :class:`SimulatedLLM` that writes chapters and also answers evaluation requests.
-
-    Writing requests get the usual simulated prose; a request built by
-    :func:`evaluation_messages` gets a deterministic verdict in Arboris-Novel's JSON
-    shape (the version with the most varied vocabulary wins). ``options`` are passed
-    to :class:`SimulatedLLM` (``reply`` is taken).
-    """
-    if "reply" in options:
-        raise ConfigError("simulated_judge sets reply itself; do not pass reply=")
-    llm = SimulatedLLM(**options)
-    llm.reply = _judge_replier(llm)
-    return llm
-
-
-def _judge_replier(llm: SimulatedLLM) -> Callable[[ChatRequest], str]:
-    def reply(request: ChatRequest) -> str:
-        system = next((m["content"] for m in request.messages if m["role"] == "system"), "")
-        if system == EVALUATION_SYSTEM_PROMPT:
-            return _judge_reply(request.prompt)
-        return simulated_text(request.prompt, request.version_index, llm.output_tokens, llm.seed)
-
-    return reply
 
 
 # -- export -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@
     │   ├── ServerError        5xx, 408, 409 — retryable
     │   ├── AuthError          401 / 403 — not retried
     │   └── BadRequest         400 / 404 / 422 — not retried
-    ├── EvaluationError        no usable verdict from the judge (in arboris_nb.editor)
+    ├── EvaluationError        no usable verdict from the judge (in arboris_nb.verdict)
     └── AllVersionsFailed      every version of a run failed; carries the Run
 
 A failure in one version never raises for the batch: it becomes that version's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import arboris_nb
 from arboris_nb import (
+    ChapterContext,
     ConfigError,
     EvaluationError,
     RetryPolicy,
@@ -22,12 +24,17 @@ from arboris_nb import (
     StateError,
     VersionsWidget,
     WriterSettings,
+    chapter_messages,
+    list_runs,
+    load_run,
     simulated_judge,
 )
 from arboris_nb.editor import EVALUATION_SYSTEM_PROMPT
+from arboris_nb.judge_prompts import DEFAULT_CRITERIA
 from arboris_nb.widgets.actions import explain
 
 FAST = {"ttft_s": 0.05, "tokens_per_s": 200.0, "output_tokens": 40}
+XSS = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
 
 
 def make(tmp_path: Path, llm: object = None, n: int = 3, **options: object) -> VersionsWidget:
@@ -143,7 +150,7 @@ async def test_evaluate_works_offline_with_a_plain_simulated_model(tmp_path: Pat
     assert not w.busy and not w.compare.evaluate_button.disabled
     request = llm.calls[-1]  # the judge answered on the user's model, offline
     assert request.messages[0]["content"] == EVALUATION_SYSTEM_PROMPT
-    assert "[Chapter goal]\nWrite chapter 5: the letter" in request.prompt
+    assert "[This chapter's goal]\nWrite chapter 5: the letter\n\n[Criteria]" in request.prompt
 
 
 @pytest.mark.looptime
@@ -187,6 +194,138 @@ async def test_stop_cancels_an_evaluation_and_ends_its_busy_state(tmp_path: Path
         await task
     assert shown(w.compare.note) == "Evaluation cancelled."
     assert not w.busy and not w.compare.evaluate_button.disabled
+
+
+# -- Evaluate with the book's context (issue #13 item 3) -----------------------------------
+CHAPTER = chapter_messages(
+    chapter=5,
+    title="The Letter",
+    goal="The lantern keeper finds the letter.",
+    blueprint="A harbor city of bells.",
+    previous_summary="The storm closed the port.",
+    notes="Quiet, close third person.",
+)
+
+
+@pytest.mark.looptime
+async def test_a_new_run_fills_the_context_from_its_prompt(tmp_path: Path) -> None:
+    w = make(tmp_path)
+    form = w.compare.form
+    assert form.context_box.selected_index is None  # collapsed until opened
+    assert form.context_box.titles == ("Context",)
+    assert form.mode.value == "all" and form.chosen_criteria == list(DEFAULT_CRITERIA)
+    await w.generate(CHAPTER)
+    assert form.blueprint.value == "A harbor city of bells."
+    assert form.summaries.value == "The storm closed the port."
+    assert form.goal.value == "Chapter 5: The Letter\nThe lantern keeper finds the letter."
+    assert form.notes.value == "Quiet, close third person."
+    form.summaries.value = "The storm closed the port.\nThe keeper's sister left."
+    await w.generate("Write chapter 6: the bell rings")  # a plain prompt: only the goal
+    assert form.goal.value == "Write chapter 6: the bell rings"
+    assert form.blueprint.value == "A harbor city of bells."  # typed context stays
+    assert form.context.previous_summaries == (
+        "The storm closed the port.",
+        "The keeper's sister left.",
+    )
+
+
+@pytest.mark.looptime
+async def test_pairwise_from_the_tab_judges_with_the_typed_context_and_criteria(
+    tmp_path: Path,
+) -> None:
+    llm = simulated_judge(**FAST)  # type: ignore[arg-type]
+    w = make(tmp_path, llm)
+    await w.generate(CHAPTER)
+    w.compare.form.mode.value = "pairwise"
+    w.compare.form.criteria.value = "fidelity to the blueprint\n\npacing\n"
+    w.compare.form.summaries.value = "The storm closed the port.\nThe bells fell silent."
+    asked = len(llm.calls)
+    w.compare.evaluate_button.click()
+    assert shown(w.compare.note) == (
+        "Evaluating versions 1, 2, 3 pairwise, both orders (6 judge requests)…"
+    )
+    assert w.compare.task is not None
+    evaluation = await w.compare.task
+    assert evaluation.mode == "pairwise" and len(llm.calls) - asked == 6
+    assert evaluation.criteria == ("fidelity to the blueprint", "pacing")
+    assert evaluation.context is not None
+    assert evaluation.context.previous_summaries[1] == "The bells fell silent."
+    user = evaluation.calls[0].messages[1]["content"]
+    assert user.startswith("[World blueprint]\nA harbor city of bells.\n\n")
+    assert "2. The bells fell silent.\n\n[This chapter's goal]\nChapter 5: The Letter\n" in user
+    assert "[Criteria]\n- fidelity to the blueprint\n- pacing\n\n[Version A]" in user
+    text = shown(w.compare.output)
+    assert text.startswith(f"Best: version {evaluation.best_choice} — ")
+    for place, i in enumerate(evaluation.ranking, 1):
+        row = f"<td>{place}</td><td>version {i}</td><td>{evaluation.wins[i]:g} of 4</td>"
+        assert row in w.compare.output.value
+    agreed = sum(p.agree for p in evaluation.pairs)
+    assert f"Both orders agreed on {agreed} of 3 pairs ({evaluation.agreement:.0%})." in text
+    assert w.compare.note.value == "" and not w.busy
+
+
+@pytest.mark.looptime
+async def test_evaluate_can_be_given_context_criteria_and_mode_and_shows_them(
+    tmp_path: Path,
+) -> None:
+    w = make(tmp_path, simulated_judge(**FAST))  # type: ignore[arg-type]
+    await w.generate("p")
+    context = ChapterContext(goal="The gate.", previous_summaries=["One.", "Two."])
+    evaluation = await w.compare.evaluate(context=context, criteria=["prose"], mode="all")
+    form = w.compare.form
+    assert (form.goal.value, form.summaries.value, form.blueprint.value) == (
+        "The gate.",
+        "One.\nTwo.",
+        "",
+    )
+    assert (form.criteria.value, form.mode.value) == ("prose", "all")
+    assert evaluation.context == context and evaluation.criteria == ("prose",)
+    with pytest.raises(ConfigError, match='mode must be "all" or "pairwise", got \'both\''):
+        w.compare.evaluate(mode="both")
+
+
+@pytest.mark.looptime
+async def test_no_criteria_is_told_in_the_note(tmp_path: Path) -> None:
+    w = make(tmp_path)
+    await w.generate("p")
+    w.compare.form.criteria.value = "  \n"
+    w.compare.evaluate_button.click()
+    assert w.compare.task is not None
+    with pytest.raises(ConfigError):
+        await w.compare.task
+    assert shown(w.compare.note) == "Evaluation failed: criteria must name 1 to 12 criteria, got 0"
+    assert not w.busy and w.compare.evaluation is None
+
+
+@pytest.mark.looptime
+async def test_a_pairwise_reply_of_the_wrong_shape_changes_nothing_stored(
+    tmp_path: Path,
+) -> None:
+    w = make(tmp_path, judge=SimulatedLLM(reply='{"winner": "' + XSS + '"}'))
+    run = await w.generate("p")
+    before = (list_runs().to_dict("records"), load_run(run.run_id).versions)
+    w.compare.form.mode.value = "pairwise"
+    w.compare.evaluate_button.click()
+    assert w.compare.task is not None
+    with pytest.raises(EvaluationError):
+        await w.compare.task
+    note = shown(w.compare.note)
+    assert note.startswith(
+        'Evaluation failed: the pairwise reply\'s winner must be "A", "B" or "tie", got '
+    )
+    assert "(versions 1 and 2, 1 shown first)." in note
+    assert "<script" not in w.compare.note.value and w.compare.output.value == ""
+    assert (list_runs().to_dict("records"), load_run(run.run_id).versions) == before
+
+
+@pytest.mark.looptime
+async def test_judge_text_is_escaped_in_the_pairwise_verdict(tmp_path: Path) -> None:
+    reply = json.dumps({"winner": "A", "reason": XSS})
+    w = make(tmp_path, judge=SimulatedLLM(**FAST, reply=reply))  # type: ignore[arg-type]
+    await w.generate("p")
+    await w.compare.evaluate(mode="pairwise")
+    assert "<script" not in w.compare.output.value and "<img" not in w.compare.output.value
+    assert XSS in shown(w.compare.output)
 
 
 # -- stale state (issue #11 item 7) --------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Editor actions as plain functions: retry, edit, diff, evaluate, export (no widgets)."""
+"""Editor actions as plain functions: retry, edit, diff, export (no widgets).
+Evaluate has its own tests in test_judge.py."""
 
 from __future__ import annotations
 
@@ -11,22 +12,18 @@ import pytest
 
 from arboris_nb import (
     ConfigError,
-    EvaluationError,
     SimulatedLLM,
     StateError,
     WriterSettings,
     diff_html,
     edit_version,
-    evaluate,
     export_markdown,
     generate_versions,
-    parse_evaluation,
     retry_version,
-    simulated_judge,
     word_diff,
 )
 from arboris_nb.cli import main
-from arboris_nb.editor import Evaluation, evaluation_candidates, retry_messages
+from arboris_nb.editor import retry_messages
 from arboris_nb.results import Run, Version
 from arboris_nb.runs import export_run, list_runs, load_run, retries_of
 from arboris_nb.store import RunStore
@@ -232,91 +229,6 @@ def test_diff_html_marks_changes_and_escapes_model_text() -> None:
     assert "<script" not in out and "<img" not in out and "<b>" not in out
     # Without the deletions and the markup, the reader sees exactly the new text.
     assert html.unescape(re.sub(r"<del>.*?</del>|<[^>]+>", "", out)) == new
-
-
-# -- evaluate ---------------------------------------------------------------------------
-ARBORIS_REPLY = """<think>compare them</think>
-```json
-{"best_choice": 2, "reason_for_choice": "tighter pacing",
- "evaluation": {"version1": {"pros": ["vivid"], "cons": ["slow"], "overall_review": "ok"},
-                "version2": {"pros": ["tight", "clear"], "cons": []}}}
-```"""
-
-
-def test_parse_evaluation_reads_arboris_shape_through_fences_and_think() -> None:
-    ev = parse_evaluation(ARBORIS_REPLY)
-    assert ev.best_choice == 2 and ev.reason == "tighter pacing"
-    assert ev.versions == {
-        1: {"pros": ["vivid"], "cons": ["slow"]},
-        2: {"pros": ["tight", "clear"], "cons": []},
-    }
-
-
-def test_parse_evaluation_accepts_plain_keys() -> None:
-    ev = parse_evaluation(
-        '{"best_version": "version 3", "reason": "r", "versions": {"3": {"pros": "one"}}}'
-    )
-    assert (ev.best_choice, ev.reason, ev.versions) == (3, "r", {3: {"pros": ["one"], "cons": []}})
-
-
-@pytest.mark.parametrize(
-    ("reply", "message"),
-    [
-        ("Version 2 is better.", "not a JSON object"),
-        ('{"best_choice": 1', "not a JSON object"),
-        ('{"reason": "no choice"}', "no best_choice"),
-    ],
-)
-def test_parse_evaluation_errors_are_clear_and_keep_the_reply(reply: str, message: str) -> None:
-    with pytest.raises(EvaluationError, match=message) as info:
-        parse_evaluation(reply)
-    assert info.value.reply == reply
-
-
-async def test_evaluate_with_the_simulated_judge_picks_the_most_varied_version() -> None:
-    run = ok_run("a a a a a a", "rain falls on the old stone gate", "b b c c b b")
-    ev = await evaluate(run, llm=simulated_judge(ttft_s=0.0, tokens_per_s=10_000.0))
-    assert ev.best_choice == 2
-    assert set(ev.versions) == {1, 2, 3}
-    assert ev.versions[1]["cons"] and not ev.versions[2]["cons"]
-
-
-async def test_a_plain_simulated_model_evaluates_offline_as_the_simulated_judge() -> None:
-    run = ok_run("a a a a a a", "rain falls on the old stone gate")
-    llm = fast()  # writes prose; evaluate() judges with its simulated_judge twin
-    ev = await evaluate(run, llm=llm, goal="the gate")
-    assert (ev.best_choice, set(ev.versions)) == (2, {1, 2})
-    assert llm.reply is None  # the caller's model is left as it was...
-    (request,) = llm.calls  # ...and still records the request it was sent
-    assert request.run_id == "r1-eval" and "[Version 2]" in request.prompt
-
-
-@pytest.mark.looptime  # the failing judge's retry backoff passes on the fake clock
-async def test_evaluate_refuses_unparseable_or_impossible_verdicts() -> None:
-    run = ok_run("one text", "two text")
-    with pytest.raises(EvaluationError, match="not a JSON object") as info:
-        await evaluate(run, llm=fast(reply="Version 2 is better."))  # prose, not a verdict
-    assert info.value.reply == "Version 2 is better."
-    with pytest.raises(EvaluationError, match="version 9, which is not an ok version"):
-        await evaluate(run, llm=fast(reply='{"best_choice": 9, "reason_for_choice": "x"}'))
-    with pytest.raises(EvaluationError, match=r"no reply \(failed: .*simulated failure"):
-        await evaluate(run, llm=fast(fail_versions=[1]))  # the judge's request fails
-    with pytest.raises(StateError, match="at least 2 done versions; the run has 1"):
-        await evaluate(ok_run("alone"), llm=fast())
-    with pytest.raises(StateError, match="the run has 0"):
-        evaluation_candidates(Run(run_id="r", versions=[Version(index=1, status="failed")]))
-
-
-def test_simulated_judge_still_writes_chapters_and_refuses_reply() -> None:
-    with pytest.raises(ConfigError, match="reply"):
-        simulated_judge(reply="x")
-
-
-def test_evaluation_html_is_escaped() -> None:
-    ev = Evaluation(best_choice=1, reason=XSS, versions={1: {"pros": [XSS], "cons": [XSS]}})
-    out = ev.to_html()
-    assert "<script" not in out and "<img" not in out
-    assert out.count("&lt;script&gt;") == 3
 
 
 # -- export -----------------------------------------------------------------------------

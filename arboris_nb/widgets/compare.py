@@ -12,6 +12,11 @@ Rules the tab keeps (issue #11):
 * What is shown describes the versions as they are: a retry or an edit of a version drops a
   verdict (it judged every version) or a diff of that version.
 * A run that ends or a retry keeps the Diff choices A and B when they are still done.
+* Evaluate judges by what the tab's form says: the mode (all at once or pairwise), the
+  criteria (one per line) and the chapter's context (a collapsible area: blueprint,
+  previous summaries, goal, notes). A new run fills the context from its prompt (the
+  sections ``chapter_messages`` writes; any other prompt is the goal); what the editor
+  typed in a field the prompt does not carry stays.
 * Export writes the selected version (or ``index=``) under *its* name,
   ``chapter-<c>-v<i>.md`` (``run-<id>-v<i>.md`` without a chapter), unless the user typed a
   name; a bare name goes to the export folder; the note shows the full path.
@@ -20,6 +25,7 @@ Rules the tab keeps (issue #11):
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,11 +36,20 @@ from .. import editor
 from ..backends.base import Backend
 from ..config import LLMConfig
 from ..errors import StateError
+from ..judge import MODES, check_mode, judge_requests
+from ..judge_prompts import DEFAULT_CRITERIA
+from ..prompts import ChapterContext
 from ..results import Run, Version
 from ..retry import RetryPolicy
 from .actions import act, note_html, report, require_run, running_loop, version_of, wait_error
 
-__all__ = ["CompareHost", "CompareTab", "export_name"]
+__all__ = ["CompareHost", "CompareTab", "EvaluateForm", "export_name"]
+
+_MODE_LABELS = {"all": "All at once", "pairwise": "Pairwise"}
+_MODE_TIPS = {
+    "all": "one request: the judge reads every version and picks the best",
+    "pairwise": "each pair judged twice, in both orders, to cancel position bias",
+}
 
 
 class CompareHost(Protocol):
@@ -63,6 +78,90 @@ def export_name(run: Run | None, version: Version) -> str:
     return f"{stem}-v{version.index}.md"
 
 
+class EvaluateForm:
+    """What Evaluate judges by: the mode, the criteria and the chapter's context."""
+
+    def __init__(self) -> None:
+        self.mode = widgets.ToggleButtons(
+            options=[(_MODE_LABELS[m], m) for m in MODES],
+            value="all",
+            description="Mode",
+            tooltips=[_MODE_TIPS[m] for m in MODES],
+            style={"description_width": "initial"},
+        )
+        self.criteria = _field("Criteria", "one per line")
+        self.criteria.value = "\n".join(DEFAULT_CRITERIA)
+        self.blueprint = _field("Blueprint", "the outline or world blueprint")
+        self.summaries = _field(
+            "Previous", "previous chapters' summaries, one per line, oldest first"
+        )
+        self.goal = _field("Goal", "this chapter's goal")
+        self.notes = _field("Notes", "writing notes")
+        fields = [self.blueprint, self.summaries, self.goal, self.notes]
+        self.context_box = widgets.Accordion(
+            children=[widgets.VBox(fields)], titles=("Context",), selected_index=None
+        )
+        self.context_box.add_class("arboris-context")
+        self.box = widgets.VBox([self.mode, self.criteria, self.context_box])
+
+    @property
+    def context(self) -> ChapterContext:
+        """The chapter's context as typed (empty fields are left out)."""
+        return ChapterContext(
+            goal=self.goal.value.strip() or None,
+            blueprint=self.blueprint.value.strip() or None,
+            previous_summaries=self.summaries.value.splitlines(),
+            notes=self.notes.value.strip() or None,
+        )
+
+    @property
+    def chosen_criteria(self) -> list[str]:
+        """The criteria, one per line (blank lines skipped)."""
+        return [c.strip() for c in self.criteria.value.splitlines() if c.strip()]
+
+    def fill(
+        self,
+        context: ChapterContext | None = None,
+        *,
+        criteria: Collection[str] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        """Set what is given: the context's fields (all four), the criteria, the mode."""
+        if mode is not None:
+            self.mode.value = check_mode(mode)
+        if criteria is not None:
+            self.criteria.value = "\n".join([criteria] if isinstance(criteria, str) else criteria)
+        if context is not None:
+            self._set_context(context, keep_typed=False)
+
+    def follow_prompt(self, prompt: str | None) -> None:
+        """A new run: its prompt's context fills the form; typed fields it lacks stay."""
+        self._set_context(ChapterContext.from_prompt(prompt), keep_typed=True)
+
+    def _set_context(self, context: ChapterContext, *, keep_typed: bool) -> None:
+        blueprint = context.blueprint
+        if blueprint is not None and not isinstance(blueprint, str):
+            blueprint = json.dumps(blueprint, ensure_ascii=False, indent=2)
+        values = {
+            self.blueprint: blueprint,
+            self.summaries: "\n".join(context.previous_summaries) or None,
+            self.goal: context.goal_text or ("" if keep_typed else None),
+            self.notes: context.notes,
+        }
+        for field, value in values.items():
+            if value is not None or not keep_typed:
+                field.value = value or ""
+
+
+def _field(description: str, placeholder: str) -> widgets.Textarea:
+    return widgets.Textarea(
+        description=description,
+        placeholder=placeholder,
+        rows=4,
+        layout=widgets.Layout(width="32em"),
+    )
+
+
 class CompareTab:
     """Diff two done versions, Evaluate them with the judge model, Export the chosen one."""
 
@@ -71,7 +170,6 @@ class CompareTab:
         self._on_busy = on_busy  # the host re-syncs its buttons when Evaluate starts/ends
         self.evaluation: editor.Evaluation | None = None
         self.task: asyncio.Task[editor.Evaluation] | None = None
-        self._goal: str | None = None
         self._describes: frozenset[int] = frozenset()  # versions the output is about
         self._changes = 0  # counts version changes, so a late verdict knows it is stale
         self._suggested: str | None = None  # the file name we filled in (not the user)
@@ -79,6 +177,7 @@ class CompareTab:
         self.diff_b = widgets.Dropdown(description="B", options=[])
         self.diff_button = widgets.Button(description="Diff")
         self.evaluate_button = widgets.Button(description="Evaluate")
+        self.form = EvaluateForm()
         self.export_path = widgets.Text(
             description="File", placeholder="a name (goes to export_dir) or a path"
         )
@@ -91,7 +190,8 @@ class CompareTab:
         self.box = widgets.VBox(
             [
                 widgets.HBox([self.diff_a, self.diff_b, self.diff_button]),
-                widgets.HBox([self.evaluate_button, self.export_path, self.export_button]),
+                widgets.HBox([self.evaluate_button, self.form.box]),
+                widgets.HBox([self.export_path, self.export_button]),
                 self.note,
                 self.output,
             ]
@@ -127,17 +227,33 @@ class CompareTab:
         self._show(f"<p><b>Version {a} → Version {b}</b></p>{body}", {left.index, right.index})
         return body
 
-    def evaluate(self) -> asyncio.Task[editor.Evaluation]:
-        """Ask the judge model to compare the done versions; returns the task at once."""
+    def evaluate(
+        self,
+        *,
+        context: ChapterContext | None = None,
+        criteria: Collection[str] | None = None,
+        mode: str | None = None,
+    ) -> asyncio.Task[editor.Evaluation]:
+        """Ask the judge model to compare the done versions; returns the task at once.
+
+        It judges by the form (mode, criteria, context); ``context``, ``criteria`` and
+        ``mode`` given here are written into the form first, so the tab shows them."""
         loop = running_loop("Evaluate")
         run = require_run(self._host.run)
         if self._host.busy:
             raise wait_error("Evaluate")
-        names = ", ".join(str(v.index) for v in editor.evaluation_candidates(run))
-        self._say(note_html(f"Evaluating versions {names}…"))
+        candidates = editor.evaluation_candidates(run)
+        self.form.fill(context, criteria=criteria, mode=mode)
+        chosen = self.form.mode.value
         coro = editor.evaluate(
-            run, llm=self._host.judge, goal=self._goal, retry=self._host.retry_policy
+            run,
+            llm=self._host.judge,
+            context=self.form.context,
+            criteria=self.form.chosen_criteria,
+            mode=chosen,
+            retry=self._host.retry_policy,
         )
+        self._say(note_html(_evaluating(candidates, chosen)))
         self.task = loop.create_task(self._evaluating(coro, run), name="arboris-evaluation")
         self.task.add_done_callback(self._evaluation_ended)
         self._on_busy()
@@ -159,8 +275,10 @@ class CompareTab:
 
     # -- what the host tells the tab --------------------------------------------------------
     def reset(self, goal: str | None) -> None:
-        """A new run starts: nothing shown applies to it; ``goal`` is its chapter goal."""
-        self._goal, self.evaluation = goal, None
+        """A new run starts: nothing shown applies to it; ``goal`` is its prompt's user
+        text, which fills the context (see :meth:`EvaluateForm.follow_prompt`)."""
+        self.evaluation = None
+        self.form.follow_prompt(goal)
         self._changes += 1
         self._show("", set())
         self._say("")
@@ -264,3 +382,11 @@ class CompareTab:
 
     def _say(self, value: str) -> None:
         self.note.value = value
+
+
+def _evaluating(candidates: list[Version], mode: str) -> str:
+    names = ", ".join(str(v.index) for v in candidates)
+    if mode == "all":
+        return f"Evaluating versions {names}…"
+    requests = judge_requests(len(candidates), "pairwise")
+    return f"Evaluating versions {names} pairwise, both orders ({requests} judge requests)…"
