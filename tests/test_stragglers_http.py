@@ -56,7 +56,7 @@ async def test_a_seeded_fraction_of_requests_is_slower_and_logged_as_stragglers(
             assert took >= 0.05 * 8  # the first token comes 8× later
         else:
             assert took < 0.05 * 8 * 0.75
-    # Seeded per request: the same seed marks the same requests again.
+    # Seeded per request (here by arrival: no X-Arboris headers): the same again.
     again = MockServer(**config, seed=3)
     with again:
         await first_token_times(again, 12)
@@ -64,8 +64,8 @@ async def test_a_seeded_fraction_of_requests_is_slower_and_logged_as_stragglers(
 
 
 async def test_hedged_request_beats_a_straggler_over_http() -> None:
-    # The mock draws per arrival: with seed 3 and rate 0.5, request 1 (the version's
-    # first) is a straggler and request 2 (its hedge) is not — the log below shows it.
+    # The mock draws per request (run id, version, attempt, hedge): with seed 3, rate 0.5
+    # and this run id, the version's request is a straggler and its hedge is not.
     server = MockServer(**QUICK, straggler_rate=0.5, straggler_factor=20.0, seed=3)
     with server as url:
         handle = start_versions(
@@ -73,6 +73,7 @@ async def test_hedged_request_beats_a_straggler_over_http() -> None:
             settings=WriterSettings(version_count=1, max_parallel_requests=2),
             llm=LLMConfig(base_url=url, model="m"),
             retry=RetryPolicy(hedge_after_s=0.2),
+            run_id="hedge-0",
             store=False,
         )
         run = await handle
@@ -118,3 +119,23 @@ async def test_stop_frees_the_slot_for_a_queued_version_over_http() -> None:
     first = run.versions[0]
     assert first.status == "cancelled" and first.cancel_reason == "stopped"
     assert first.content is None and first.partial
+
+
+async def test_runs_with_the_same_id_meet_the_same_stragglers() -> None:
+    # What makes benchmarks/hedging.py a side-by-side comparison: the draw is keyed by the
+    # request (run id, version, attempt), not by when it arrived.
+    async def slow_versions(versions: int) -> list[str]:
+        server = MockServer(**QUICK, straggler_rate=0.5, straggler_factor=2.0, seed=1)
+        with server as url:
+            await start_versions(
+                "p",
+                settings=WriterSettings(version_count=versions, max_parallel_requests=4),
+                llm=LLMConfig(base_url=url, model="m"),
+                run_id="same",
+                store=False,
+            )
+            return sorted(e["version"] for e in server.stats()["log"] if e["straggler"])
+
+    three, four = await slow_versions(3), await slow_versions(4)
+    assert three == [v for v in four if v != "4"]
+    assert 0 < len(four) < 4

@@ -198,12 +198,17 @@ def _plan(
     return Plan(kept, finish, cut_after, rng)
 
 
-def _straggler(cfg: MockConfig, n: int) -> bool:
-    """Is request ``n`` one of the heavy tail? Its own generator, apart from the one of
-    errors and jitter, so turning the tail on changes no other draw of a seeded run."""
-    return cfg.straggler_rate > 0 and random.Random(f"{cfg.seed}/{n}/tail").random() < (
-        cfg.straggler_rate
-    )
+def _straggler(cfg: MockConfig, entry: dict[str, Any]) -> bool:
+    """Is this request one of the heavy tail? Drawn from a generator of its own (turning
+    the tail on changes no other draw), keyed by what the request is — run, version,
+    attempt, hedge, from the X-Arboris-* headers — when the client says, else by its
+    arrival number: so the same request is slow however requests interleave, and two
+    runs with the same ids meet the same stragglers (side-by-side benchmarks)."""
+    if cfg.straggler_rate <= 0:
+        return False
+    who = entry["run"] and "/".join(str(entry[k]) for k in ("run", "version", "attempt", "hedge"))
+    key = f"{cfg.seed}/tail/{who}" if who else f"{cfg.seed}/{entry['n']}/tail"
+    return random.Random(key).random() < cfg.straggler_rate
 
 
 async def _paced(
@@ -401,7 +406,7 @@ async def _chat_inner(
     headers = _admit(state, n, rng, body)
     plan = _plan(state, body, digest, entry["version"], rng)
     plan.headers = headers
-    if _straggler(cfg, n):
+    if _straggler(cfg, entry):
         plan.slow = cfg.straggler_factor
         entry["straggler"] = True
     return await _serve_admitted(state, request, body, plan, entry)
