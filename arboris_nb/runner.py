@@ -235,6 +235,7 @@ class Runner:
         while (version := next((v for v in self.run.versions if not v.done), None)) is not None:
             # wait(), not await: a stopped version's CancelledError must not stop the rest.
             await asyncio.wait([self.spawn(version)])
+            self.mark_cancelled(version)  # ended without a verdict (cancelled unstarted)
 
     def cancel(self) -> None:
         """Cancel every version still queued or running (finished ones are kept)."""
