@@ -70,10 +70,12 @@ from .handle import RunHandle
 from .limits import FixedLimit, Limiter
 from .prompts import ChapterContext, chapter_messages, parse_reply
 from .queue import BookJob
+from .render import render_book, render_run
 from .results import Run, Version
 from .retry import RetryPolicy
 from .runs import export_run, list_runs, load_run, resume, resume_sync
 from .store import RunStore
+from .textstats import text_metrics
 from .verdict import JudgeCall, PairVerdict
 
 # Loaded on first use, so `import arboris_nb` (and so every CLI command) does not pay for
@@ -165,6 +167,8 @@ __all__ = [
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
+    "render_book",
+    "render_run",
     "resume",
     "resume_sync",
     "retry_version",
@@ -172,6 +176,7 @@ __all__ = [
     "start_versions",
     "sweep",
     "sweep_sync",
+    "text_metrics",
     "unload_ipython_extension",
     "word_diff",
 ]

@@ -246,9 +246,9 @@ class AdaptiveLimit:
 
 def plot_limit_history(frame: pd.DataFrame, *, title: str = "Adaptive limit") -> Figure:
     """A step plot of an :meth:`AdaptiveLimit.frame` (the limit over time)."""
-    from matplotlib.figure import Figure
+    from .analysis.plots import _figure  # displays as an image in Jupyter
 
-    fig = Figure(figsize=(6, 3))
+    fig = _figure(6, 3)
     ax = fig.add_subplot()
     if len(frame):
         ts, limits = list(frame["t_s"]), list(frame["limit"])
@@ -257,5 +257,4 @@ def plot_limit_history(frame: pd.DataFrame, *, title: str = "Adaptive limit") ->
     ax.set_ylabel("concurrency limit")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig

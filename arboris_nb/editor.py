@@ -6,7 +6,8 @@
   a run of its own linked to the one it retries, so the store keeps both texts.
 * :func:`edit_version` — replace a version's text by the editor's, saved to the run
   store next to the generated text (which is kept).
-* :func:`word_diff` / :func:`diff_html` — an inline word-level diff (``difflib``).
+* :func:`word_diff` / :func:`diff_html` — an inline diff, by words in English and by
+  characters in Chinese (:func:`~arboris_nb.textdiff.text_diff`).
 * :func:`export_markdown` — one version to a Markdown file.
 
 Evaluate (asking a judge model which version is best) lives in :mod:`arboris_nb.judge`;
@@ -16,13 +17,10 @@ Everything that becomes HTML here is escaped: model output is untrusted.
 
 from __future__ import annotations
 
-import difflib
 import html
-import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from .backends.base import Backend, Message
 from .config import LLMConfig, WriterSettings
@@ -35,6 +33,7 @@ from .prompts import as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
 from .store import RunStore, StoreSpec, open_store
+from .textdiff import text_diff
 from .verdict import Evaluation, EvaluationError
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
 ]
 
 LLM = LLMConfig | Backend | None
-DiffOp = Literal["equal", "insert", "delete"]
 
 
 def _not_ok(version: Version, done_to_it: str) -> StateError:
@@ -202,52 +200,7 @@ def _generated(version: Version) -> str | None:
 
 
 # -- diff -------------------------------------------------------------------------------
-# Words of letters/digits stay whole; CJK characters (no spaces between words) and
-# punctuation are single tokens; whitespace runs are tokens so the parts re-join exactly.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
-_TOKEN = re.compile(rf"\s+|[^\W{_CJK}]+|.", re.DOTALL)
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text)
-
-
-def word_diff(a: str, b: str) -> list[tuple[DiffOp, str]]:
-    """Word-level diff of ``a`` → ``b`` as (op, text) runs; equal+delete re-join to ``a``.
-
-    A lone space between two changes joins them, so a rewritten phrase reads as one
-    deletion and one insertion rather than word-by-word alternation.
-    """
-    left, right = _tokens(a), _tokens(b)
-    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
-    ops: list[tuple[DiffOp, str]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            ops.append(("equal", "".join(left[i1:i2])))
-            continue
-        if i2 > i1:
-            ops.append(("delete", "".join(left[i1:i2])))
-        if j2 > j1:
-            ops.append(("insert", "".join(right[j1:j2])))
-    return _merge(ops)
-
-
-def _merge(ops: list[tuple[DiffOp, str]]) -> list[tuple[DiffOp, str]]:
-    out: list[tuple[DiffOp, str]] = []
-    pending: dict[DiffOp, list[str]] = {"delete": [], "insert": []}
-    for pos, (op, text) in enumerate(ops):
-        between = 0 < pos < len(ops) - 1 and ops[pos - 1][0] != "equal" != ops[pos + 1][0]
-        if op == "equal" and between and not text.strip():
-            pending["delete"].append(text)
-            pending["insert"].append(text)
-        elif op == "equal":
-            out += [(k, "".join(v)) for k, v in pending.items() if v]
-            pending = {"delete": [], "insert": []}
-            out.append((op, text))
-        else:
-            pending[op].append(text)
-    out += [(k, "".join(v)) for k, v in pending.items() if v]
-    return out
+word_diff = text_diff  # the editor's name for it; English by words, Chinese by characters
 
 
 def diff_html(a: str, b: str) -> str:

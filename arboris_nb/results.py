@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from .textstats import TEXT_METRIC_COLUMNS, text_metrics
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -96,7 +98,7 @@ FRAME_COLUMNS: dict[str, str] = {
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
-    "chars": "characters of content",
+    **TEXT_METRIC_COLUMNS,  # chars, words, paragraphs, dialogue_share, … (textstats.py)
     "partial_chars": "characters a cancelled version had streamed (its partial text)",
     "edited": "True when an editor changed the content after generation",
     "cached": "True when the reply came from the cache (no request, no timings)",
@@ -274,7 +276,7 @@ class Version:
             "tokens_per_s": self.tokens_per_s,
             "start_s": self.started_at,
             "finish_s": self.finished_at,
-            "chars": len(self.content or ""),
+            **text_metrics(self.content or ""),
             "partial_chars": len(self.partial or ""),
             "edited": self.edited,
             "cached": self.cached,

@@ -4,8 +4,10 @@
 
 With no argument, every ``notebooks/*.ipynb``. The kernel is this interpreter (the venv),
 started with private Jupyter/IPython/matplotlib folders and without any ``OPENAI_*``
-variable, so saved outputs hold no key and nothing from your home directory. Cell
-timings and widget state are not saved (they change on every run and bloat the diff).
+variable, so saved outputs hold no key and nothing from your home directory. Widget state
+is saved (``metadata.widgets``), so a reader with a widget renderer (nbviewer, JupyterLab
+without a kernel) sees the widgets as they ended; cell timings are not (they change on
+every run and say nothing to a reader).
 """
 
 from __future__ import annotations
@@ -52,11 +54,10 @@ def execute(path: Path) -> None:
         kernel_name="python3",
         timeout=600,
         record_timing=False,
-        store_widget_state=False,
+        store_widget_state=True,
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
-    book.metadata.pop("widgets", None)
     nbformat.write(book, path)
 
 

@@ -1,12 +1,15 @@
-"""Figures built from fake-clock sweeps: their bars, lines, labels and data, not pixels."""
+"""Figures built from fake-clock sweeps: their bars, lines, labels and data, not pixels;
+and, through a real kernel, that every plot function displays as an image."""
 
 from __future__ import annotations
 
 import math
 
+import nbformat
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from nbclient import NotebookClient
 
 from arboris_nb import (
     Recorder,
@@ -16,6 +19,7 @@ from arboris_nb import (
     generate_versions,
     plot_concurrency,
     plot_distributions,
+    plot_limit_history,
     plot_serial_vs_parallel,
     plot_timeline,
     sweep,
@@ -133,3 +137,44 @@ async def test_distributions_one_box_per_mode_and_limit() -> None:
     assert [line.get_ydata()[0] for line in medians][:3] == pytest.approx([1.0] * 3)
     medians = [line for line in ttft.get_lines() if line.get_color() != "black"]
     assert [line.get_ydata()[0] for line in medians][:3] == pytest.approx([0.1] * 3)
+
+
+# -- display in Jupyter ------------------------------------------------------------------
+# Each cell's value is one figure; the kernel is fresh, with no %matplotlib magic.
+_SETUP = """
+import sys
+import pandas as pd
+from arboris_nb import (SimulatedLLM, plot_concurrency, plot_distributions,
+                        plot_limit_history, plot_serial_vs_parallel, plot_timeline, sweep)
+llm = SimulatedLLM(ttft_s=0.001, tokens_per_s=5000, output_tokens=5)
+result = await sweep("p", versions=2, concurrency=[1, 2], repeats=1, llm=llm, progress=False)
+"""
+_PLOTS = {
+    "plot_timeline": "plot_timeline(result.versions)",
+    "plot_serial_vs_parallel": "plot_serial_vs_parallel(result.runs)",
+    "plot_concurrency": "plot_concurrency(result.runs)",
+    "plot_distributions": "plot_distributions(result.versions)",
+    "plot_limit_history": 'plot_limit_history(pd.DataFrame({"t_s": [0, 1], "limit": [1, 2]}))',
+}
+
+
+def test_every_plot_displays_as_an_image_in_a_fresh_kernel() -> None:
+    cells = [_SETUP, *_PLOTS.values(), 'print("matplotlib.pyplot" in sys.modules)']
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(book, kernel_name="python3", timeout=120).execute()
+    for name, cell in zip(_PLOTS, book.cells[1:-1], strict=True):
+        (output,) = cell.outputs
+        assert output.output_type == "execute_result", name
+        assert output.data["image/png"], f"{name} shows no image"
+        assert not output.data["text/plain"].startswith("<Figure size"), name
+        assert output.data["text/plain"].startswith("<Figure "), name
+    assert book.cells[-1].outputs[0].text == "False\n"  # pyplot was never imported
+
+
+def test_a_figure_names_its_titles_in_text_and_renders_png() -> None:
+    frame = pd.DataFrame({"t_s": [0.0, 1.0], "limit": [1, 2]})
+    fig = plot_limit_history(frame, title="Limit <over> time")
+    assert repr(fig) == "<Figure 600x300 px: Limit <over> time>"
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert isinstance(fig, Figure)

@@ -1,8 +1,10 @@
 """Figures from the Recorder's frames. Each function returns a matplotlib ``Figure``.
 
 Only the object API is used (``Figure()`` and its axes, never ``pyplot``): no global
-state, nothing shown as a side effect, safe in threads and tests. In Jupyter, a returned
-figure displays as the cell's value; elsewhere call ``fig.savefig(path)``.
+state, nothing shown as a side effect, safe in threads and tests. The figures are
+:class:`~arboris_nb.analysis._figure.NotebookFigure`s: in Jupyter a returned figure
+displays as an image (PNG) in any kernel, with no ``%matplotlib`` magic; elsewhere call
+``fig.savefig(path)``. Other plotting modules build their figures with :func:`_figure`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ _PHASES = {
 
 
 def _figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` × ``height`` inches that displays as an image in
+    Jupyter (constrained layout: titles and legends are not cut off)."""
     # Imported here so that ``import arboris_nb`` (and the CLI) does not load matplotlib.
-    from matplotlib.figure import Figure
+    from ._figure import NotebookFigure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return NotebookFigure(figsize=(width, height), layout="constrained")
 
 
 def _need(frame: pd.DataFrame, what: str) -> None:
