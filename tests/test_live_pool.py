@@ -13,6 +13,7 @@ import pytest
 from arboris_nb import (
     ConfigError,
     RetryPolicy,
+    Run,
     RunHandle,
     SimulatedLLM,
     StateError,
@@ -268,6 +269,26 @@ async def test_add_versions_cap_and_state_errors() -> None:
 # -- hedged requests -----------------------------------------------------------------------
 
 
+async def hedged(llm: Any, n: int = 1, c: int = 4, **options: Any) -> Run:
+    """A run of ``n`` versions under ``RetryPolicy(**options)`` (the hedge settings)."""
+    events = options.pop("on_event", None)
+    return await generate_versions(
+        "p",
+        settings=settings(n, c),
+        llm=llm,
+        retry=RetryPolicy(**options),
+        on_event=events,
+        store=False,
+        raise_on_all_failed=False,
+    )
+
+
+async def one_slow_version(factor: float, *, hedge_after_s: float, **kwargs: Any) -> Run:
+    """One version whose first request is ``factor`` times slower, hedged after a delay."""
+    llm = model(stragglers={1}, straggler_factor=factor)
+    return await hedged(llm, hedge_after_s=hedge_after_s, **kwargs)
+
+
 class Concurrency:
     """A backend wrapper that records how many requests are in flight at once."""
 
@@ -291,22 +312,15 @@ class Concurrency:
 
 @pytest.mark.looptime
 async def test_a_hedge_beats_a_straggler_and_the_loser_is_cancelled() -> None:
-    hedged: list[float] = []
+    hedge_times: list[float] = []
 
     def on_event(event: Event) -> None:
         if isinstance(event, VersionHedged):
-            hedged.append(event.t)
+            hedge_times.append(event.t)
 
     llm = model(stragglers={2})
-    run = await generate_versions(
-        "p",
-        settings=settings(3, c=4),
-        llm=llm,
-        retry=RetryPolicy(hedge_after_s=1.5),
-        on_event=on_event,
-        store=False,
-    )
-    assert hedged == [pytest.approx(1.5)]
+    run = await hedged(llm, 3, hedge_after_s=1.5, on_event=on_event)
+    assert hedge_times == [pytest.approx(1.5)]
     assert run.elapsed_s == pytest.approx(1.5 + L)
     version = run.versions[1]
     assert version.ok and version.hedged and version.hedge_won
@@ -330,10 +344,7 @@ async def test_a_hedge_beats_a_straggler_and_the_loser_is_cancelled() -> None:
 async def test_when_the_original_wins_the_hedge_is_cancelled_and_its_tokens_counted() -> None:
     # Version 1 is 1.5× slower: first token at 1.5 s, done at 1.5 + 9 × 0.15 = 2.85 s.
     # Its hedge starts at 1.2 s and would end at 3.1 s: it loses, cancelled at 2.85 s.
-    llm = model(stragglers={1}, straggler_factor=1.5)
-    run = await generate_versions(
-        "p", settings=settings(1), llm=llm, retry=RetryPolicy(hedge_after_s=1.2), store=False
-    )
+    run = await one_slow_version(1.5, hedge_after_s=1.2)
     version = run.versions[0]
     primary, hedge = version.attempt_log
     assert version.ok and version.hedged and not version.hedge_won
@@ -348,10 +359,7 @@ async def test_when_the_original_wins_the_hedge_is_cancelled_and_its_tokens_coun
 async def test_when_the_hedge_wins_what_the_original_streamed_is_waste() -> None:
     # Version 1 is 2× slower: tokens from 2 s, one each 0.2 s; done at 3.8 s. The hedge
     # (from 1.45 s) is done at 3.35 s, when the original has sent 7 tokens (2.0 … 3.2 s).
-    llm = model(stragglers={1}, straggler_factor=2.0)
-    run = await generate_versions(
-        "p", settings=settings(1), llm=llm, retry=RetryPolicy(hedge_after_s=1.45), store=False
-    )
+    run = await one_slow_version(2.0, hedge_after_s=1.45)
     version = run.versions[0]
     primary, _ = version.attempt_log
     assert version.hedge_won and primary.lost
@@ -363,13 +371,7 @@ async def test_when_the_hedge_wins_what_the_original_streamed_is_waste() -> None
 @pytest.mark.looptime
 async def test_a_hedge_never_exceeds_the_limit_and_waits_for_a_slot() -> None:
     counted = Concurrency(model(stragglers={2}))
-    run = await generate_versions(
-        "p",
-        settings=settings(3, c=3),
-        llm=counted,
-        retry=RetryPolicy(hedge_after_s=1.5),
-        store=False,
-    )
+    run = await hedged(counted, 3, c=3, hedge_after_s=1.5)
     assert counted.peak == 3
     hedge = run.versions[1].attempt_log[1]
     assert hedge.hedge and hedge.started_at == pytest.approx(L)  # when version 1 finished
@@ -381,14 +383,7 @@ async def test_a_version_is_hedged_at_most_once_even_across_retries() -> None:
     # Every request of version 1 is slow; with a 0.5 s hedge delay and 3 attempts it
     # would be hedged on each one if the rule allowed it.
     llm = model(straggler_rate=1.0, straggler_factor=3.0)
-    run = await generate_versions(
-        "p",
-        settings=settings(1),
-        llm=llm,
-        retry=RetryPolicy(hedge_after_s=0.5, stall_s=2.5),
-        store=False,
-        raise_on_all_failed=False,
-    )
+    run = await hedged(llm, hedge_after_s=0.5, stall_s=2.5)
     version = run.versions[0]
     assert version.status == "failed" and version.attempts == 3
     assert [(a.number, a.hedge, a.error_type) for a in version.attempt_log] == [
@@ -403,13 +398,7 @@ async def test_a_version_is_hedged_at_most_once_even_across_retries() -> None:
 @pytest.mark.looptime
 async def test_no_hedge_without_a_straggler() -> None:
     llm = model(jitter=0.2, seed=4)
-    run = await generate_versions(
-        "p",
-        settings=settings(3),
-        llm=llm,
-        retry=RetryPolicy(hedge_after_s=2.0),
-        store=False,
-    )
+    run = await hedged(llm, 3, hedge_after_s=2.0)
     assert not any(c.hedge for c in llm.calls)
     assert run.summary()["hedges"] == 0
 
@@ -432,14 +421,7 @@ async def test_stopping_a_hedged_version_cancels_both_requests() -> None:
 async def test_the_hedge_delay_follows_the_runs_own_ttft_quantile() -> None:
     # Five versions, the fifth a straggler: once three first tokens are seen (all at 1 s),
     # the 0.9 quantile is 1 s and the straggler is hedged then — no fixed delay needed.
-    llm = model(stragglers={5})
-    run = await generate_versions(
-        "p",
-        settings=settings(5, c=6),
-        llm=llm,
-        retry=RetryPolicy(hedge_quantile=0.9),
-        store=False,
-    )
+    run = await hedged(model(stragglers={5}), 5, c=6, hedge_quantile=0.9)
     hedge = run.versions[4].attempt_log[1]
     assert hedge.hedge and hedge.started_at == pytest.approx(1.0)
     assert run.elapsed_s == pytest.approx(1.0 + L)
@@ -448,10 +430,7 @@ async def test_the_hedge_delay_follows_the_runs_own_ttft_quantile() -> None:
 @pytest.mark.looptime
 async def test_the_quantile_waits_for_enough_samples() -> None:
     # Two versions: never three first tokens before the straggler's, so no hedge.
-    llm = model(stragglers={2})
-    run = await generate_versions(
-        "p", settings=settings(2), llm=llm, retry=RetryPolicy(hedge_quantile=0.9), store=False
-    )
+    run = await hedged(model(stragglers={2}), 2, hedge_quantile=0.9)
     assert not run.versions[1].hedged
     assert run.elapsed_s == pytest.approx(5 * L)
 
@@ -482,14 +461,7 @@ async def test_the_widget_stream_shows_one_request_per_version() -> None:
         if isinstance(event, TokenDelta):
             texts.setdefault(event.version.index, []).append(event.text)
 
-    run = await generate_versions(
-        "p",
-        settings=settings(1),
-        llm=model(stragglers={1}, straggler_factor=1.5),
-        retry=RetryPolicy(hedge_after_s=1.2),
-        on_event=on_event,
-        store=False,
-    )
+    run = await one_slow_version(1.5, hedge_after_s=1.2, on_event=on_event)
     assert "".join(texts[1]) == run.versions[0].content
 
 
