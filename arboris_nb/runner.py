@@ -489,6 +489,8 @@ class Runner:
     async def hedge(self, version: Version, number: int) -> _Outcome:
         """The duplicate of attempt ``number``: it waits for a slot like any request."""
         async with self.limiter.slot():
+            if version.done:  # stopped (or surplus) while the hedge waited for its slot
+                raise asyncio.CancelledError
             version.hedged = True
             attempt = Attempt(number=number, started_at=self.now(), hedge=True)
             version.attempt_log.append(attempt)

@@ -21,6 +21,7 @@ from arboris_nb import (
     generate_versions,
     start_versions,
 )
+from arboris_nb.analysis.recorder import Recorder
 from arboris_nb.backends.base import ChatRequest, StreamItem
 from arboris_nb.events import Event, TokenDelta, VersionHedged, VersionQueued
 from arboris_nb.hedging import HedgeClock, quantile
@@ -486,3 +487,41 @@ async def test_the_store_keeps_the_pool_a_run_kept_and_the_versions_added(tmp_pa
     assert loaded.keep == 3 and [v.index for v in loaded.kept] == [2, 3, 4]
     assert loaded.versions[0].cancel_reason == "surplus"
     assert loaded.summary()["kept"] == 3
+
+
+@pytest.mark.looptime
+async def test_the_recorder_frames_show_what_was_kept_hedged_and_wasted() -> None:
+    recorder = Recorder()
+    await generate_versions(
+        "p",
+        settings=settings(3, c=5, extra=1),
+        llm=model(stragglers={2}),
+        retry=RetryPolicy(hedge_after_s=1.5),
+        on_event=recorder,
+        store=False,
+    )
+    versions = recorder.versions_frame()
+    assert versions["kept"].tolist() == [True, False, True, True]
+    assert versions["cancel_reason"].tolist()[1] == "surplus"
+    # Version 2 was hedged at 1.5 s, then cancelled as surplus at 1.9 s (1, 3, 4 were done).
+    assert versions["hedged"].tolist() == [False, True, False, False]
+    runs = recorder.runs_frame()
+    assert (runs["keep"].iloc[0], runs["hedges"].iloc[0]) == (3, 1)
+    assert runs["ideal_s"].iloc[0] == pytest.approx(L)  # ⌈3/4⌉·L: the kept versions
+    assert runs["wasted_tokens"].iloc[0] == versions["wasted_tokens"].sum()
+
+
+@pytest.mark.looptime
+async def test_no_hedge_starts_for_a_version_stopped_while_it_waited_for_a_slot() -> None:
+    # C = 4 is full with N + k = 4: version 2's hedge (due at 1.5 s) waits for a slot; at
+    # 1.9 s versions 1, 3, 4 finish, the slot is handed over and version 2 is surplus.
+    llm = model(stragglers={2})
+    run = await generate_versions(
+        "p",
+        settings=settings(3, c=4, extra=1),
+        llm=llm,
+        retry=RetryPolicy(hedge_after_s=1.5),
+        store=False,
+    )
+    assert run.versions[1].cancel_reason == "surplus" and not run.versions[1].hedged
+    assert not any(c.hedge for c in llm.calls)

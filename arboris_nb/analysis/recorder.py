@@ -38,7 +38,10 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "max_parallel_requests": "C, the concurrency limit (1 in serial mode)",
     "version": "1-based version index",
     "status": '"ok", "failed" or "cancelled"',
-    "attempts": "requests made for this version",
+    "kept": "True for the versions the run kept (see Run.keep)",
+    "cancel_reason": '"surplus", "stopped" or "run_cancelled" when cancelled',
+    "hedged": "True when a hedge request was started for it",
+    "attempts": "attempts made for this version (a hedge is not one)",
     "queued_s": "queued, seconds after the run started",
     "queue_wait_s": "seconds waiting for a concurrency slot",
     "ttft_s": "seconds from the kept attempt's start to its first token",
@@ -46,6 +49,7 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "deltas": "text chunks streamed by the kept attempt",
     "duration_s": "seconds from first admitted to finished (retries included)",
     "output_tokens": "completion tokens (server usage when sent, else counted)",
+    "wasted_tokens": "tokens streamed and not kept (cancelled, losing hedge, failed attempts)",
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "first_token_s": "first token of the kept attempt, seconds after the run started",
@@ -65,14 +69,17 @@ RUNS_COLUMNS: dict[str, str] = {
     "ok": "versions that succeeded",
     "failed": "versions that failed",
     "cancelled": "versions cancelled",
-    "attempts": "requests made in all",
+    "keep": "versions the run keeps (N; the rest of N + extra are surplus)",
+    "hedges": "hedge requests started",
+    "wasted_tokens": "tokens streamed and not kept",
+    "attempts": "attempts made in all (hedges not counted)",
     "elapsed_s": "wall time of the run",
     "mean_duration_s": "L, mean duration of the ok versions",
     "serial_s": "serial wall time: measured (mean of serial runs, same label and N) or estimated",
     "serial_source": '"measured" or "estimated" (sum of this run\'s durations)',
     "speedup": "serial_s / elapsed_s",
     "efficiency": "(serial_s − elapsed_s) / serial_s × 100, in percent",
-    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows",
+    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows (N: the versions kept)",
     "gap_s": "elapsed_s − ideal_s",
     "wall_over_ideal": "elapsed_s / ideal_s (1.0 = ideal)",
     "ttft_p50_s": "median time to first token",
@@ -253,6 +260,9 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         **_head(rec),
         "version": v.index,
         "status": v.status,
+        "kept": v.ok,
+        "cancel_reason": v.cancel_reason,
+        "hedged": v.hedged,
         "attempts": v.attempts,
         "queued_s": v.queued_at,
         "queue_wait_s": v.queue_wait_s,
@@ -261,6 +271,7 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         "deltas": trace.count if trace else 0,
         "duration_s": v.duration_s,
         "output_tokens": v.output_tokens,
+        "wasted_tokens": v.wasted_tokens,
         "tokens_per_s": v.tokens_per_s,
         "start_s": v.started_at,
         "first_token_s": v.first_token_at,
@@ -287,7 +298,7 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         serial, source = measured_serial, "measured"
     else:
         serial, source = (sum(durations) if durations else None), "estimated"
-    ideal = metrics.ideal_time(run.version_count, rec.c, mean)
+    ideal = metrics.ideal_time(run.keep_count, rec.c, mean)
     ttft = metrics.percentiles(v.ttft_s for v in ok)
     dur = metrics.percentiles(durations)
     return {
@@ -295,6 +306,9 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         "ok": len(ok),
         "failed": len(run.failed),
         "cancelled": sum(v.status == "cancelled" for v in run.versions),
+        "keep": run.keep_count,
+        "hedges": sum(v.hedged for v in run.versions),
+        "wasted_tokens": sum(v.wasted_tokens for v in run.versions),
         "attempts": sum(v.attempts for v in run.versions),
         "elapsed_s": elapsed,
         "mean_duration_s": mean,
