@@ -19,7 +19,7 @@ from itertools import pairwise
 from typing import Any
 
 from .backends.base import Backend, ChatRequest
-from .backends.simulated import SimulatedLLM, simulated_text
+from .backends.simulated import SimulatedLLM
 from .config import LLMConfig
 from .errors import ConfigError
 from .judge_prompts import (
@@ -122,7 +122,7 @@ def _replier(llm: SimulatedLLM) -> Callable[[ChatRequest], str]:
         system = next((m["content"] for m in request.messages if m["role"] == "system"), "")
         if system in answers:
             return answers[system](request.prompt)
-        return simulated_text(request.prompt, request.version_index, llm.output_tokens, llm.seed)
+        return llm.prose(request)
 
     return reply
 

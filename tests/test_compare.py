@@ -8,7 +8,6 @@ import asyncio
 import html
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -47,35 +46,19 @@ def make(tmp_path: Path, llm: object = None, n: int = 3, **options: object) -> V
     )
 
 
+def text_of(value: str) -> str:
+    """What a reader sees of some HTML: its text, unescaped."""
+    return html.unescape(re.sub(r"<[^>]+>", "", value))
+
+
 def shown(widget: widgets.HTML) -> str:
-    """What a reader sees in an HTML widget: its text, unescaped."""
-    return html.unescape(re.sub(r"<[^>]+>", "", widget.value))
-
-
-def _walk(widget: widgets.Widget) -> Iterator[widgets.Widget]:
-    yield widget
-    for child in getattr(widget, "children", ()):
-        yield from _walk(child)
-
-
-def _panel(w: VersionsWidget, index: int) -> widgets.Box:
-    (box,) = [b for b in _walk(w.root) if f"arboris-panel-{index}" in b._dom_classes]
-    return box
-
-
-def panel_button(w: VersionsWidget, index: int, description: str) -> widgets.Button:
-    """The button of panel ``index`` a person would click (found in the widget tree)."""
-    (button,) = [
-        b
-        for b in _walk(_panel(w, index))
-        if isinstance(b, widgets.Button) and b.description == description
-    ]
-    return button
+    """What a reader sees in an HTML widget."""
+    return text_of(widget.value)
 
 
 def panel_note(w: VersionsWidget, index: int) -> str:
-    (note,) = [n for n in _walk(_panel(w, index)) if "arboris-panel-note" in n._dom_classes]
-    return shown(note)
+    """What the note under panel ``index``'s buttons says."""
+    return text_of(w.panel(index).note)
 
 
 # -- Export (issue #11 item 2) -------------------------------------------------------------
@@ -415,14 +398,14 @@ async def test_action_errors_say_what_to_do_where_the_action_started(tmp_path: P
     assert note == (
         "Select a version first: click Select on the panel you want to export (or pass index=)"
     )
-    panel_button(w, 2, "Select").click()  # disabled in the browser; the API path is the same
+    w.panel(2).select_button.click()  # disabled in the browser; the API path is the same
     assert panel_note(w, 2) == (
         "Version 2 is failed: only a done version can be selected; press Retry on its panel first"
     )
     assert w.message.value == "" and panel_note(w, 1) == ""
 
     retry = w.retry(1)
-    panel_button(w, 3, "Retry").click()
+    w.panel(3).retry_button.click()
     assert panel_note(w, 3) == (
         "Wait until the run or the action in progress ends (or press Stop), then press Retry"
     )
@@ -442,12 +425,12 @@ async def test_a_failing_retry_ends_its_busy_state_and_says_why_on_the_panel(
     w = make(tmp_path)
     await w.generate("p")
     monkeypatch.setenv("ARBORIS_STORE", str(tmp_path))  # a folder: the store cannot open
-    panel_button(w, 2, "Retry").click()
+    w.panel(2).retry_button.click()
     await asyncio.sleep(0.5)
     assert panel_note(w, 2).startswith(
         f"Retry failed: cannot open the run store {tmp_path} (ARBORIS_STORE)"
     )
-    assert not w.busy and not panel_button(w, 2, "Retry").disabled
+    assert not w.busy and not w.panel(2).retry_button.disabled
 
 
 @pytest.mark.looptime
@@ -468,8 +451,8 @@ def test_unexpected_errors_are_named_as_bugs() -> None:
         "Export failed unexpectedly (KeyError: 'panel'); this is a bug in arboris_nb — "
         "the details are in the log (logger arboris_nb.widgets)"
     )
-    assert explain(ConfigError("flush_hz must be from 1 to 60"), "Save") == (
-        "Save failed: flush_hz must be from 1 to 60"
+    assert explain(ConfigError("budget_bytes must be from 64 to 1000000"), "Save") == (
+        "Save failed: budget_bytes must be from 64 to 1000000"
     )
 
 

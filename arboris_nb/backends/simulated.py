@@ -1,7 +1,10 @@
 """A deterministic offline model: no key, no network, same engine path as the real one.
 
 Text is seeded by the prompt, the version index and ``seed``, so a run is reproducible
-and two versions differ. Latency follows a small model — time to first token, tokens per
+and two versions differ. ``lang="zh"`` (the default when ``ARBORIS_LANG=zh``) writes
+Chinese prose instead, streamed two characters per token (about what a real tokenizer
+gives for Chinese), so the live view and the fonts can be tried on the language the kit
+is for. Latency follows a small model — time to first token, tokens per
 second, multiplicative jitter — on ``asyncio.sleep``, so a fake loop clock makes it exact.
 Faults: ``fail_versions`` fail on every attempt; ``fail_rate`` fails single attempts at
 random (transient, so retries can succeed). A heavy tail: ``straggler_rate`` makes that
@@ -18,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from .. import _messages
 from ..errors import BackendError, ConfigError, ServerError
 from .base import ChatRequest, Served, StreamItem, Usage
 
@@ -31,6 +35,15 @@ _WORDS = (
     "slowly quietly again before after almost never still only"
 ).split()
 
+# Chinese words (mostly two characters, as in written prose) on the same themes.
+_ZH_WORDS = (
+    "灯塔 雨夜 港口 旧城 海风 来信 沉默 小路 河流 夜色 她 他 他们 于是 然而 就在 "
+    "城门 钟楼 记忆 诺言 影子 余烬 石阶 钟声 渡船 档案 地图 陌生人 姐姐 船长 声音 "
+    "木门 冬天 花园 炊烟 铁锚 玻璃 想起 等待 低声说 转过身 打开 带着 跟着 听见 "
+    "燃烧 穿过 慢慢地 静静地 又一次 很久以前 后来 几乎 从未 仍然 只是"
+).split()
+LANGS = ("en", "zh")
+
 Reply = str | Callable[[ChatRequest], str]
 
 
@@ -39,8 +52,13 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def simulated_text(prompt: str, index: int, tokens: int, seed: int = 0) -> str:
-    """Deterministic pseudo-prose of ``tokens`` words for a prompt and version index."""
+def simulated_text(prompt: str, index: int, tokens: int, seed: int = 0, lang: str = "en") -> str:
+    """Deterministic pseudo-prose of ``tokens`` words for a prompt and version index.
+
+    ``lang="zh"``: Chinese prose of about ``2 * tokens`` characters (``tokens`` tokens of
+    two characters each, as :class:`SimulatedLLM` streams it)."""
+    if lang == "zh":
+        return _chinese_text(prompt, index, tokens, seed)
     rng = _rng("text", seed, prompt, index)
     words: list[str] = []
     sentence = 0
@@ -54,6 +72,24 @@ def simulated_text(prompt: str, index: int, tokens: int, seed: int = 0) -> str:
     if words and not words[-1].endswith("."):
         words[-1] += "."
     return f"Version {index}. " + " ".join(words)
+
+
+def _chinese_text(prompt: str, index: int, tokens: int, seed: int) -> str:
+    rng = _rng("text-zh", seed, prompt, index)
+    parts: list[str] = []
+    size = clause = 0
+    while size < 2 * tokens:
+        word = rng.choice(_ZH_WORDS)
+        parts.append(word)
+        size += len(word)
+        clause += 1
+        if clause > 3 and rng.random() < 0.3:  # a comma or a full stop every few words
+            mark = "。" if rng.random() < 0.4 else "，"
+            parts.append(mark)
+            size += 1
+            clause = 0
+    body = "".join(parts).rstrip("，。")
+    return f"版本{index}。" + (body + "。" if body else "")
 
 
 @dataclass
@@ -73,6 +109,7 @@ class SimulatedLLM:
     stragglers: Collection[int] = ()
     reply: Reply | None = None
     model: str = "simulated"
+    lang: str = field(default_factory=_messages.lang)  # "en" or "zh" (ARBORIS_LANG)
     calls: list[ChatRequest] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +124,8 @@ class SimulatedLLM:
                 "SimulatedLLM straggler_rate must be in [0, 1] and straggler_factor >= 1, got "
                 f"{self.straggler_rate} and {self.straggler_factor}"
             )
+        if self.lang not in LANGS:
+            raise ConfigError(f"SimulatedLLM lang must be 'en' or 'zh', got {self.lang!r}")
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[SimulatedLLM]:
@@ -97,9 +136,18 @@ class SimulatedLLM:
             return self.reply(request)
         if self.reply is not None:
             return self.reply
-        return simulated_text(request.prompt, request.version_index, self.output_tokens, self.seed)
+        return self.prose(request)
+
+    def prose(self, request: ChatRequest) -> str:
+        """The simulated chapter text for ``request`` (in this model's ``lang``)."""
+        return simulated_text(
+            request.prompt, request.version_index, self.output_tokens, self.seed, self.lang
+        )
 
     def _tokens(self, text: str) -> Iterator[str]:
+        if self.lang == "zh":  # no spaces to split at: two characters a token
+            yield from (text[i : i + 2] for i in range(0, len(text), 2))
+            return
         # Keep each word's trailing space with it so the deltas re-join to the exact text.
         start = 0
         for i, char in enumerate(text):

@@ -1,23 +1,39 @@
-"""One version's panel: a header (status word and timings), the streamed text, actions.
+"""One version's panel: its state, its transitions, its live view and its action buttons.
 
-The panel buffers streamed text; :meth:`VersionPanel.flush` is the only place that
-writes the text widget, so the owner decides how often that happens (see
-``versions.py``). Everything model-made is ``html.escape``d before it becomes HTML.
+The panel owns what it shows. The widget calls one transition per engine event
+(:meth:`VersionPanel.queued`, :meth:`~VersionPanel.started`, :meth:`~VersionPanel.append`,
+:meth:`~VersionPanel.retrying`, :meth:`~VersionPanel.finished` …) and never writes a
+panel's fields. Header and body are drawn in the browser by :class:`PanelView` (an
+anywidget, ``static/panel.js``): a transition changes a few synced traits (one message),
+streamed text leaves through a :class:`~arboris_nb.widgets.stream.DeltaStream` as deltas,
+and the final text lands in the synced ``text`` trait, so a saved notebook keeps it.
+Model output only ever reaches the page as text nodes, never as HTML.
+
+Under the buttons, the panel's note (an HTML widget, CSS class ``arboris-panel-note``)
+says in words how the last action started on this panel ended — "✓ edit saved",
+"Regenerated: done.", or what to do after an error (``actions.py`` writes it, escaped).
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import anywidget
 import ipywidgets as widgets
+import traitlets
 
-from ..results import Version, failure_text
+from ..results import Version
+from .actions import note_html
 
-__all__ = ["STATUS_WORDS", "VersionPanel", "status_word"]
+__all__ = ["STATUS_WORDS", "PanelView", "VersionPanel", "status_word"]
+
+_STATIC = Path(__file__).parent / "static"
 
 #: What the panel shows for each engine status (the engine's "ok" reads "done").
 STATUS_WORDS: dict[str, str] = {
+    "idle": "idle",
     "queued": "queued",
     "running": "running",
     "retrying": "retrying",
@@ -25,6 +41,8 @@ STATUS_WORDS: dict[str, str] = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
+_LIVE = {"running", "retrying"}
+_ENDED = {"done", "failed", "cancelled"}
 
 
 def status_word(status: str) -> str:
@@ -35,28 +53,59 @@ def _num(value: float | None, unit: str, digits: int = 2) -> str | None:
     return None if value is None else f"{value:.{digits}f}{unit}"
 
 
-class VersionPanel:
-    """The widgets of one version; ``box`` is what goes into the grid."""
+def _units(text: str) -> int:
+    """Length in UTF-16 code units, as the browser's ``String.length`` counts."""
+    return len(text.encode("utf-16-le")) // 2
 
-    def __init__(self, index: int) -> None:
+
+class PanelView(anywidget.AnyWidget):
+    """The browser side of one panel: header (title, status, stats, clock) and text."""
+
+    _esm = _STATIC / "panel.js"
+    _css = _STATIC / "arboris.css"
+    index = traitlets.Int(0).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)
+    badges = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    stats = traitlets.Unicode("").tag(sync=True)
+    clock_s = traitlets.Float(0.0).tag(sync=True)  # run time when sent; ticks in the browser
+    text = traitlets.Unicode("").tag(sync=True)  # the final text; "" while streaming
+    placeholder = traitlets.Unicode("").tag(sync=True)  # shown while the body is empty
+    gen = traitlets.Int(0).tag(sync=True)  # bumped whenever the body starts over
+    wide = traitlets.Bool(False).tag(sync=True)
+    channel = anywidget.WidgetTrait().tag(sync=True)  # the DeltaStream's channel model
+
+
+class VersionPanel:
+    """One version: ``box`` (view + buttons) goes into the grid.
+
+    What it shows is public and read-only: :attr:`status` (a word of
+    :data:`STATUS_WORDS`), :attr:`title`, :attr:`stats`, :attr:`badges`, :attr:`note`
+    (escaped HTML) and :attr:`text` (exactly the text the browser has been sent).
+    """
+
+    def __init__(self, index: int, channel: widgets.Widget) -> None:
         self.index = index
         self.version: Version | None = None
-        self.status = "queued"
-        self.attempt = 0
-        self.parts: list[str] = []  # text streamed by the current attempt
-        self.deltas = 0
-        self.dirty = False
-        self.edited = False
-        self.selected = False
-        self.busy = False  # the owner is running something: no Retry meanwhile
-        self.t0 = 0.0  # loop time at which this version's run started
-        self.header = widgets.HTML()
-        self.header.add_class("arboris-panel-header")
-        self.body = widgets.HTML(layout=widgets.Layout(max_height="24em", overflow="auto"))
-        self.body.add_class("arboris-panel-text")
+        self.view = PanelView(index=index, channel=channel, title=f"Version {index}")
+        self.view.on_msg(self._on_front_end)
+        self._attempt = 0
+        self._sent: list[str] = []  # the attempt's text the browser has
+        self._pending: list[str] = []  # streamed, not sent yet
+        self._units = 0  # UTF-16 length of _sent (the next delta's offset)
+        self._tokens = 0
+        self._selected = self._edited = False
+        self._busy = False  # the owner runs something: no Retry meanwhile
+        self._build_actions()
+        self.idle()
+
+    def _build_actions(self) -> None:
         self.select_button = widgets.Button(description="Select", disabled=True)
         self.retry_button = widgets.Button(description="Retry", disabled=True)
         self.edit_button = widgets.Button(description="Edit", disabled=True)
+        self.wide_button = widgets.ToggleButton(
+            description="Wide", tooltip="Give this panel the full width"
+        )
         self.instruction = widgets.Text(placeholder="extra instruction for Retry (optional)")
         self.editor = widgets.Textarea(layout=widgets.Layout(width="100%", height="16em"))
         self.save_button = widgets.Button(description="Save", button_style="primary")
@@ -65,132 +114,192 @@ class VersionPanel:
             [self.editor, widgets.HBox([self.save_button, self.cancel_button])],
             layout=widgets.Layout(display="none"),
         )
-        actions = widgets.HBox([self.select_button, self.retry_button, self.edit_button])
-        self.note = widgets.HTML()  # the outcome of this panel's last action, in words
-        self.note.add_class("arboris-panel-note")
+        actions = widgets.HBox(
+            [self.select_button, self.retry_button, self.edit_button, self.wide_button]
+        )
+        self.note_view = widgets.HTML()  # the outcome of this panel's last action, in words
+        self.note_view.add_class("arboris-panel-note")
         self.box = widgets.VBox(
-            [self.header, self.body, self.edit_box, actions, self.note, self.instruction],
+            [self.view, self.edit_box, actions, self.note_view, self.instruction],
             layout=widgets.Layout(border="1px solid #ddd", padding="4px", min_width="0"),
         )
         self.box.add_class("arboris-panel")
-        self.box.add_class(f"arboris-panel-{index}")
+        self.box.add_class(f"arboris-panel-{self.index}")
         self.cancel_button.on_click(lambda _b: self.close_editor())
-        self.render_header(0.0)
+        self.edit_button.on_click(lambda _b: self.open_editor())
+        self.wide_button.observe(self._widen, "value")
 
-    # -- state changes (from engine events) -------------------------------------------
-    def queued(self, version: Version) -> None:
-        self.version, self.status, self.attempt = version, "queued", 0
-        self.parts, self.deltas, self.edited, self.selected = [], 0, False, False
-        self.dirty = True
-        self.show_note("")
+    # -- what it shows ----------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return str(self.view.status)
 
-    def started(self, attempt: int) -> None:
+    @property
+    def title(self) -> str:
+        return str(self.view.title)
+
+    @property
+    def stats(self) -> str:
+        return str(self.view.stats)
+
+    @property
+    def badges(self) -> tuple[str, ...]:
+        return tuple(self.view.badges)
+
+    @property
+    def note(self) -> str:
+        """The note under the buttons, as the escaped HTML shown (see :meth:`show_note`)."""
+        return str(self.note_view.value)
+
+    @property
+    def text(self) -> str:
+        """The body's text: the final text, else what has been streamed to the browser."""
+        return str(self.view.text) or "".join(self._sent)
+
+    # -- transitions (one per engine event; each is one message to the browser) --------
+    def idle(self) -> None:
+        """Before the first run: nothing is queued yet."""
+        self.version = None
+        self._show("idle", placeholder="Press Generate to write this version.", restart=True)
+
+    def queued(self, version: Version | None = None) -> None:
+        self.version, self._attempt = version, 0
+        self._selected = self._edited = False
+        self.show_note("")  # a new run or a retry: the last action's outcome is history
+        self._show("queued", placeholder="Waiting for a free slot…", restart=True)
+
+    def started(self, version: Version, attempt: int, t: float) -> None:
         """A new attempt: its text replaces the previous attempt's partial text."""
-        self.attempt = attempt
-        self.status = "retrying" if attempt > 1 else "running"
-        self.parts, self.deltas, self.dirty = [], 0, True
+        self.version, self._attempt = version, attempt
+        word = "retrying" if attempt > 1 else "running"
+        self._show(word, placeholder="Waiting for the first token…", restart=True, t=t)
 
-    def retrying(self) -> None:
-        self.status = "retrying"
-        self.parts, self.deltas, self.dirty = [], 0, True
+    def retrying(self, version: Version, failed: int, error: str, delay_s: float, t: float) -> None:
+        """Attempt ``failed`` failed: its partial text goes; the backoff shows."""
+        self.version = version
+        waiting = f"Attempt {failed} failed ({error}); trying again in {delay_s:.1f} s…"
+        self._show("retrying", placeholder=waiting, restart=True, t=t)
 
-    def append(self, text: str) -> bool:
-        """Buffer a delta; True when it is the attempt's first (to be shown at once)."""
-        self.parts.append(text)
-        self.deltas += 1
-        self.dirty = True
-        return self.deltas == 1
+    def append(self, text: str, t: float) -> tuple[int, bool]:
+        """Buffer a streamed delta; returns (its bytes, whether it is the attempt's first)."""
+        first = not self._tokens
+        self._pending.append(text)
+        self._tokens += 1
+        if first and self.version is not None:  # the header gains the TTFT
+            self._show(self.status, placeholder="", t=t)
+        return len(text.encode()), first
 
-    def finished(self, version: Version) -> None:
-        self.version, self.status, self.dirty = version, version.status, True
+    def take(self) -> list[Any] | None:
+        """The unsent text as a delta ``[gen, offset, text, tokens]`` (the stream's source)."""
+        if not self._pending:
+            return None
+        text = "".join(self._pending)
+        delta = [self.view.gen, self._units, text, self._tokens]
+        self._sent.append(text)
+        self._units += _units(text)
+        self._pending = []
+        return delta
 
-    # -- rendering ---------------------------------------------------------------------
-    def text(self, lang: str = "en") -> str:
-        """What the body shows: the final text when done, else the streamed text."""
+    def finished(self, version: Version, lang: str = "en") -> None:
+        """Done, failed or cancelled: the final text replaces the streamed one."""
+        self.version = version
+        word = status_word(version.status)
+        placeholder = "Stopped before it finished." if word == "cancelled" else ""
+        text = version.display_text(lang)
+        self._show(word, placeholder=placeholder, text=text, restart=True)
+
+    def mark_selected(self, selected: bool) -> None:
+        self._selected = selected
+        self._show(self.status, text=self.view.text)
+
+    def mark_edited(self, version: Version) -> None:
+        """The editor saved ``version``'s new text: show it, say so, close the editor."""
+        self.version, self._edited = version, True
+        self.close_editor()
+        self._show(self.status, text=version.content or "")
+        self.show_note(note_html("✓ edit saved"))
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self._sync_buttons()
+
+    def _show(
+        self,
+        word: str,
+        *,
+        placeholder: str | None = None,
+        text: str = "",
+        restart: bool = False,
+        t: float | None = None,
+    ) -> None:
+        """Write the view's traits in one message; ``restart`` empties the body."""
+        view = self.view
+        with view.hold_sync():
+            if restart and (self._sent or self._pending or view.text):
+                view.gen += 1  # the browser drops the streamed text it holds
+            if restart:
+                self._sent, self._pending, self._units, self._tokens = [], [], 0, 0
+            view.status, view.text = word, text
+            if placeholder is not None:
+                view.placeholder = placeholder
+            view.title, view.badges, view.stats = self._title(), self._badges(), self._stats()
+            if t is not None and self.version is not None and self.version.started_at is not None:
+                view.clock_s = round(t - self.version.started_at, 3)
+        self._sync_buttons()
+
+    def _title(self) -> str:
         version = self.version
-        if self.status == "ok" and version is not None:
-            return version.content or ""
-        if self.status == "failed" and version is not None:
-            return failure_text(version.error, lang)
-        if self.status == "cancelled":
-            return ""
-        return "".join(self.parts)
-
-    def flush(self, now: float, lang: str = "en", *, header: bool = False) -> int:
-        """Write buffered text to the body (one message); returns characters sent.
-
-        The header (timings, token count) is redrawn only when ``header`` is set: on
-        state changes and at the owner's slower refresh, not at every text flush.
-        """
-        if header:
-            self.render_header(now)
-        if not self.dirty:
-            return 0
-        self.dirty = False
-        text = self.text(lang)
-        with self.body.hold_sync():
-            self.body.value = (
-                f'<div class="arboris-text" style="white-space: pre-wrap">{html.escape(text)}</div>'
-            )
-        return len(text)
-
-    def render_header(self, now: float) -> None:
-        """Title, status word, badges and timings (``now``: seconds since run start)."""
-        word = status_word(self.status)
         title = f"Version {self.index}"
-        if self.version is not None and self.version.title:
-            title += f" · {self.version.title}"
-        badges = "".join(
-            f' <span class="arboris-badge">{name}</span>'
-            for name, on in (("selected", self.selected), ("edited", self.edited))
-            if on
-        )
-        stats = " · ".join(s for s in self._stats(now) if s)
-        value = (
-            f'<b class="arboris-title">{html.escape(title)}</b> '
-            f'<span class="arboris-status arboris-status-{word}" data-status="{word}">{word}</span>'
-            f'{badges} <span class="arboris-stats">{html.escape(stats)}</span>'
-        )
-        with self.header.hold_sync():
-            self.header.value = value
-        self.sync_buttons()
+        return title + (f" · {version.title}" if version is not None and version.title else "")
 
-    def _stats(self, now: float) -> list[str | None]:
+    def _badges(self) -> list[str]:
+        return [name for name, on in (("selected", self._selected), ("edited", self._edited)) if on]
+
+    def _stats(self) -> str:
+        """Timings: the TTFT while running (the browser adds the clock), all when done."""
         v = self.version
         if v is None or v.started_at is None:
-            return []
-        final = v.done
-        duration = v.duration_s if final else now - v.started_at
-        tokens = v.output_tokens if v.ok else self.deltas
-        rate = v.tokens_per_s if v.ok else None
-        attempt = f"attempt {self.attempt}" if self.attempt > 1 else None
-        return [
-            attempt,
-            _num(v.ttft_s, " s TTFT"),
-            _num(duration, " s"),
-            f"{tokens} tok" if tokens else None,
-            _num(rate, " tok/s", 0),
-        ]
+            return ""
+        final = self.status in _ENDED
+        attempt = f"attempt {self._attempt}" if self._attempt > 1 else None
+        parts = [attempt, _num(v.ttft_s, " s TTFT")]
+        if final:
+            tokens = v.output_tokens if v.ok else None
+            parts += [
+                _num(v.duration_s, " s"),
+                f"{tokens} tok" if tokens else None,
+                _num(v.tokens_per_s if v.ok else None, " tok/s", 0),
+            ]
+        return " · ".join(p for p in parts if p)
 
     # -- actions -------------------------------------------------------------------------
-    def sync_buttons(self) -> None:
+    def _sync_buttons(self) -> None:
         """Select/Edit only for a done version; Retry once it ended and nothing runs."""
-        ok = self.status == "ok"
-        ended = self.status in {"ok", "failed", "cancelled"}
-        self.select_button.disabled = not ok or self.selected
+        ok = self.status == "done"
+        self.select_button.disabled = not ok or self._selected
         self.edit_button.disabled = not ok
-        self.retry_button.disabled = self.busy or not ended
+        self.retry_button.disabled = self._busy or self.status not in _ENDED
 
     def show_note(self, value: str) -> None:
         """Show escaped HTML (an action's outcome or error) under the panel's buttons."""
-        self.note.value = value
+        self.note_view.value = value
 
     def open_editor(self) -> None:
-        self.editor.value = self.text()
+        self.editor.value = self.text
         self.edit_box.layout.display = "flex"
 
     def close_editor(self) -> None:
         self.edit_box.layout.display = "none"
+
+    def _widen(self, change: dict[str, Any]) -> None:
+        wide = bool(change["new"])
+        self.view.wide = wide
+        self.box.layout.grid_column = "1 / -1" if wide else None
+
+    def _on_front_end(self, _view: object, content: Any, _buffers: object) -> None:
+        """A view that missed deltas asks for the attempt's text so far."""
+        if isinstance(content, dict) and content.get("sync") == self.view.gen:
+            self.view.send({"sync": [self.view.gen, "".join(self._sent), self._tokens]})
 
     def on(
         self,
@@ -202,5 +311,4 @@ class VersionPanel:
         """Wire the buttons to the owner's actions (called with this panel's index)."""
         self.select_button.on_click(lambda _b: select(self.index))
         self.retry_button.on_click(lambda _b: retry(self.index, self.instruction.value))
-        self.edit_button.on_click(lambda _b: self.open_editor())
         self.save_button.on_click(lambda _b: save(self.index, self.editor.value))

@@ -3,30 +3,28 @@
 CSS classes (stable; the browser test finds the widget by them):
     arboris-versions       the whole widget (root)
     arboris-controls       the controls row(s)
-    arboris-progress       "2/3 done · 1.4 s" line
+    arboris-progress       the progress line: bar coloured by outcome, "1 ok · 2 cancelled of 3"
     arboris-message        status line (errors, notes)
     arboris-panels         the grid of panels
     arboris-panel          one version's panel (also arboris-panel-<index>)
     arboris-panel-header   its header; inside it:
     arboris-status         the status word, exactly one of
-                           queued running retrying done failed cancelled
+                           idle queued running retrying done failed cancelled
     arboris-panel-text     the panel body (the version's text)
-Buttons: Generate, Stop; per panel Select, Retry, Edit (Save, Cancel); Compare tab
+    arboris-panel-note     the note under the panel's buttons (its last action, in words)
+Buttons: Generate, Stop; per panel Select, Retry, Edit (Save, Cancel), Wide; Compare tab
 (``compare.py``): Diff, Evaluate, Export. An action's error shows where it was started —
 the status line, the panel's note, or the Compare tab's note — in words (``actions.py``).
 
-Why plain ipywidgets rather than anywidget: every piece is a standard widget, so the
-whole view can be built and asserted on in plain pytest, nothing needs a JavaScript
-build, and a saved notebook keeps the final texts in ordinary widget state. The cost
-of standard widgets — each update resends the whole value — is handled by throttling:
-the widget is an ``on_event`` subscriber that only buffers tokens; a timer on the
-kernel's loop flushes dirty panels at most ``flush_hz`` times a second (the first token
-of an attempt is shown at once), and headers/progress/timeline refresh at a few hertz.
-So the message count is bounded by the flush rate, not by the token rate: 3 panels at
-200 tokens/s send ~60 text updates a second, far below Jupyter's 1000 msgs/s limit.
-The flush interval also stretches when panels hold a lot of text (``max_chars_per_s``),
-bounding bytes as well. anywidget would send smaller deltas, but needs an ES-module
-view and its own tests in a browser for every control; not worth it at N <= 10.
+The live part — panels, progress line, streaming — is a :class:`PanelBoard` subscribed to
+the engine's events; panel header and text are drawn in the browser by an anywidget that
+receives streamed text as deltas (one small message per flush for all panels, see
+``stream.py``), so a run costs a constant number of bytes per character however long the
+chapter. This class holds the controls, the editor actions and the run's task.
+
+A run is started with :func:`~arboris_nb.engine.start_versions`: the widget keeps the
+returned :class:`~arboris_nb.handle.RunHandle` (``w.run`` is ``handle.run`` from the first
+moment, Stop is ``handle.cancel()``) and subscribes the board to the run's events.
 """
 
 from __future__ import annotations
@@ -43,31 +41,24 @@ import ipywidgets as widgets
 from .. import _messages, editor
 from ..backends.base import Backend, Message
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
-from ..engine import generate_versions
+from ..engine import start_versions
 from ..errors import ConfigError, StateError
-from ..events import (
-    Event,
-    RunFinished,
-    RunStarted,
-    TokenDelta,
-    VersionCancelled,
-    VersionEvent,
-    VersionFailed,
-    VersionFinished,
-    VersionQueued,
-    VersionRetrying,
-    VersionStarted,
-)
+from ..events import Event, RunFinished, RunStarted
 from ..prompts import as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
 from .actions import act, report, running_loop, version_of, wait_error
+from .board import PanelBoard
 from .compare import CompareTab
 from .panels import VersionPanel
+from .stream import DeltaStream
 from .timeline import timeline_html
 
 if TYPE_CHECKING:  # pandas is heavy; imported when a frame is asked for
     import pandas as pd
+
+    from ..events import EventHandler
+    from ..handle import RunHandle
 
 __all__ = ["VersionsWidget"]
 
@@ -75,12 +66,6 @@ log = logging.getLogger("arboris_nb.widgets")
 T = TypeVar("T")
 
 _STYLE = """<style>
-.arboris-status{padding:0 6px;border-radius:8px;background:#eee;font-size:smaller}
-.arboris-status-running,.arboris-status-retrying{background:#fff3cd}
-.arboris-status-done{background:#d4edda}
-.arboris-status-failed{background:#f8d7da}
-.arboris-status-cancelled{background:#e2e3e5}
-.arboris-badge{padding:0 6px;border-radius:8px;background:#cfe2ff;font-size:smaller}
 .arboris-diff del{background:#f8d7da}.arboris-diff ins{background:#d4edda;text-decoration:none}
 </style>"""
 
@@ -93,7 +78,14 @@ class VersionsWidget:
     ``w.frame()`` the run's DataFrame. ``llm`` defaults to the configured API, else to
     :func:`~arboris_nb.editor.simulated_judge` (offline). ``judge`` is the model used by
     Evaluate (default: ``llm``; a plain ``SimulatedLLM`` judges as ``simulated_judge``).
-    ``w.compare`` is the Compare tab (:class:`~arboris_nb.widgets.compare.CompareTab`).
+    ``stream`` tunes how streamed text is batched
+    (:class:`~arboris_nb.widgets.stream.DeltaStream`). ``w.panels`` are the panels, each
+    showing a status word, stats, text and a note (:class:`VersionPanel`); ``w.compare``
+    is the Compare tab (:class:`~arboris_nb.widgets.compare.CompareTab`).
+
+    Size: this class holds the controls, the run's task, the retry jobs and the editor
+    actions' wiring; everything live — panels and their transitions, progress, streaming
+    — is :class:`PanelBoard` and what it owns; Diff, Evaluate and Export are the tab's.
     """
 
     def __init__(
@@ -104,12 +96,9 @@ class VersionsWidget:
         prompt: str = "",
         retry: RetryPolicy | None = None,
         judge: LLMConfig | Backend | None = None,
-        flush_hz: float = 20.0,
-        max_chars_per_s: int = 500_000,
+        stream: DeltaStream | None = None,
         export_dir: str | Path = ".",
     ) -> None:
-        if not 1.0 <= flush_hz <= 60.0:
-            raise ConfigError(f"flush_hz must be from 1 to 60, got {flush_hz}")
         self.llm, note = _default_llm(llm)
         self.judge = judge or self.llm
         self.settings = settings or WriterSettings.from_env()
@@ -117,17 +106,15 @@ class VersionsWidget:
         self.export_dir = Path(export_dir)
         self.run: Run | None = None
         self.task: asyncio.Task[Run] | None = None
-        self._interval = 1.0 / flush_hz
-        self._max_chars_per_s = max_chars_per_s
+        self._handle: RunHandle | None = None
         self._messages: list[Message] = []
-        self._panels: dict[int, VersionPanel] = {}
         self._selected: int | None = None
         self._jobs: set[asyncio.Task[Any]] = set()  # strong refs to action tasks
-        self._live: set[int] = set()  # id() of runs between RunStarted and RunFinished
-        self._stopping = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._ticks = 0
-        self._t0: float | None = None  # loop time of the main run's start
+        self._timeline_timer: asyncio.TimerHandle | None = None
+        self.board = PanelBoard(self.settings.version_count, stream)
+        # What hears a run's events (the main run's and a retry's): the board first.
+        self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
+        self.board.on(select=self._select_clicked, retry=self._retry_clicked, save=self._save)
         self._build(prompt)
         if note:
             self._say(note)
@@ -156,28 +143,22 @@ class VersionsWidget:
         self.stop_button = widgets.Button(description="Stop", disabled=True)
         self.generate_button.on_click(lambda _b: act(self.generate, "Generate", self._show_message))
         self.stop_button.on_click(lambda _b: act(self.stop, "Stop", self._show_message))
-        self.bar = widgets.IntProgress(min=0, max=s.version_count, value=0)
-        self.progress = widgets.HTML()
-        self.progress.add_class("arboris-progress")
+        self.progress = self.board.progress
         self.message = widgets.HTML()
         self.message.add_class("arboris-message")
-        self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="8px", width="100%"))
-        self.grid.add_class("arboris-panels")
         controls = widgets.VBox(
             [
                 self.prompt,
                 widgets.HBox([self.count, self.parallel, self.max_parallel, self.model]),
-                widgets.HBox([self.generate_button, self.stop_button, self.bar, self.progress]),
+                widgets.HBox([self.generate_button, self.stop_button, self.progress]),
             ]
         )
         controls.add_class("arboris-controls")
         self.tabs = self._build_tabs()
         self.root = widgets.VBox(
-            [widgets.HTML(_STYLE), controls, self.message, self.grid, self.tabs]
+            [widgets.HTML(_STYLE), controls, self.message, self.board.grid, self.tabs]
         )
         self.root.add_class("arboris-versions")
-        self._make_panels(s.version_count)
-        self._render_progress()
 
     def _build_tabs(self) -> widgets.Tab:
         self.compare = CompareTab(self, on_busy=self._sync_busy)
@@ -187,19 +168,6 @@ class VersionsWidget:
             children=[self.compare.box, self.timeline, self.table],
             titles=("Compare", "Timeline", "Data"),
         )
-
-    def _make_panels(self, n: int) -> None:
-        self._panels = {}
-        for index in range(1, n + 1):
-            panel = VersionPanel(index)
-            panel.on(select=self._select_clicked, retry=self._retry_clicked, save=self._save)
-            self._panels[index] = panel
-        self._layout_grid()
-
-    def _layout_grid(self) -> None:
-        columns = min(len(self._panels), 3)  # side by side; wraps beyond three
-        self.grid.layout.grid_template_columns = f"repeat({columns}, minmax(0, 1fr))"
-        self.grid.children = [p.box for p in self._panels.values()]
 
     def _model_name(self) -> str:
         return str(getattr(self.llm, "model", "") or "")
@@ -211,9 +179,21 @@ class VersionsWidget:
         return bundle
 
     def __repr__(self) -> str:
-        return f"VersionsWidget(versions={len(self._panels)}, model={self._model_name()!r})"
+        return f"VersionsWidget(versions={len(self.panels)}, model={self._model_name()!r})"
 
     # -- public API ------------------------------------------------------------------------
+    @property
+    def panels(self) -> tuple[VersionPanel, ...]:
+        """One panel per version, in order (what each shows: status, stats, text, note…)."""
+        return tuple(self.board.panels.values())
+
+    def panel(self, index: int) -> VersionPanel:
+        """The panel of version ``index`` (1-based)."""
+        try:
+            return self.board.panels[index]
+        except KeyError:
+            raise ConfigError(f"there is no panel {index} (1 to {len(self.panels)})") from None
+
     @property
     def busy(self) -> bool:
         """True while a generate, retry or evaluate task is running."""
@@ -245,7 +225,9 @@ class VersionsWidget:
     ) -> asyncio.Task[Run]:
         """Start a run on the running loop and return its task at once (await it for the Run).
 
-        ``prompt`` defaults to the prompt box. Settings come from the controls.
+        ``prompt`` defaults to the prompt box. Settings come from the controls. A setting
+        the engine refuses (or no API configured) raises :class:`ConfigError` here, and
+        what the widget showed stays as it was.
         """
         loop = running_loop("VersionsWidget.generate()")
         if self.busy:
@@ -254,20 +236,33 @@ class VersionsWidget:
             self.prompt.value = prompt
         messages = as_messages(self.prompt.value if prompt is None else prompt)
         settings = self._settings_from_controls()
-        llm = self._llm_for_run()
-        self._messages, self.settings = messages, settings
-        self._reset(settings.version_count)
-        coro = self._generate(messages, settings, llm, project, chapter)
-        self.task = loop.create_task(coro, name="arboris-generate")
+        handle = start_versions(
+            messages,
+            settings=settings,
+            llm=self._llm_for_run(),
+            project=project,
+            chapter=chapter,
+            on_event=self._subscribers,
+            retry=self.retry_policy,
+            raise_on_all_failed=False,
+        )
+        # The run's first event comes when the loop next runs: the panels are reset first.
+        self._messages, self.settings, self._handle = messages, settings, handle
+        self._reset(handle.run)
+        self.task = loop.create_task(self._generate(handle), name="arboris-generate")
+        self.task.add_done_callback(lambda task: self._generation_ended(task, handle))
         self.task.add_done_callback(self._finished_task)
         self._sync_busy()
         return self.task
 
     def stop(self) -> None:
-        """Cancel every in-flight request; finished versions stay, the rest are cancelled."""
-        self._stopping = True
-        for task in [self.task, *self._jobs]:
-            if task is not None and not task.done():
+        """Cancel every in-flight request; finished versions stay, the rest are cancelled.
+
+        The run is cancelled through its handle, so ``w.task`` still returns the Run."""
+        if self._handle is not None:
+            self._handle.cancel()  # safe when it has ended: then nothing happens
+        for task in self._jobs:
+            if not task.done():
                 task.cancel()
         self.compare.cancel()
 
@@ -280,9 +275,8 @@ class VersionsWidget:
                 + ("; press Retry on its panel first" if version.done else "; wait for it")
             )
         self._selected = index
-        for panel in self._panels.values():
-            panel.selected = panel.index == index
-            panel.render_header(self._now())
+        for panel in self.panels:
+            panel.mark_selected(panel.index == index)
         self.compare.follow_selection(version)
         return version
 
@@ -305,20 +299,18 @@ class VersionsWidget:
             llm=self._llm_for_run(),
             settings=self.settings,
             retry=self.retry_policy,
-            on_event=self._on_event,
+            on_event=self._subscribers,
         )
-        return self._start_job(loop, coro, "Retry", self._after_retry, self._panels[index])
+        return self._start_job(loop, coro, "Retry", self._after_retry, self.panel(index))
 
     def edit(self, index: int, text: str) -> Version:
         """Replace version ``index``'s text with ``text`` and mark the panel edited.
 
         The edit is saved to the run store (the generated text is kept there too)."""
         version = editor.edit_version(self._version(index), text, run=self.run)
-        panel = self._panels[index]
-        panel.edited, panel.dirty = True, True
-        panel.close_editor()
-        panel.flush(self._now(), _messages.lang(), header=True)
+        self.panel(index).mark_edited(version)
         self.compare.versions_changed([index])
+        self._say(f"Saved your edit of version {index}.")
         self._refresh_data()
         return version
 
@@ -338,43 +330,32 @@ class VersionsWidget:
         return self.compare.export(path, index=index)
 
     # -- the run -------------------------------------------------------------------------
-    async def _generate(
-        self,
-        messages: list[Message],
-        settings: WriterSettings,
-        llm: LLMConfig | Backend,
-        project: str | None,
-        chapter: int | None,
-    ) -> Run:
+    async def _generate(self, handle: RunHandle) -> Run:
+        """Await the run; its failure is shown in words, and ``w.task`` resolves to it."""
         try:
-            run = await generate_versions(
-                messages,
-                settings=settings,
-                llm=llm,
-                project=project,
-                chapter=chapter,
-                on_event=self._on_main_event,
-                retry=self.retry_policy,
-                raise_on_all_failed=False,
-            )
-        except asyncio.CancelledError:
-            # Stop cancels this task; the engine has already marked what was unfinished.
-            if self._stopping and self.run is not None:
-                return self.run
-            self._cancel_panels()  # stopped before the engine started the run
-            raise
+            run = await handle
         except Exception as exc:
+            if not any(v.started_at is not None for v in handle.run.versions):
+                self.board.abandon()  # the run could not start (e.g. the client did not open)
             report(exc, "Generation", self._show_message)
             raise
         if not run.ok:
             self._say(f"All {run.version_count} versions failed.")
         return run
 
+    def _generation_ended(self, task: asyncio.Task[Run], handle: RunHandle) -> None:
+        """``w.task`` itself was cancelled (Stop cancels the handle, and the Run returns).
+
+        Cancelled while awaiting the handle, the run was cancelled with it; cancelled
+        before its first step, it never awaited the handle: the run is stopped here. Either
+        way the engine marks the versions cancelled, and the panels hear it as events."""
+        if task.cancelled():
+            handle.cancel()
+
     def _finished_task(self, task: asyncio.Task[Any]) -> None:
         # Retrieve the outcome so an error is never "never retrieved"; it was shown already.
         if not task.cancelled():
             task.exception()
-        self._stopping = False
         self._sync_busy()
         self._refresh_data()
 
@@ -405,7 +386,8 @@ class VersionsWidget:
             result = await coro
             then(result)
         except asyncio.CancelledError:
-            panel.show_note(html.escape(f"{what} cancelled."))
+            self._show_kept(panel)
+            panel.show_note(html.escape(f"{what} cancelled: the previous text is kept."))
             raise
         except Exception as exc:
             report(exc, what, panel.show_note)
@@ -413,145 +395,62 @@ class VersionsWidget:
         return result
 
     def _after_retry(self, version: Version) -> None:
-        panel = self._panels[version.index]
+        panel = self.panel(version.index)
         if version.status == "cancelled":  # editor.retry_version kept the old version
+            self._show_kept(panel)
             panel.show_note(html.escape("Retry cancelled: the previous text is kept."))
             return
         word = "done" if version.ok else version.status
         panel.show_note(html.escape(f"Regenerated: {word}."))
         self.compare.versions_changed([version.index])
 
+    def _show_kept(self, panel: VersionPanel) -> None:
+        """A cancelled retry left the run's version in place: the panel shows it again."""
+        versions = self.run.versions if self.run is not None else []
+        kept = next((v for v in versions if v.index == panel.index), None)
+        if kept is not None and panel.version is not kept:
+            panel.finished(kept, _messages.lang())
+
     # -- events (the widget is a subscriber; it never times or retries anything) --------
-    def _on_main_event(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.run = event.run
-            self._t0 = asyncio.get_running_loop().time() - event.t
-        self._on_event(event)
-
-    def _on_event(self, event: Event) -> None:
-        loop = asyncio.get_running_loop()
-        if isinstance(event, RunStarted):
-            self._live.add(id(event.run))
-            self._schedule(loop)
+    def _on_run_event(self, event: Event) -> None:
+        """What the widget itself follows of a run (the board follows the rest)."""
+        if isinstance(event, RunStarted) and self._timeline_timer is None:
+            self._tick_timeline()
         elif isinstance(event, RunFinished):
-            self._live.discard(id(event.run))
-            self._flush(loop, final=True)
-        elif isinstance(event, VersionEvent):
-            self._on_version(event, loop)
-
-    def _on_version(self, event: VersionEvent, loop: asyncio.AbstractEventLoop) -> None:
-        panel = self._panels.get(event.version.index)
-        if panel is None:
-            return
-        panel.t0 = loop.time() - event.t
-        if isinstance(event, TokenDelta):
-            if panel.append(event.text):  # the first token shows at once
-                panel.flush(event.t, _messages.lang())
-            return
-        if isinstance(event, VersionQueued):
-            panel.queued(event.version)
-        elif isinstance(event, VersionStarted):
-            panel.started(event.attempt)
-        elif isinstance(event, VersionRetrying):
-            panel.retrying()
-        elif isinstance(event, VersionFinished | VersionFailed | VersionCancelled):
-            panel.finished(event.version)
-        # State changes are rare (a few per version): show them now.
-        panel.flush(event.t, _messages.lang(), header=True)
-        self._render_progress()
-
-    # -- throttled refresh -----------------------------------------------------------------
-    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float | None = None) -> None:
-        if self._timer is None:
-            self._timer = loop.call_later(delay or self._interval, self._tick, loop)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        try:
-            sent = self._flush(loop, final=False)
-        except Exception:  # a display bug must not stop the refresh (nor the run)
-            log.exception("widget refresh failed")
-            sent = 0
-        if self._live:
-            # Long texts stretch the interval so the widget resends at most
-            # max_chars_per_s characters a second in total.
-            self._schedule(loop, max(self._interval, sent / self._max_chars_per_s))
-
-    def _flush(self, loop: asyncio.AbstractEventLoop, *, final: bool) -> int:
-        """Write dirty panels; every ~0.25 s (and at the end) also stats and timeline."""
-        lang = _messages.lang()
-        self._ticks += 1
-        slow = final or self._ticks % max(1, round(0.25 / self._interval)) == 0
-        sent = 0
-        for panel in self._panels.values():
-            running = panel.status in {"running", "retrying"}
-            sent += panel.flush(loop.time() - panel.t0, lang, header=slow and running)
-        if slow:
-            self._render_progress()
-            self.timeline.value = timeline_html(self.run, self._now())
-        if final:
             self._refresh_data()
-        return sent
 
-    def _now(self) -> float:
-        """Seconds since the main run started (0 before any run)."""
-        if self._t0 is None:
-            return 0.0
-        try:
-            return asyncio.get_running_loop().time() - self._t0
-        except RuntimeError:
-            return (self.run.elapsed_s or 0.0) if self.run else 0.0
-
-    def _render_progress(self) -> None:
-        versions = self.run.versions if self.run else []
-        done = sum(v.done for v in versions)
-        n = len(self._panels)
-        failed = sum(v.status == "failed" for v in versions)
-        elapsed = self.run.elapsed_s if self.run and self.run.elapsed_s is not None else None
-        seconds = elapsed if elapsed is not None else self._now()
-        text = f"{done}/{n} done · {seconds:.1f} s" + (f" · {failed} failed" if failed else "")
-        with self.bar.hold_sync():
-            self.bar.max, self.bar.value = n, done
-        self.progress.value = html.escape(text)
+    def _tick_timeline(self) -> None:
+        """While a run streams, redraw the Timeline tab once a second — when it is open."""
+        self._timeline_timer = None
+        if not self.board.live:
+            return
+        if self.tabs.selected_index == 1:
+            self.timeline.value = timeline_html(self.run, self.board.clock())
+        loop = asyncio.get_running_loop()
+        self._timeline_timer = loop.call_later(1.0, self._tick_timeline)
 
     def _refresh_data(self) -> None:
         """Redraw what depends on the finished run: table, timeline, diff choices."""
         if self.run is None:
             return
         self.table.value = self.frame().to_html(index=False, float_format="{:.3f}".format)
-        self.timeline.value = timeline_html(self.run, self._now())
+        self.timeline.value = timeline_html(self.run, self.board.clock())
         self.compare.refresh(self.run)
-        self._render_progress()
 
     # -- helpers -------------------------------------------------------------------------
-    def _reset(self, n: int) -> None:
-        self.run, self._selected, self._t0 = None, None, None
-        self._stopping = False
+    def _reset(self, run: Run) -> None:
+        """A new run (every version queued) replaces what was shown."""
+        self.run, self._selected = run, None
         self.message.value = ""
         self.compare.reset(_goal(self._messages))
-        if n != len(self._panels):
-            self._make_panels(n)
-        for panel in self._panels.values():
-            panel.version, panel.status, panel.parts = None, "queued", []
-            panel.edited = panel.selected = False
-            panel.dirty = True
-            panel.flush(0.0, header=True)
-        self._render_progress()
-
-    def _cancel_panels(self) -> None:
-        for panel in self._panels.values():
-            if panel.status not in {"ok", "failed"}:
-                panel.status, panel.dirty = "cancelled", True
-                panel.flush(0.0, header=True)
+        self.board.start(run.version_count)
 
     def _sync_busy(self) -> None:
         busy = self.busy
         self.generate_button.disabled = busy
         self.stop_button.disabled = not busy
         self.compare.sync_busy(busy)
-        for panel in self._panels.values():
-            panel.busy = busy
-            panel.sync_buttons()
+        self.board.set_busy(busy)
 
     def _settings_from_controls(self) -> WriterSettings:
         return WriterSettings(
@@ -577,7 +476,7 @@ class VersionsWidget:
 
     def _panel_act(self, index: int, action: Callable[[], object], name: str) -> None:
         """A panel button's action; its error shows on that panel, in words."""
-        panel = self._panels[index]
+        panel = self.panel(index)
         panel.show_note("")
         act(action, name, panel.show_note)
 

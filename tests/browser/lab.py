@@ -1,6 +1,7 @@
-"""A throwaway JupyterLab for the browser test: 127.0.0.1, no token, private folders.
+"""A throwaway JupyterLab or Notebook 7 for the browser test: 127.0.0.1, no token, private
+folders.
 
-Everything JupyterLab and its kernels read or write lives under one temp folder: config,
+Everything the server and its kernels read or write lives under one temp folder: config,
 data (with a kernelspec pointing at this venv's Python), runtime, settings (the news
 popup is off) and workspaces. The server runs in its own process group so the test can
 stop it and every kernel it started in one kill.
@@ -22,7 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Lab", "jupyter_lab"]
+__all__ = ["FRONT_ENDS", "Lab", "jupyter_lab"]
+
+#: front-end -> (python -m module, app class for options, notebook URL path)
+FRONT_ENDS = {
+    "lab": ("jupyterlab", "LabApp", "lab/tree"),
+    "notebook": ("notebook", "JupyterNotebookApp", "notebooks"),
+}
 
 # Settings a fresh JupyterLab would otherwise ask about in a popup that covers the page.
 _SETTINGS = {
@@ -35,14 +42,15 @@ _SETTINGS = {
 
 @dataclass(frozen=True)
 class Lab:
-    """A running server: its URL and the folder it serves."""
+    """A running server: its URL, the folder it serves and its front-end."""
 
     url: str
     root: Path
     log: Path
+    front_end: str = "lab"
 
     def notebook_url(self, name: str) -> str:
-        return f"{self.url}/lab/tree/{name}"
+        return f"{self.url}/{FRONT_ENDS[self.front_end][2]}/{name}"
 
 
 def _free_port() -> int:
@@ -97,7 +105,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: f
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited ({proc.returncode}):\n{log.read_text()}")
+            raise RuntimeError(f"jupyter exited ({proc.returncode}):\n{log.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/api/status", timeout=2) as response:
                 if response.status == 200:
@@ -105,7 +113,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: f
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"jupyter lab not ready after {timeout_s} s:\n{log.read_text()}")
+    raise RuntimeError(f"jupyter not ready after {timeout_s} s:\n{log.read_text()}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -128,9 +136,11 @@ def jupyter_lab(
     home: Path,
     *,
     settings: Mapping[str, Mapping[str, object]] | None = None,
+    front_end: str = "lab",
     timeout_s: float = 60.0,
 ) -> Iterator[Lab]:
-    """Start this venv's JupyterLab serving ``root``; stop it (and its kernels) on exit.
+    """Start this venv's JupyterLab (or Notebook 7: ``front_end="notebook"``) serving
+    ``root``; stop it (and its kernels) on exit.
 
     ``settings`` maps a plugin id (``@jupyterlab/notebook-extension/tracker``) to user
     settings for it, added to the ones that turn off the news popup.
@@ -140,11 +150,12 @@ def jupyter_lab(
     _write_settings(Path(env["JUPYTERLAB_SETTINGS_DIR"]), settings or {})
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = home / "jupyter-lab.log"
+    log = home / f"jupyter-{front_end}.log"
+    module, app, _path = FRONT_ENDS[front_end]
     command = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        module,
         "--no-browser",
         "--allow-root",
         "--ip=127.0.0.1",
@@ -152,7 +163,7 @@ def jupyter_lab(
         "--ServerApp.port_retries=0",
         "--ServerApp.token=",
         "--ServerApp.password=",
-        "--LabApp.expose_app_in_browser=True",
+        f"--{app}.expose_app_in_browser=True",
         f"--ServerApp.root_dir={root}",
     ]
     with log.open("wb") as out:
@@ -161,6 +172,6 @@ def jupyter_lab(
         )
     try:
         _wait_ready(url, proc, log, timeout_s)
-        yield Lab(url=url, root=root, log=log)
+        yield Lab(url=url, root=root, log=log, front_end=front_end)
     finally:
         _stop(proc)

@@ -1,0 +1,153 @@
+"""PanelBoard: the grid of version panels and the progress line, wired to engine events.
+
+The board is an ``on_event`` subscriber and nothing more: each engine event becomes one
+panel transition (the panels own their state), streamed text goes to the
+:class:`~arboris_nb.widgets.stream.DeltaStream`, and the progress line is redrawn once per
+loop iteration in which some version changed state — never per token. It never times,
+retries or limits anything; elapsed times come from the events' own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import ipywidgets as widgets
+
+from .. import _messages
+from ..events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    TokenDelta,
+    VersionCancelled,
+    VersionEvent,
+    VersionFailed,
+    VersionFinished,
+    VersionQueued,
+    VersionRetrying,
+    VersionStarted,
+)
+from .panels import VersionPanel
+from .progress import RunProgress
+from .stream import DeltaStream
+
+__all__ = ["PanelBoard"]
+
+Select = Callable[[int], object]
+Retry = Callable[[int, str], object]
+Save = Callable[[int, str], object]
+
+
+class PanelBoard:
+    """``grid`` holds one :class:`VersionPanel` per version; ``progress`` is the line."""
+
+    def __init__(self, n: int, stream: DeltaStream | None = None) -> None:
+        self.stream = stream or DeltaStream()
+        self.progress = RunProgress()
+        self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="8px", width="100%"))
+        self.grid.add_class("arboris-panels")
+        self.panels: dict[int, VersionPanel] = {}
+        self._actions: tuple[Select, Retry, Save] | None = None
+        self._live: set[int] = set()  # id() of runs between RunStarted and RunFinished
+        self._t0: float | None = None  # loop time at which the latest run started
+        self._elapsed = 0.0  # the latest finished run's elapsed seconds
+        self._progress_due = False
+        self._make_panels(n)
+        self._render_progress()
+
+    def on(self, *, select: Select, retry: Retry, save: Save) -> None:
+        """Wire every panel's buttons (now and after a resize) to the owner's actions."""
+        self._actions = (select, retry, save)
+        for panel in self.panels.values():
+            panel.on(select=select, retry=retry, save=save)
+
+    @property
+    def live(self) -> bool:
+        """True while a run streams into the board."""
+        return bool(self._live)
+
+    def clock(self) -> float:
+        """Seconds since the latest run started (its elapsed time once it finished)."""
+        if self._live and self._t0 is not None:
+            return asyncio.get_running_loop().time() - self._t0
+        return self._elapsed
+
+    # -- the owner's commands ----------------------------------------------------------
+    def start(self, n: int) -> None:
+        """A run is about to start: ``n`` panels, all queued."""
+        self._elapsed, self._t0 = 0.0, None
+        if n != len(self.panels):
+            self._make_panels(n)
+        for panel in self.panels.values():
+            panel.queued()
+        self._render_progress()
+
+    def abandon(self) -> None:
+        """The run could not start (e.g. its client did not open): back to idle."""
+        self._elapsed, self._t0 = 0.0, None
+        for panel in self.panels.values():
+            panel.idle()
+        self._render_progress()
+
+    def set_busy(self, busy: bool) -> None:
+        for panel in self.panels.values():
+            panel.set_busy(busy)
+
+    # -- engine events -------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TokenDelta):  # the hot path: once per streamed chunk
+            panel = self.panels.get(event.version.index)
+            if panel is not None:
+                nbytes, first = panel.append(event.text, event.t)
+                self.stream.push(panel, nbytes, urgent=first)
+        elif isinstance(event, VersionEvent):
+            self._transition(event)
+        elif isinstance(event, RunStarted):
+            self._live.add(id(event.run))
+            self._t0 = asyncio.get_running_loop().time() - event.t
+            self._progress_soon()
+        elif isinstance(event, RunFinished):
+            self._live.discard(id(event.run))
+            self._elapsed = event.run.elapsed_s if event.run.elapsed_s is not None else event.t
+            self.stream.flush()
+            self._render_progress()
+
+    def _transition(self, event: VersionEvent) -> None:
+        panel = self.panels.get(event.version.index)
+        if panel is None:
+            return
+        version = event.version
+        if isinstance(event, VersionQueued):
+            panel.queued(version)
+        elif isinstance(event, VersionStarted):
+            panel.started(version, event.attempt, event.t)
+        elif isinstance(event, VersionRetrying):
+            panel.retrying(version, event.attempt, event.error, event.delay_s, event.t)
+        elif isinstance(event, VersionFinished | VersionFailed | VersionCancelled):
+            panel.finished(version, _messages.lang())
+        self._progress_soon()
+
+    # -- drawing -------------------------------------------------------------------------
+    def _make_panels(self, n: int) -> None:
+        for panel in self.panels.values():
+            panel.view.close()
+        self.panels = {i: VersionPanel(i, self.stream.channel) for i in range(1, n + 1)}
+        if self._actions is not None:
+            select, retry, save = self._actions
+            self.on(select=select, retry=retry, save=save)
+        columns = min(n, 3)  # side by side; wraps beyond three
+        self.grid.layout.grid_template_columns = f"repeat({columns}, minmax(0, 1fr))"
+        self.grid.children = [p.box for p in self.panels.values()]
+
+    def _progress_soon(self) -> None:
+        """Several versions often change state in one loop iteration: draw once."""
+        if not self._progress_due:
+            self._progress_due = True
+            asyncio.get_running_loop().call_soon(self._render_progress)
+
+    def _render_progress(self) -> None:
+        self._progress_due = False
+        statuses = [p.status for p in self.panels.values()]
+        live = self.live
+        self.progress.show(statuses, self.clock() if live else self._elapsed, live=live)
