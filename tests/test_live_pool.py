@@ -525,3 +525,13 @@ async def test_no_hedge_starts_for_a_version_stopped_while_it_waited_for_a_slot(
     )
     assert run.versions[1].cancel_reason == "surplus" and not run.versions[1].hedged
     assert not any(c.hedge for c in llm.calls)
+
+
+@pytest.mark.looptime
+async def test_a_run_of_explicit_indices_starts_exactly_those() -> None:
+    # A retry or a resume (indices=…) regenerates those versions: no extras, keep them all.
+    run = await generate_versions(
+        "p", settings=settings(3, extra=2), llm=model(), indices=[2], store=False
+    )
+    assert [v.index for v in run.versions] == [2]
+    assert (run.keep, run.extra_versions) == (1, 0)
