@@ -215,7 +215,6 @@ def _check_pool(page: Page) -> None:
     selector = ".arboris-pool"
     widget = page.locator(selector)
     widget.scroll_into_view_if_needed()
-    assert len(state(page, selector)["statuses"]) == 4  # 3 + 1 extra
     widget.get_by_role("button", name="Generate", exact=True).click()
     page.wait_for_function(
         "(s) => [...document.querySelectorAll(s + ' .arboris-status')]"
@@ -223,6 +222,7 @@ def _check_pool(page: Page) -> None:
         arg=selector,
         timeout=10_000,
     )
+    assert len(state(page, selector)["statuses"]) == 4  # 3 + 1 extra
     started = time.monotonic()
     widget.get_by_role("button", name="+1", exact=True).click()
     page.wait_for_function(
