@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 
 from .driver import (
     CHROMIUM,
@@ -173,18 +173,24 @@ def _check_wide(page: Page, selector: str) -> None:
     )
 
 
-def _check_stop(page: Page, selector: str) -> None:
-    """A second run: one panel's Stop stops that version only, then the run's Stop
-    cancels the rest within a second; the progress line counts them apart."""
+def _generate(page: Page, selector: str, *, running: int) -> Locator:
+    """Press Generate in ``selector``; return once ``running`` versions are running."""
     widget = page.locator(selector)
     widget.scroll_into_view_if_needed()
     widget.get_by_role("button", name="Generate", exact=True).click()
     page.wait_for_function(
-        "(s) => [...document.querySelectorAll(s + ' .arboris-status')]"
-        ".filter(e => e.textContent.trim() === 'running').length === 3",
-        arg=selector,
+        "([s, n]) => [...document.querySelectorAll(s + ' .arboris-status')]"
+        ".filter(e => e.textContent.trim() === 'running').length >= n",
+        arg=[selector, running],
         timeout=10_000,
     )
+    return widget
+
+
+def _check_stop(page: Page, selector: str) -> None:
+    """A second run: one panel's Stop stops that version only, then the run's Stop
+    cancels the rest within a second; the progress line counts them apart."""
+    widget = _generate(page, selector, running=3)
     first = widget.locator(".arboris-panel").nth(0)
     first.get_by_role("button", name="Stop", exact=True).click()
     page.wait_for_function(
@@ -213,15 +219,7 @@ def _check_pool(page: Page) -> None:
     """3 of 3 + 1 with version 2 stuck: +1 adds a fifth panel mid-run, and the run ends
     on time — four kept, the stuck one cancelled as surplus, not a stop."""
     selector = ".arboris-pool"
-    widget = page.locator(selector)
-    widget.scroll_into_view_if_needed()
-    widget.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function(
-        "(s) => [...document.querySelectorAll(s + ' .arboris-status')]"
-        ".some(e => e.textContent.trim() === 'running')",
-        arg=selector,
-        timeout=10_000,
-    )
+    widget = _generate(page, selector, running=1)
     assert len(state(page, selector)["statuses"]) == 4  # 3 + 1 extra
     started = time.monotonic()
     widget.get_by_role("button", name="+1", exact=True).click()
