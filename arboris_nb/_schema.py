@@ -31,7 +31,7 @@ __all__ = [
     "version_row",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: list[str] = [
     # 0 → 1
@@ -113,6 +113,12 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL,
         PRIMARY KEY (job_id, chapter, version)
     );
+    """,
+    # 3 → 4: keep the first N of N+k — how many versions the run keeps (NULL: all of
+    # them, as before) and how many it started beyond those.
+    """
+    ALTER TABLE runs ADD COLUMN keep INTEGER;
+    ALTER TABLE runs ADD COLUMN extra_versions INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

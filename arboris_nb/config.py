@@ -20,6 +20,7 @@ from .pricing import PRICE_FIELDS, Price, check_price
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EXTRA_RANGE",
     "FANOUTS",
     "Fanout",
     "LLMConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "mask_key",
     "parse_bool",
     "parse_count",
+    "parse_extra",
     "parse_fanout",
     "parse_limit",
     "store_setting",
@@ -38,6 +40,8 @@ __all__ = [
 
 DEFAULT_MODEL = "gpt-4o-mini"
 COUNT_RANGE = (1, 10)
+#: ``extra_versions``: versions started beyond the ones kept (keep the first N of N+k).
+EXTRA_RANGE = (0, 5)
 #: How N versions are asked for: N separate requests, or one request with ``n = N``.
 Fanout = Literal["requests", "n"]
 FANOUTS: tuple[Fanout, ...] = ("requests", "n")
@@ -89,9 +93,10 @@ def parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
 
 
-def parse_count(name: str, env: str, value: object) -> int:
-    """A 1–10 count, or a ConfigError naming ``name`` (``env``) and the range."""
-    low, high = COUNT_RANGE
+def parse_count(name: str, env: str, value: object, bounds: tuple[int, int] = COUNT_RANGE) -> int:
+    """A whole number in ``bounds`` (1–10 by default), or a ConfigError naming ``name``
+    (``env``) and the range."""
+    low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             value = int(str(value).strip())
@@ -102,6 +107,11 @@ def parse_count(name: str, env: str, value: object) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} ({env}) must be from {low} to {high}, got {value}")
     return value
+
+
+def parse_extra(name: str, env: str, value: object) -> int:
+    """``extra_versions``: a 0–5 count."""
+    return parse_count(name, env, value, EXTRA_RANGE)
 
 
 def parse_limit(name: str, env: str, value: object) -> int | Literal["auto"]:
@@ -138,12 +148,16 @@ class WriterSettings:
     concurrency (see :mod:`arboris_nb.limits`). ``fanout``: ``"requests"`` sends one
     request per version; ``"n"`` sends one request asking for ``n = N`` choices, so the
     prompt is billed once (servers that refuse ``n > 1`` get separate requests).
+    ``extra_versions`` (0–5) starts that many versions more and keeps the first
+    ``version_count`` to finish: the rest are cancelled (reason ``surplus``), so one slow
+    request no longer holds the run.
     """
 
     version_count: int = 2
     parallel: bool = True
     max_parallel_requests: int | Literal["auto"] = 3
     fanout: Fanout = "requests"
+    extra_versions: int = 0
 
     def __post_init__(self) -> None:
         count = parse_count("version_count", "WRITER_CHAPTER_VERSION_COUNT", self.version_count)
@@ -166,6 +180,14 @@ class WriterSettings:
                 "versions at once, which is parallel generation; serial mode writes one "
                 "version after another, one request each (use fanout='requests')"
             )
+        extra = parse_extra("extra_versions", "WRITER_EXTRA_VERSIONS", self.extra_versions)
+        object.__setattr__(self, "extra_versions", extra)
+        if fanout == "n" and extra:
+            raise ConfigError(
+                "extra_versions (WRITER_EXTRA_VERSIONS) needs fanout='requests': one request "
+                "for n choices cannot stop the surplus ones early, so every extra would be "
+                "written and billed in full (use extra_versions=0 with fanout='n')"
+            )
 
     @classmethod
     def from_env(
@@ -187,6 +209,8 @@ class WriterSettings:
             values["max_parallel_requests"] = parse_limit("max_parallel_requests", *found)
         if found := _first(env, "WRITER_FANOUT"):
             values["fanout"] = parse_fanout("fanout", *found)
+        if found := _first(env, "WRITER_EXTRA_VERSIONS"):
+            values["extra_versions"] = parse_extra("extra_versions", *found)
         _refuse_unknown(cls, overrides)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

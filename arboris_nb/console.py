@@ -10,6 +10,7 @@ from .events import (
     VersionCancelled,
     VersionFailed,
     VersionFinished,
+    VersionHedged,
     VersionRetrying,
     VersionStarted,
 )
@@ -53,7 +54,10 @@ class ProgressPrinter:
         if isinstance(event, VersionFailed):
             return f"v{event.version.index}/{{n}} failed: {event.version.error}"
         if isinstance(event, VersionCancelled):
-            return f"v{event.version.index}/{{n}} cancelled"
+            reason = event.version.cancel_reason
+            return f"v{event.version.index}/{{n}} cancelled" + (f" ({reason})" if reason else "")
+        if isinstance(event, VersionHedged):
+            return f"v{event.version.index}/{{n}} slow to start: hedged (attempt {event.attempt})"
         return None
 
 
@@ -77,12 +81,23 @@ def format_summary(run: Run) -> str:
             f"{_s(v.ttft_s):>7} {_s(v.duration_s):>7} {format_tokens(v.input_tokens):>7} "
             f"{v.output_tokens:>7} {_s(v.tokens_per_s, 1):>7} {format_cost(v.cost):>9}"
         )
-    lines.append(f"elapsed {_s(run.elapsed_s)} s · ok {len(run.ok)}/{run.version_count}")
+    lines.append(f"elapsed {_s(run.elapsed_s)} s · ok {len(run.ok)}/{run.keep_count}")
     if run.parallel:  # a serial run is its own baseline: speedup and efficiency say nothing
         label = "estimated" if run.serial_is_estimated else "measured"
         lines[-1] += (
             f" · serial ({label}) {_s(run.serial_s)} s · speedup {_s(run.speedup)}x · "
             f"efficiency {_s(run.efficiency, 1)} % ({label}) · ideal {_s(run.ideal_s)} s"
+        )
+    pool = run.pool_summary()
+    if pool["extra_versions"] or pool["hedges"] or pool["wasted_tokens"]:
+        kept = ",".join(str(v.index) for v in run.kept) or "none"
+        ratio = pool["wasted_ratio"]
+        lines.append(
+            f"kept {kept} (keep {pool['keep_count']}, {pool['extra_versions']} extra) · "
+            f"hedges {pool['hedges']} (won {pool['hedges_won']}) · wasted "
+            f"{pool['wasted_tokens']} tokens"
+            + (f" ({ratio:.0%})" if ratio is not None else "")
+            + (f", {format_cost(pool['wasted_cost'])}" if pool["wasted_cost"] else "")
         )
     lines.append(billed_line(run))
     return "\n".join(lines)

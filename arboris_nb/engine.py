@@ -85,8 +85,10 @@ def _handlers(on_event: Handlers) -> list[EventHandler]:
 
 
 def _indices(settings: WriterSettings, indices: Sequence[int] | None) -> list[int]:
+    """The versions to start: ``version_count`` and the ``extra_versions`` after them, or
+    exactly ``indices`` (a retry or a resume regenerates those, no extras)."""
     if indices is None:
-        return list(range(1, settings.version_count + 1))
+        return list(range(1, settings.version_count + settings.extra_versions + 1))
     chosen = sorted(set(indices))
     if not chosen or chosen[0] < 1:
         raise ConfigError(f"version indices must be 1 or more, got {list(indices)}")
@@ -112,6 +114,11 @@ def start_versions(
     prices: PriceSpec = None,
 ) -> RunHandle:
     """Start generating ``settings.version_count`` versions of ``prompt``; return at once.
+
+    With ``settings.extra_versions`` k, k more are started and the first
+    ``version_count`` to finish are kept: the rest are cancelled (reason ``surplus``).
+    A run of explicit ``indices`` starts exactly those (no extras).
+    ``retry`` may hedge slow requests (``RetryPolicy(hedge_after_s=…)``).
 
     The returned :class:`~arboris_nb.handle.RunHandle` has the :class:`Run` as
     ``handle.run`` straight away (its id, every version ``queued``), live while it
@@ -239,9 +246,13 @@ def _new_run(
     project: str | None,
     chapter: int | None,
 ) -> Run:
+    chosen = _indices(settings, indices)
+    extra = settings.extra_versions if indices is None else 0
     return Run(
         run_id=run_id or uuid.uuid4().hex[:12],
-        versions=[Version(index=i) for i in _indices(settings, indices)],
+        versions=[Version(index=i) for i in chosen],
+        keep=len(chosen) - extra,
+        extra_versions=extra,
         parallel=settings.parallel,
         # The limiter in use sets C for the record (it may be shared, or above 10).
         max_parallel_requests="auto" if getattr(limiter, "adaptive", False) else limiter.limit,

@@ -27,6 +27,7 @@ __all__ = [
     "VersionEvent",
     "VersionFailed",
     "VersionFinished",
+    "VersionHedged",
     "VersionQueued",
     "VersionRetrying",
     "VersionStarted",
@@ -69,6 +70,13 @@ class VersionRetrying(VersionEvent):
     attempt: int  # the attempt that failed
     error: str
     delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHedged(VersionEvent):
+    """A duplicate request started for a slow ``attempt`` (it holds a slot of its own)."""
+
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,11 +74,9 @@ async def fan_out(runner: Runner, conn: Connection) -> None:
         error = shared.error
     if runner.stopping:
         return
-    runner.tasks.extend(
-        asyncio.ensure_future(runner.generate_version(conn, v, looked_up=True, after=error))
-        for v in pending
-        if not v.done
-    )
+    for version in pending:
+        if not version.done:  # its own task: a stop (cancel_version) reaches it
+            runner.spawn(version, looked_up=True, after=error)
 
 
 class _Shared:
@@ -139,6 +137,8 @@ class _Shared:
     def text(self, index: int, text: str, guard: Any, deadline: float | None) -> None:
         if not 0 <= index < len(self.versions):  # more choices than asked for: not ours
             return
+        if self.versions[index].done:  # stopped meanwhile: its panel shows no more text
+            return
         self.runner.token(self.versions[index], text, guard, deadline)
         self.parts[index].append(text)
         self.tally.add(index, text)
@@ -157,6 +157,8 @@ class _Shared:
         error = asyncio.CancelledError() if cancelled else self.error
         runner.bill(self.attempts, self.tally, error)
         for index, (version, attempt) in enumerate(zip(self.versions, self.attempts, strict=True)):
+            if version.done:  # stopped while the request ran (its attempt is closed)
+                continue
             if self.complete(index, cancelled):
                 text, chunks = "".join(self.parts[index]), self.tally.chunks[index]
                 runner.mark_ok(version, attempt, Outcome(text, chunks, self.ended[index]))

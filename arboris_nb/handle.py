@@ -3,7 +3,8 @@ returns.
 
 The handle is the one place a caller controls a run from: the :class:`Run` exists at once
 (``handle.run``: its id and its queued versions) and is live while it streams;
-``handle.cancel()`` stops it; ``await handle`` returns the finished Run. The runner does
+``handle.add_versions(k)`` starts more versions in it, ``handle.cancel_version(i)`` stops
+one, ``handle.cancel()`` stops it all; ``await handle`` returns the finished Run. The runner does
 the work on a task the handle owns; the resources the handle layer opened for the run
 (an owned run store, an owned reply cache) are closed when that task ends, however it
 ends.
@@ -17,7 +18,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from .errors import AllVersionsFailed
-from .results import Run
+from .results import Run, Version
 from .runner import Runner
 
 __all__ = ["RunHandle"]
@@ -32,6 +33,8 @@ class RunHandle:
       updated in place as versions stream and finish;
     * ``cancel()`` — stop every version still queued or running; finished ones are kept,
       the rest become ``cancelled``, and ``await handle`` then returns the Run;
+    * ``add_versions(k)`` / ``cancel_version(i)`` — the live pool: start k more versions
+      of the same prompt in this run, or stop one version (the others go on);
     * ``await handle`` — the finished Run; raises :class:`AllVersionsFailed` (carrying the
       Run) when every version failed and ``raise_on_all_failed`` was set;
     * ``task`` / ``done()`` — the :class:`asyncio.Task` running it. Cancelling that task
@@ -77,6 +80,24 @@ class RunHandle:
         ``cancelled`` without a request) or after it ended (nothing happens).
         """
         self._runner.cancel()
+
+    def add_versions(self, k: int = 1) -> list[Version]:
+        """Start ``k`` more versions of the same prompt in this run; returns them (queued).
+
+        Indices continue after the last version; the run then keeps ``k`` more (the 1–10
+        cap on ``version_count`` applies to the versions kept, so ``k`` is at most 10 minus
+        ``run.keep``). Raises :class:`~arboris_nb.errors.StateError` once the run has ended,
+        :class:`~arboris_nb.errors.ConfigError` for a ``k`` out of range.
+        """
+        return self._runner.add_versions(k)
+
+    def cancel_version(self, index: int) -> bool:
+        """Stop version ``index``; the others go on. Its slot is freed at once (a queued
+        version starts), it becomes ``cancelled`` (reason ``stopped``) and what it had
+        streamed stays as ``partial`` text, never selectable. False when it had already
+        ended; :class:`~arboris_nb.errors.ConfigError` when the run has no such version.
+        """
+        return self._runner.cancel_version(index)
 
     async def _drive(self) -> Run:
         await self._runner.run_versions()

@@ -262,8 +262,9 @@ def _newer_or_lower(new: _Seen, old: _Seen, now: float) -> bool:
 
 
 def request_key(request: ChatRequest) -> Hashable:
-    """Which request a reservation belongs to: run, version and attempt."""
-    return (request.run_id, request.version_index, request.attempt)
+    """Which request a reservation belongs to: run, version, attempt, and whether it is
+    that attempt's hedge (both are in flight at once)."""
+    return (request.run_id, request.version_index, request.attempt, request.hedge)
 
 
 def _read(headers: Mapping[str, str], prefix: str, resource: str, now: float) -> _Seen | None:

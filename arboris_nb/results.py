@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "CANCEL_REASONS",
     "EDITOR_FIELDS",
     "FINAL",
     "FRAME_COLUMNS",
@@ -50,7 +51,10 @@ __all__ = [
 Status = Literal["queued", "running", "retrying", "ok", "failed", "cancelled"]
 #: The statuses a version ends its run in: it never changes again in that run.
 FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
-#: Derived timings :meth:`Version.to_dict` adds with ``metrics=True``.
+#: Why a version was cancelled (``Version.cancel_reason``): the run kept the first N to
+#: finish; a user stopped this one (``RunHandle.cancel_version``); the whole run was stopped.
+CANCEL_REASONS = ("surplus", "stopped", "run_cancelled")
+#: Derived figures :meth:`Version.to_dict` adds with ``metrics=True``.
 VERSION_METRICS = (
     "queue_wait_s",
     "ttft_s",
@@ -58,6 +62,8 @@ VERSION_METRICS = (
     "retry_wait_s",
     "tokens_per_s",
     "cost",
+    "wasted_tokens",
+    "wasted_cost",
 )
 Num = TypeVar("Num", int, float)
 _EDITOR = {"editor": True}  # field metadata: set by an editor, never by generation
@@ -85,20 +91,29 @@ FRAME_COLUMNS: dict[str, str] = {
     "model": "model name",
     "version": "1-based version index",
     "status": '"ok", "failed" or "cancelled"',
-    "attempts": "requests made for this version (1 = first try)",
+    "kept": "True for the versions the run kept (ok; at most the run's keep count)",
+    "cancel_reason": '"surplus" (the first N were kept), "stopped" or "run_cancelled"',
+    "attempts": "attempts made for this version (1 = first try; a hedge is not one)",
     "retried": "True when more than one attempt was needed",
+    "hedged": "True when a duplicate (hedge) request was started for a slow attempt",
+    "hedge_won": "True when the hedge finished first and its text was kept",
     "queue_wait_s": "seconds waiting for a concurrency slot",
     "ttft_s": "seconds from the kept attempt's start to its first token",
     "duration_s": "seconds from first admitted to finished (retries included)",
     "retry_wait_s": "seconds spent waiting between attempts",
-    "output_tokens": "completion tokens (server usage when sent, else counted)",
+    "output_tokens": "completion tokens of the text (server usage when sent, else counted); "
+    "for a cancelled version, of its partial text",
     "input_tokens": "prompt tokens of the kept reply (its share with fanout n; None: not sent)",
     "cached_input_tokens": "of input_tokens, served from the provider's prompt cache",
     "cost": "US dollars billed for this version, every attempt (None: price or usage unknown)",
+    "wasted_tokens": "output tokens billed (else streamed) and not kept: cancelled versions, "
+    "losing hedges, failed attempts",
+    "wasted_cost": "US dollars of the requests whose text was not kept (None: price unknown)",
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "finish_s": "finished, seconds after the run started",
     **TEXT_METRIC_COLUMNS,  # chars, words, paragraphs, dialogue_share, … (textstats.py)
+    "partial_chars": "characters a cancelled version had streamed (its partial text)",
     "edited": "True when an editor changed the content after generation",
     "cached": "True when the reply came from the cache (no request, no timings)",
     "key_id": "masked id of the API key that served it",
@@ -143,12 +158,22 @@ class Attempt:
     retry_after_s: float | None = None  # the server's hint, if it sent one
     # What this request was billed (None: unknown). With ``choices > 1`` (one request
     # for several versions) these are this version's share of the request's usage.
+    # ``output_tokens`` is the server's count when it sent usage, else the chunks streamed
+    # (an estimate: ``usage_estimated``); set when the request ends.
     input_tokens: int | None = None
     cached_input_tokens: int | None = None
     output_tokens: int | None = None
     usage_estimated: bool = False  # no usage from the server: the engine's estimate
     choices: int = 1  # versions the request carried (n)
     cost: float | None = None  # US dollars; None when the price or a count is unknown
+    hedge: bool = False  # a duplicate of attempt ``number``, started because it was slow
+    lost: bool = False  # cancelled because the other request of its hedge race finished
+    first_token_at: float | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from this request's start to its first token."""
+        return None if self.first_token_at is None else self.first_token_at - self.started_at
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, JSON-ready."""
@@ -161,7 +186,11 @@ class Attempt:
 
 @dataclass
 class Version:
-    """One candidate chapter. ``content`` is None unless ``status == "ok"``."""
+    """One candidate chapter. ``content`` is None unless ``status == "ok"``.
+
+    A cancelled version keeps what it had streamed as ``partial`` (never ``content``: it is
+    not a finished chapter and cannot be selected) and says why in ``cancel_reason``.
+    """
 
     index: int
     status: Status = "queued"
@@ -182,6 +211,10 @@ class Version:
     attempt_log: list[Attempt] = field(default_factory=list)
     key_id: str | None = None  # masked id of the API key that served it
     cached: bool = False  # answered by the reply cache: no request, no attempt
+    partial: str | None = None  # a cancelled version's streamed text
+    cancel_reason: str | None = None  # one of CANCEL_REASONS
+    hedged: bool = False  # a hedge request was started for it
+    hedge_won: bool = False  # ... and the hedge's text is the one kept
     edited: bool = field(default=False, metadata=_EDITOR)  # changed by an editor
     original_content: str | None = field(default=None, metadata=_EDITOR)  # generated text
 
@@ -224,7 +257,15 @@ class Version:
     def ttft_s(self) -> float | None:
         if self.first_token_at is None or not self.attempt_log:
             return None
-        return self.first_token_at - self.attempt_log[-1].started_at
+        return self.first_token_at - self._shown_attempt().started_at
+
+    def _shown_attempt(self) -> Attempt:
+        """The attempt whose text is shown (kept): with a hedge race, the one whose first
+        token is ``first_token_at``; otherwise the last."""
+        for attempt in reversed(self.attempt_log):
+            if attempt.first_token_at is not None and attempt.first_token_at == self.first_token_at:
+                return attempt
+        return self.attempt_log[-1]
 
     @property
     def duration_s(self) -> float | None:
@@ -258,6 +299,27 @@ class Version:
         return _total([a.cost for a in self.attempt_log], 0.0)
 
     @property
+    def wasted_tokens(self) -> int:
+        """Output tokens billed (else streamed) and not kept: every attempt's but the
+        kept text's."""
+        streamed = sum(a.output_tokens or 0 for a in self.attempt_log)
+        return max(0, streamed - (self.output_tokens if self.ok else 0))
+
+    @property
+    def wasted_cost(self) -> float | None:
+        """US dollars of the requests whose text was not kept: every attempt of a version
+        that was not kept; of a kept one, its failed attempts and a losing hedge."""
+        kept = self._kept_attempt()
+        return _total([a.cost for a in self.attempt_log if a is not kept], 0.0)
+
+    def _kept_attempt(self) -> Attempt | None:
+        """The attempt whose text is the content (None unless ok, or a cached reply)."""
+        if not self.ok:
+            return None
+        ended_well = [a for a in self.attempt_log if a.error_type is None and not a.lost]
+        return ended_well[-1] if ended_well else None
+
+    @property
     def tokens_per_s(self) -> float | None:
         if self.first_token_at is None or self.finished_at is None or not self.output_tokens:
             return None
@@ -277,8 +339,12 @@ class Version:
         return {
             "version": self.index,
             "status": self.status,
+            "kept": self.ok,
+            "cancel_reason": self.cancel_reason,
             "attempts": self.attempts,
             "retried": self.attempts > 1,
+            "hedged": self.hedged,
+            "hedge_won": self.hedge_won,
             "queue_wait_s": self.queue_wait_s,
             "ttft_s": self.ttft_s,
             "duration_s": self.duration_s,
@@ -287,10 +353,13 @@ class Version:
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
             "cost": self.cost,
+            "wasted_tokens": self.wasted_tokens,
+            "wasted_cost": self.wasted_cost,
             "tokens_per_s": self.tokens_per_s,
             "start_s": self.started_at,
             "finish_s": self.finished_at,
             **text_metrics(self.content or ""),
+            "partial_chars": len(self.partial or ""),
             "edited": self.edited,
             "cached": self.cached,
             "key_id": self.key_id,
@@ -307,9 +376,13 @@ EDITOR_FIELDS = frozenset(f.name for f in fields(Version) if f.metadata.get("edi
 class Run:
     """A batch of versions for one prompt, with its metrics.
 
-    A Run is the record of a run, not its control: to stop a run in progress use the
-    :class:`~arboris_nb.handle.RunHandle` that ``start_versions`` returned (or cancel the
-    task awaiting ``generate_versions``).
+    A Run is the record of a run, not its control: to stop a run in progress, stop or
+    add versions, use the :class:`~arboris_nb.handle.RunHandle` that ``start_versions``
+    returned (or cancel the task awaiting ``generate_versions``).
+
+    ``keep`` is how many versions the run keeps: with ``extra_versions`` k it starts
+    ``keep + k`` and cancels the rest (reason ``surplus``) once ``keep`` are ok; ``kept``
+    lists them. None (a run stored before this existed) keeps every version.
     """
 
     run_id: str
@@ -324,6 +397,8 @@ class Run:
     measured_serial_s: float | None = None
     parent_run_id: str | None = None  # a retry: the run and version it regenerates
     parent_index: int | None = None
+    keep: int | None = None  # versions to keep (N); None: all of them
+    extra_versions: int = 0  # started beyond ``keep`` (k of "keep the first N of N+k")
 
     @property
     def mode(self) -> str:
@@ -340,6 +415,20 @@ class Run:
     @property
     def failed(self) -> list[Version]:
         return [v for v in self.versions if v.status == "failed"]
+
+    @property
+    def cancelled(self) -> list[Version]:
+        return [v for v in self.versions if v.status == "cancelled"]
+
+    @property
+    def keep_count(self) -> int:
+        """How many versions the run keeps (``keep``, else all of them)."""
+        return self.version_count if self.keep is None else self.keep
+
+    @property
+    def kept(self) -> list[Version]:
+        """The versions the run kept: the ok ones (the first ``keep`` to finish)."""
+        return self.ok
 
     @property
     def done(self) -> bool:
@@ -410,11 +499,12 @@ class Run:
 
     @property
     def ideal_s(self) -> float | None:
-        """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows."""
+        """⌈N/C⌉·L with L the mean version duration: the best a limit of C allows (N: the
+        versions kept — extras are there to reach this despite stragglers)."""
         mean = self.avg_per_version_s
         if mean is None:
             return None
-        return math.ceil(self.version_count / self.concurrency) * mean
+        return math.ceil(self.keep_count / self.concurrency) * mean
 
     def to_dict(self, *, metrics: bool = False) -> dict[str, Any]:
         """The fields, JSON-ready, versions included (each :meth:`Version.to_dict`).
@@ -451,7 +541,7 @@ class Run:
             "max_parallel_requests": self.max_parallel_requests,
             "ok": len(self.ok),
             "failed": len(self.failed),
-            "cancelled": sum(v.status == "cancelled" for v in self.versions),
+            "cancelled": len(self.cancelled),
             "elapsed_s": self.elapsed_s,
             "avg_per_version_s": self.avg_per_version_s,
             "serial_s": self.serial_s,
@@ -464,6 +554,29 @@ class Run:
             "cached_input_tokens": self.cached_input_tokens,
             "output_tokens": self.output_tokens,
             "cost": self.cost,
+            **self.pool_summary(),
+        }
+
+    def pool_summary(self) -> dict[str, Any]:
+        """What keeping the first N and hedging cost: the versions kept, the hedges, the
+        tokens (and dollars) billed and thrown away, and the lengths of kept vs discarded
+        texts (keeping the fastest can favour shorter texts; these let a user see it)."""
+        kept = [v.output_tokens for v in self.kept]
+        discarded = [v.output_tokens for v in self.cancelled if v.partial]
+        kept_tokens, wasted = sum(kept), sum(v.wasted_tokens for v in self.versions)
+        return {
+            "keep_count": self.keep_count,
+            "extra_versions": self.extra_versions,
+            "kept": len(self.kept),
+            "surplus": sum(v.cancel_reason == "surplus" for v in self.versions),
+            "hedges": sum(v.hedged for v in self.versions),
+            "hedges_won": sum(v.hedge_won for v in self.versions),
+            "kept_tokens": kept_tokens,
+            "wasted_tokens": wasted,
+            "wasted_ratio": wasted / kept_tokens if kept_tokens else None,
+            "wasted_cost": _total([v.wasted_cost for v in self.versions], 0.0),
+            "kept_tokens_mean": statistics.fmean(kept) if kept else None,
+            "discarded_tokens_mean": statistics.fmean(discarded) if discarded else None,
         }
 
     def to_frame(self) -> pd.DataFrame:

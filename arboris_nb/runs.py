@@ -145,6 +145,8 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
         elapsed_s=record.elapsed_s,
         parent_run_id=record.parent_run_id,
         parent_index=record.parent_index,
+        keep=record.keep,
+        extra_versions=record.extra_versions,
     )
 
 

@@ -20,12 +20,13 @@ Editor work is kept apart from what the model produced: an edit fills
 ``versions.edited_content`` (``content`` stays the generated text), and a retry is its own
 run whose row names the run and version it retries (``parent_run_id``, ``parent_index``).
 
-Schema version 3 (``PRAGMA user_version``; older files are migrated when opened; the
+Schema version 4 (``PRAGMA user_version``; older files are migrated when opened; the
 migrations and the version columns are in :mod:`arboris_nb._schema`)::
 
     runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
          indices JSON, max_parallel_requests, model, messages JSON, temperature,
-         max_tokens, elapsed_s, sessions, status, parent_run_id, parent_index)
+         max_tokens, elapsed_s, sessions, status, parent_run_id, parent_index, keep,
+         extra_versions)
     versions(run_id, idx, <one column per generated Version field: status, content,
              title, summary, error, error_type, queued_at, started_at, first_token_at,
              finished_at, output_tokens, tokens_from_usage, attempts, attempt_log JSON,
@@ -68,6 +69,7 @@ from .events import (
     VersionCancelled,
     VersionFailed,
     VersionFinished,
+    VersionQueued,
 )
 from .results import Run, Version
 
@@ -108,6 +110,8 @@ class RunRecord:
     status: str  # running | complete | partial | failed
     parent_run_id: str | None = None  # set on a retry: the run and version it retries
     parent_index: int | None = None
+    keep: int | None = None  # versions the run keeps (None: all); see Run.keep
+    extra_versions: int = 0
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -251,8 +255,9 @@ class RunStore:
                     "INSERT INTO runs (run_id, project, chapter, created_at, updated_at, mode, "
                     "version_count, indices, max_parallel_requests, model, messages, "
                     "temperature, max_tokens, elapsed_s, sessions, status, parent_run_id, "
-                    "parent_index) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', ?, ?)",
+                    "parent_index, keep, extra_versions) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 'running', "
+                    "?, ?, ?, ?)",
                     (
                         run.run_id,
                         run.project,
@@ -269,6 +274,8 @@ class RunStore:
                         max_tokens,
                         run.parent_run_id,
                         run.parent_index,
+                        run.keep,
+                        run.extra_versions,
                     ),
                 )
                 return 1, 0.0
@@ -279,6 +286,20 @@ class RunStore:
                 (json.dumps(planned), len(planned), now, run.run_id),
             )
             return int(row["sessions"]) + 1, float(row["elapsed_s"] or 0.0)
+
+    def add_version(self, run_id: str, index: int) -> None:
+        """A version added to a running run (``RunHandle.add_versions``): it is planned,
+        and the run keeps one more."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT indices FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(run_id)
+            planned = sorted(set(json.loads(row["indices"])) | {index})
+            tx.execute(
+                "UPDATE runs SET indices = ?, version_count = ?, keep = keep + 1, "
+                "updated_at = ? WHERE run_id = ?",
+                (json.dumps(planned), len(planned), time.time(), run_id),
+            )
 
     def save_version(
         self, run_id: str, version: Version, *, session: int = 1, elapsed_s: float | None = None
@@ -407,8 +428,8 @@ class RunStore:
 
 
 def _status(record: RunRecord) -> str:
-    """complete: every planned version ok; partial: some ok; failed: none ok."""
-    if record.ok >= record.version_count:
+    """complete: every version it keeps ok; partial: some ok; failed: none ok."""
+    if record.ok >= (record.keep or record.version_count):
         return "complete"
     return "partial" if record.ok else "failed"
 
@@ -433,6 +454,8 @@ def _record(row: sqlite3.Row) -> RunRecord:
         status=row["status"],
         parent_run_id=row["parent_run_id"],
         parent_index=row["parent_index"],
+        keep=row["keep"],
+        extra_versions=row["extra_versions"],
     )
 
 
@@ -465,6 +488,7 @@ class RunRecorder:
         self.owns_store = owns_store
         self.session = 1
         self.elapsed_before = 0.0
+        self.planned: set[int] = set()
 
     wants_tokens = False  # never called for TokenDelta: nothing is written per token
 
@@ -474,6 +498,12 @@ class RunRecorder:
             self.session, self.elapsed_before = self.store.begin_run(
                 event.run, self.messages, temperature=self.temperature, max_tokens=self.max_tokens
             )
+            self.planned = {v.index for v in event.run.versions}
+        elif kind is VersionQueued:
+            index = event.version.index  # type: ignore[attr-defined]
+            if index not in self.planned:  # added to the running run
+                self.planned.add(index)
+                self.store.add_version(event.run.run_id, index)
         elif kind in (VersionFinished, VersionFailed, VersionCancelled):
             version: Version = event.version  # type: ignore[attr-defined]
             self.store.save_version(

@@ -14,7 +14,13 @@ from arboris_nb.backends.base import ChatRequest, Usage
 from arboris_nb.backends.openai import OpenAIBackend, parse_retry_after
 from arboris_nb.limits import FixedLimit
 from arboris_nb.mockserver import MockServer
-from arboris_nb.pacing import RateBudget, estimate_tokens, parse_duration, provider_headers
+from arboris_nb.pacing import (
+    RateBudget,
+    estimate_tokens,
+    parse_duration,
+    provider_headers,
+    request_key,
+)
 
 KEY = "sk-pacing-0123456789abcd"
 FAST: dict[str, Any] = {"ttft_s": 0.02, "tokens_per_s": 1000.0, "output_tokens": 10}
@@ -149,7 +155,6 @@ def test_expected_output_and_prompt_size_are_learned() -> None:
     assert budget.cost(bare) == 28 + 300  # the largest recent reply; the prompt as counted
 
 
-
 def test_a_fanout_request_counts_the_output_of_each_choice() -> None:
     budget = RateBudget(clock=Clock())
     messages = [{"role": "user", "content": "x" * 40}]  # estimated 10 + 4
@@ -160,6 +165,19 @@ def test_a_fanout_request_counts_the_output_of_each_choice() -> None:
     budget.note_usage(bare, Usage(output_tokens=900, input_tokens=14))
     assert budget.cost(bare) == 14 + 3 * 300
     assert budget.cost(ChatRequest(messages=messages)) == 14 + 300
+
+
+def test_a_hedge_is_reserved_apart_from_the_attempt_it_duplicates() -> None:
+    budget = RateBudget(clock=Clock())
+    budget.update(tokens_headers(remaining=100, reset="60s"))
+    primary = request(max_tokens=40)  # 5 + 40 tokens
+    hedge = ChatRequest(messages=primary.messages, max_tokens=40, hedge=True)
+    for sent in (primary, hedge):  # both in flight at once
+        budget.reserve(request_key(sent), budget.cost(sent))
+    assert budget.wait_s(11) > 0  # 90 pending + 11 > 100
+    budget.release(request_key(primary))  # the original answered: the hedge still counts
+    assert budget.wait_s(11) == 0 and budget.wait_s(56) > 0
+
 
 def test_budgets_are_per_key_and_endpoint() -> None:
     a = RateBudget.for_key("http://127.0.0.1:1/v1", "sk-a")
@@ -181,7 +199,7 @@ async def test_the_pool_sends_on_the_member_whose_budget_fits() -> None:
     first = ChatRequest(messages=[{"role": "user", "content": "p"}], max_tokens=10, version_index=1)
     async with pool.open() as conn:
         await asyncio.wait_for(conn.ready(first), 1.0)  # type: ignore[attr-defined]
-        assert conn.pinned == {("", 1, 1): 1}  # type: ignore[attr-defined]
+        assert conn.pinned == {("", 1, 1, False): 1}  # type: ignore[attr-defined]
     # reserved on the member that takes it: 15 tokens ("p" and max_tokens 10) of its 100
     assert (full.wait_s(85), empty.wait_s(500) > 0) == (0.0, True)
     assert full.wait_s(86) > 0

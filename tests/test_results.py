@@ -36,10 +36,23 @@ def full_version() -> Version:
         attempts=2,
         attempt_log=[
             Attempt(1, 1.0, 1.2, "StreamInterrupted", None, 0.3, 0.25, 40, None, 5, True),
-            Attempt(2, 1.5, 3.0, input_tokens=40, cached_input_tokens=8, output_tokens=12),
+            Attempt(
+                2,
+                1.5,
+                3.0,
+                input_tokens=40,
+                cached_input_tokens=8,
+                output_tokens=12,
+                first_token_at=1.5,
+            ),
+            Attempt(2, 1.6, 2.9, "CancelledError", hedge=True, lost=True, output_tokens=9),
         ],
         key_id="sk-…wxyz",
         cached=True,
+        partial="streamed so far",
+        cancel_reason="surplus",
+        hedged=True,
+        hedge_won=True,
         edited=True,
         original_content="generated",
     )
@@ -76,6 +89,8 @@ def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
         "retry_wait_s": 0.3,
         "tokens_per_s": 8.0,
         "cost": None,  # no attempt has a price
+        "wasted_tokens": 14,  # the cut attempt's 5 (estimated) and the losing hedge's 9
+        "wasted_cost": None,
     }
     assert Version.from_dict(data) == version
 
@@ -99,6 +114,8 @@ def test_a_run_round_trips_with_its_versions() -> None:
         elapsed_s=3.5,
         parent_run_id="r0",
         parent_index=3,
+        keep=1,
+        extra_versions=1,
     )
     plain = json.loads(json.dumps(run.to_dict()))
     assert Run.from_dict(plain) == run

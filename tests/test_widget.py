@@ -236,8 +236,12 @@ async def test_stop_cancels_in_flight_versions_and_counts_outcomes_apart() -> No
     assert w.progress.summary == "1 ok · 2 cancelled of 3"
     assert (w.progress.counts["ok"], w.progress.counts["cancelled"]) == (1, 2)
     assert w.progress.outcome == "stopped" and not w.progress.live
-    assert w.panel(1).text == run.versions[0].content and w.panel(2).text == ""
-    assert "Stopped" in w.panel(2).view.placeholder
+    assert w.panel(1).text == run.versions[0].content
+    # What version 2 had written stays in its panel, marked partial; version 3 had none.
+    partial = run.versions[1].partial
+    assert partial and w.panel(2).text == partial and "partial" in w.panel(2).badges
+    assert w.panel(3).text == "" and "Stopped" in w.panel(3).view.placeholder
+    assert "Stopped with the run" in w.panel(2).note
     assert w.stop_button.disabled and not w.generate_button.disabled
     assert w.select(1) is run.versions[0]
 
@@ -257,7 +261,8 @@ async def test_cancelling_the_task_cancels_the_run_too() -> None:
         await asyncio.sleep(0.5)  # time enough to finish, had the run gone on
         assert [v.status for v in run.versions] == ["cancelled"] * 3, wait
         assert statuses(w) == ["cancelled"] * 3 and not w.busy
-        assert not any(p.text for p in w.panels)
+        # A panel shows only what its version had written when it stopped (its partial).
+        assert [p.text for p in w.panels] == [v.partial or "" for v in run.versions]
 
 
 # -- safety and errors -------------------------------------------------------------------------

@@ -41,7 +41,10 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "max_parallel_requests": 'C, the concurrency limit (1 in serial mode; "auto" if adaptive)',
     "version": "1-based version index",
     "status": '"ok", "failed" or "cancelled"',
-    "attempts": "requests made for this version",
+    "kept": "True for the versions the run kept (see Run.keep)",
+    "cancel_reason": '"surplus", "stopped" or "run_cancelled" when cancelled',
+    "hedged": "True when a hedge request was started for it",
+    "attempts": "attempts made for this version (a hedge is not one)",
     "queued_s": "queued, seconds after the run started",
     "queue_wait_s": "seconds waiting for a concurrency slot",
     "ttft_s": "seconds from the kept attempt's start to its first token",
@@ -52,6 +55,9 @@ VERSIONS_COLUMNS: dict[str, str] = {
     "input_tokens": "prompt tokens of the kept reply (its share with fanout n; None: not sent)",
     "cached_input_tokens": "of input_tokens, served from the provider's prompt cache",
     "cost": "US dollars billed for this version, every attempt (None: price or usage unknown)",
+    "wasted_tokens": "output tokens billed (else streamed) and not kept (cancelled, losing hedge, "
+    "failed attempts)",
+    "wasted_cost": "US dollars of the requests whose text was not kept (None: price unknown)",
     "tokens_per_s": "output_tokens / generation time after the first token",
     "start_s": "admitted, seconds after the run started",
     "first_token_s": "first token of the kept attempt, seconds after the run started",
@@ -71,16 +77,20 @@ RUNS_COLUMNS: dict[str, str] = {
     "ok": "versions that succeeded",
     "failed": "versions that failed",
     "cancelled": "versions cancelled",
-    "attempts": "requests made in all",
-    "rate_limited": "attempts answered 429",
-    "share_429": "rate_limited / attempts (0.0–1.0)",
+    "keep": "versions the run keeps (N; the rest of N + extra are surplus)",
+    "hedges": "hedge requests started",
+    "wasted_tokens": "output tokens billed (else streamed) and not kept",
+    "wasted_cost": "US dollars of the requests whose text was not kept (None: price unknown)",
+    "attempts": "attempts made in all (hedges not counted)",
+    "rate_limited": "requests answered 429 (hedges included)",
+    "share_429": "rate_limited / requests (0.0–1.0)",
     "elapsed_s": "wall time of the run",
     "mean_duration_s": "L, mean duration of the ok versions",
     "serial_s": "serial wall time: measured (mean of serial runs, same label and N) or estimated",
     "serial_source": '"measured" or "estimated" (sum of this run\'s durations)',
     "speedup": "serial_s / elapsed_s",
     "efficiency": "(serial_s − elapsed_s) / serial_s × 100, in percent",
-    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows (None for auto)",
+    "ideal_s": "⌈N/C⌉·L, the best wall time the limit allows (N: the versions kept; None for auto)",
     "gap_s": "elapsed_s − ideal_s",
     "wall_over_ideal": "elapsed_s / ideal_s (1.0 = ideal)",
     "ttft_p50_s": "median time to first token",
@@ -316,6 +326,9 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         **_head(rec),
         "version": v.index,
         "status": v.status,
+        "kept": v.ok,
+        "cancel_reason": v.cancel_reason,
+        "hedged": v.hedged,
         "attempts": v.attempts,
         "queued_s": v.queued_at,
         "queue_wait_s": v.queue_wait_s,
@@ -327,6 +340,8 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         "input_tokens": v.input_tokens,
         "cached_input_tokens": v.cached_input_tokens,
         "cost": v.cost,
+        "wasted_tokens": v.wasted_tokens,
+        "wasted_cost": v.wasted_cost,
         "tokens_per_s": v.tokens_per_s,
         "start_s": v.started_at,
         "first_token_s": v.first_token_at,
@@ -353,8 +368,8 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         serial, source = measured_serial, "measured"
     else:
         serial, source = (sum(durations) if durations else None), "estimated"
-    # An adaptive limit has no fixed C, so no ideal to compare with.
-    ideal = None if rec.setting == "auto" else metrics.ideal_time(run.version_count, rec.c, mean)
+    # An adaptive limit has no fixed C, so no ideal to compare with. N: the versions kept.
+    ideal = None if rec.setting == "auto" else metrics.ideal_time(run.keep_count, rec.c, mean)
     attempts = [a for v in run.versions for a in v.attempt_log]
     refused = sum(a.status_code == 429 for a in attempts)
     ttft = metrics.percentiles(v.ttft_s for v in ok)
@@ -364,6 +379,10 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         "ok": len(ok),
         "failed": len(run.failed),
         "cancelled": sum(v.status == "cancelled" for v in run.versions),
+        "keep": run.keep_count,
+        "hedges": sum(v.hedged for v in run.versions),
+        "wasted_tokens": sum(v.wasted_tokens for v in run.versions),
+        "wasted_cost": run.pool_summary()["wasted_cost"],
         "attempts": sum(v.attempts for v in run.versions),
         "rate_limited": refused,
         "share_429": _ratio(refused, len(attempts)) if attempts else 0.0,

@@ -48,6 +48,7 @@ class ChatRequest:
     run_id: str = ""
     version_index: int = 1
     attempt: int = 1
+    hedge: bool = False  # a duplicate of ``attempt``, started because it was slow
     # With the "n" fan-out: the version index of each choice (``n`` = their count).
     choice_versions: tuple[int, ...] = ()
 

@@ -265,6 +265,7 @@ class _Connection:
                 "X-Arboris-Version": ",".join(map(str, request.choice_versions))
                 or str(request.version_index),
                 "X-Arboris-Attempt": str(request.attempt),
+                **({"X-Arboris-Hedge": "1"} if request.hedge else {}),
             },
         }
         if request.max_tokens is not None:

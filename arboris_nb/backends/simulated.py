@@ -7,7 +7,9 @@ gives for Chinese), so the live view and the fonts can be tried on the language 
 is for. Latency follows a small model — time to first token, tokens per
 second, multiplicative jitter — on ``asyncio.sleep``, so a fake loop clock makes it exact.
 Faults: ``fail_versions`` fail on every attempt; ``fail_rate`` fails single attempts at
-random (transient, so retries can succeed).
+random (transient, so retries can succeed). A heavy tail: ``straggler_rate`` makes that
+fraction of requests (drawn per request) ``straggler_factor`` times slower, and the first
+request of each version in ``stragglers`` always.
 
 Usage counts words: the prompt's words are its input tokens (as the mock server counts
 them), the streamed words its output tokens. A request for ``n > 1`` choices streams them
@@ -108,6 +110,9 @@ class SimulatedLLM:
     fail_versions: Collection[int] = ()
     fail_rate: float = 0.0
     fail_error: type[BackendError] = ServerError
+    straggler_rate: float = 0.0
+    straggler_factor: float = 5.0
+    stragglers: Collection[int] = ()
     reply: Reply | None = None
     model: str = "simulated"
     lang: str = field(default_factory=_messages.lang)  # "en" or "zh" (ARBORIS_LANG)
@@ -120,6 +125,11 @@ class SimulatedLLM:
             )
         if not 0.0 <= self.jitter < 1.0 or not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError("SimulatedLLM jitter must be in [0, 1) and fail_rate in [0, 1]")
+        if not 0.0 <= self.straggler_rate <= 1.0 or not self.straggler_factor >= 1.0:
+            raise ConfigError(
+                "SimulatedLLM straggler_rate must be in [0, 1] and straggler_factor >= 1, got "
+                f"{self.straggler_rate} and {self.straggler_factor}"
+            )
         if self.lang not in LANGS:
             raise ConfigError(f"SimulatedLLM lang must be 'en' or 'zh', got {self.lang!r}")
 
@@ -153,6 +163,13 @@ class SimulatedLLM:
         if start < len(text):
             yield text[start:]
 
+    def _slowness(self, request: ChatRequest, rng: random.Random) -> float:
+        """How many times slower this request is: ``straggler_factor`` for a straggler."""
+        first = request.attempt == 1 and not request.hedge
+        drawn = self.straggler_rate > 0 and rng.random() < self.straggler_rate
+        slow = drawn or (first and request.version_index in self.stragglers)
+        return self.straggler_factor if slow else 1.0
+
     def _fails(self, request: ChatRequest) -> bool:
         if request.version_index in self.fail_versions:
             return True
@@ -160,10 +177,19 @@ class SimulatedLLM:
         return rng.random() < self.fail_rate
 
     def _spread(self, request: ChatRequest) -> Callable[[float], float]:
-        rng = _rng("latency", self.seed, request.prompt, request.version_index, request.attempt)
+        # A hedge draws its own latency: a duplicate of a slow request need not be slow.
+        rng = _rng(
+            "latency",
+            self.seed,
+            request.prompt,
+            request.version_index,
+            request.attempt,
+            *(("hedge",) if request.hedge else ()),
+        )
+        slow = self._slowness(request, rng)
 
         def spread(seconds: float) -> float:
-            return seconds * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
+            return slow * seconds * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
 
         return spread
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import FANOUTS, WriterSettings, parse_count, parse_fanout, parse_limit
+from ..config import FANOUTS, WriterSettings, parse_count, parse_extra, parse_fanout, parse_limit
 from ..console import ProgressPrinter, format_summary
 from ..engine import LLMArg, start_versions
 from ..errors import AllVersionsFailed, ConfigError
@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
         type=limit_arg(),
         help='requests at once, 1–10, or "auto" for adaptive concurrency '
         "(default: WRITER_MAX_PARALLEL_REQUESTS or 3)",
+    )
+    p.add_argument(
+        "--extra-versions",
+        type=_arg_type(parse_extra, "--extra-versions", "WRITER_EXTRA_VERSIONS"),
+        help="start this many more, 0–5, and keep the first --versions to finish "
+        "(default: WRITER_EXTRA_VERSIONS or 0)",
     )
     p.add_argument(
         "--fanout",
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         max_parallel_requests=args.max_parallel,
         fanout=args.fanout,
+        extra_versions=args.extra_versions,
     )
     prompt, backend = _prompt(args), _backend(args)
     started: list[RunHandle] = []  # so Ctrl-C can still show what finished

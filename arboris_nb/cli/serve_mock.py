@@ -23,6 +23,8 @@ _FIELD_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
     ("--output-tokens", "output_tokens", int, "N", "tokens per reply (max_tokens caps it)"),
     ("--jitter", "jitter", float, "FRACTION", "latency noise, e.g. 0.1 = ±10%%"),
     ("--prefill", "prefill", float, "RATE", "prompt tokens read per second, server-wide"),
+    ("--straggler-rate", "straggler_rate", float, "FRACTION", "fraction of requests slowed"),
+    ("--straggler-factor", "straggler_factor", float, "X", "how many times slower they are"),
     ("--seed", "seed", int, "N", "seed of faults, jitter and generated text"),
     ("--error-rate", "error_rate", float, "FRACTION", "fraction of requests answered 500"),
     ("--disconnect-rate", "disconnect_rate", float, "FRACTION", "fraction of streams cut"),

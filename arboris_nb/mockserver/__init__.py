@@ -5,7 +5,8 @@ It speaks ``POST /v1/chat/completions`` (JSON and SSE streaming), ``GET /v1/mode
 
 What it models (see ``docs/mockserver.md``):
 
-* latency: time to first token, a steady token rate, optional multiplicative jitter;
+* latency: time to first token, a steady token rate, optional multiplicative jitter, and a
+  heavy tail (``straggler_rate`` of requests ``straggler_factor`` times slower);
 * load: a generation ``capacity`` with a FIFO queue behind it (like vLLM's ``max_num_seqs``)
   and a ``slowdown`` that stretches latencies as the server fills up — slower, never a 429;
 * rate limits as providers apply them: a concurrency cap (``max_concurrent``), a rolling

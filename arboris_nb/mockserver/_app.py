@@ -230,6 +230,19 @@ def _plan(
     return Plan(choices, finishes, cut_after, rng, prompt_tokens(body["messages"]), digest)
 
 
+def _straggler(cfg: MockConfig, entry: dict[str, Any]) -> bool:
+    """Is this request one of the heavy tail? Drawn from a generator of its own (turning
+    the tail on changes no other draw), keyed by what the request is — run, version,
+    attempt, hedge, from the X-Arboris-* headers — when the client says, else by its
+    arrival number: so the same request is slow however requests interleave, and two
+    runs with the same ids meet the same stragglers (side-by-side benchmarks)."""
+    if cfg.straggler_rate <= 0:
+        return False
+    who = entry["run"] and "/".join(str(entry[k]) for k in ("run", "version", "attempt", "hedge"))
+    key = f"{cfg.seed}/tail/{who}" if who else f"{cfg.seed}/{entry['n']}/tail"
+    return random.Random(key).random() < cfg.straggler_rate
+
+
 async def _paced(
     state: State, request: web.Request, plan: Plan, entry: dict[str, Any]
 ) -> AsyncIterator[tuple[int, int]]:
@@ -245,7 +258,9 @@ async def _paced(
     def jitter() -> float:
         return 1.0 + plan.rng.uniform(-cfg.jitter, cfg.jitter) if cfg.jitter else 1.0
 
-    due = state.read_prompt(plan, entry) + cfg.ttft_s * state.latency_factor() * jitter()
+    due = (
+        state.read_prompt(plan, entry) + cfg.ttft_s * plan.slow * state.latency_factor() * jitter()
+    )
     sent, step, total = 0, 1, plan.steps
     while True:
         # sleep(0) when late still lets other streams run between catch-up writes
@@ -260,7 +275,7 @@ async def _paced(
         if sent >= total:
             return
         # floor: jitter=1 can draw a factor of exactly 0
-        itl = max(1e-9, state.latency_factor() * jitter() / cfg.tokens_per_s)
+        itl = max(1e-9, plan.slow * state.latency_factor() * jitter() / cfg.tokens_per_s)
         step = min(total - sent, max(1, math.ceil(state.write_interval() / itl)))
         due += step * itl
 
@@ -450,6 +465,9 @@ async def _chat_inner(
     headers = _admit(state, n, rng, body)
     plan = _plan(state, body, digest, entry["version"], rng)
     plan.headers = headers
+    if _straggler(cfg, entry):
+        plan.slow = cfg.straggler_factor
+        entry["straggler"] = True
     return await _serve_admitted(state, request, body, plan, entry)
 
 

@@ -42,6 +42,10 @@ class MockConfig:
     prefill: float | None = None  # prompt tokens read per second, server-wide (None: instant)
     prompt_cache: bool = False  # a prompt read before is cached (and reported as such)
     reject_n: bool = False  # answer n > 1 with 400, like providers that take one choice
+    # A heavy tail: this fraction of requests (drawn per request) is straggler_factor
+    # times slower — first token and every token after it.
+    straggler_rate: float = 0.0
+    straggler_factor: float = 5.0
     seed: int = 0
     capacity: int | None = None
     slowdown: float = 0.0
@@ -85,6 +89,9 @@ class MockConfig:
             _check(
                 isinstance(getattr(self, name), bool), name, "True or False", getattr(self, name)
             )
+        rate, factor = self.straggler_rate, self.straggler_factor
+        _check(_is_num(rate) and 0 <= rate <= 1, "straggler_rate", "in [0, 1]", rate)
+        _check(_is_num(factor) and factor >= 1, "straggler_factor", "a number >= 1", factor)
         _check(is_int(self.seed), "seed", "an int", self.seed)
 
     def _validate_limits(self) -> None:

@@ -72,6 +72,7 @@ class Plan:
     rng: random.Random
     prompt_tokens: int = 1
     digest: str = ""  # the prompt's identity, for the prompt cache
+    slow: float = 1.0  # latency multiplier: straggler_factor for a straggler, else 1
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers of the answer
 
     @property
@@ -131,6 +132,8 @@ class State:
             "prompt_tokens": 0,
             "cached_tokens": 0,
             "choices": 1,
+            "straggler": False,
+            "hedge": request.headers.get("X-Arboris-Hedge") == "1",
             "version": request.headers.get("X-Arboris-Version"),
             "attempt": request.headers.get("X-Arboris-Attempt"),
             "run": request.headers.get("X-Arboris-Run"),

@@ -4,7 +4,8 @@ The board is an ``on_event`` subscriber and nothing more: each engine event beco
 panel transition (the panels own their state), streamed text goes to the
 :class:`~arboris_nb.widgets.stream.DeltaStream`, and the progress line is redrawn once per
 loop iteration in which some version changed state — never per token. It never times,
-retries or limits anything; elapsed times come from the events' own clock.
+retries or limits anything; elapsed times come from the events' own clock. A version
+added to the running run (``RunHandle.add_versions``) gets its panel when it is queued.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = ["PanelBoard"]
 Select = Callable[[int], object]
 Retry = Callable[[int, str], object]
 Save = Callable[[int, str], object]
+Stop = Callable[[int], object]
 
 
 class PanelBoard:
@@ -50,7 +52,7 @@ class PanelBoard:
         self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="8px", width="100%"))
         self.grid.add_class("arboris-panels")
         self.panels: dict[int, VersionPanel] = {}
-        self._actions: tuple[Select, Retry, Save] | None = None
+        self._actions: tuple[Select, Retry, Save, Stop] | None = None
         self._live: set[int] = set()  # id() of runs between RunStarted and RunFinished
         self._t0: float | None = None  # loop time at which the latest run started
         self._elapsed = 0.0  # the latest finished run's elapsed seconds
@@ -59,11 +61,17 @@ class PanelBoard:
         self._make_panels(n)
         self._render_progress()
 
-    def on(self, *, select: Select, retry: Retry, save: Save) -> None:
-        """Wire every panel's buttons (now and after a resize) to the owner's actions."""
-        self._actions = (select, retry, save)
+    def on(self, *, select: Select, retry: Retry, save: Save, stop: Stop) -> None:
+        """Wire every panel's buttons (now, after a resize, on a panel added) to the
+        owner's actions."""
+        self._actions = (select, retry, save, stop)
         for panel in self.panels.values():
-            panel.on(select=select, retry=retry, save=save)
+            self._wire(panel)
+
+    def _wire(self, panel: VersionPanel) -> None:
+        if self._actions is not None:
+            select, retry, save, stop = self._actions
+            panel.on(select=select, retry=retry, save=save, stop=stop)
 
     @property
     def live(self) -> bool:
@@ -118,6 +126,8 @@ class PanelBoard:
 
     def _transition(self, event: VersionEvent) -> None:
         panel = self.panels.get(event.version.index)
+        if panel is None and isinstance(event, VersionQueued) and self.live:
+            panel = self._add_panel(event.version.index)  # added to the running run
         if panel is None:
             return
         version = event.version
@@ -136,10 +146,18 @@ class PanelBoard:
         for panel in self.panels.values():
             panel.view.close()
         self.panels = {i: VersionPanel(i, self.stream.channel) for i in range(1, n + 1)}
-        if self._actions is not None:
-            select, retry, save = self._actions
-            self.on(select=select, retry=retry, save=save)
-        columns = min(n, 3)  # side by side; wraps beyond three
+        for panel in self.panels.values():
+            self._wire(panel)
+        self._lay_out()
+
+    def _add_panel(self, index: int) -> VersionPanel:
+        panel = self.panels[index] = VersionPanel(index, self.stream.channel)
+        self._wire(panel)
+        self._lay_out()
+        return panel
+
+    def _lay_out(self) -> None:
+        columns = min(len(self.panels), 3)  # side by side; wraps beyond three
         self.grid.layout.grid_template_columns = f"repeat({columns}, minmax(0, 1fr))"
         self.grid.children = [p.box for p in self.panels.values()]
 
@@ -151,7 +169,7 @@ class PanelBoard:
 
     def _render_progress(self) -> None:
         self._progress_due = False
-        statuses = [p.status for p in self.panels.values()]
+        statuses = [p.outcome for p in self.panels.values()]
         live = self.live
         bill = run_bill(self._run) if self._run is not None else None
         self.progress.show(

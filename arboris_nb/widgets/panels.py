@@ -12,6 +12,10 @@ Model output only ever reaches the page as text nodes, never as HTML.
 Under the buttons, the panel's note (an HTML widget, CSS class ``arboris-panel-note``)
 says in words how the last action started on this panel ended — "✓ edit saved",
 "Regenerated: done.", or what to do after an error (``actions.py`` writes it, escaped).
+
+A panel's own **Stop** stops this version only (the others go on). A cancelled version
+keeps what it had written: the body shows it, the note says why it stopped (stopped, or
+``surplus`` — the run kept the first N to finish) and that it cannot be selected.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ STATUS_WORDS: dict[str, str] = {
 }
 _LIVE = {"running", "retrying"}
 _ENDED = {"done", "failed", "cancelled"}
+_STOPPABLE = {"queued", *_LIVE}
+_WHY_CANCELLED = {
+    "surplus": "Surplus: the run kept the first versions to finish.",
+    "stopped": "Stopped on request.",
+    "run_cancelled": "Stopped with the run.",
+}
 
 
 def status_word(status: str) -> str:
@@ -102,6 +112,9 @@ class VersionPanel:
 
     def _build_actions(self) -> None:
         self.select_button = widgets.Button(description="Select", disabled=True)
+        self.stop_button = widgets.Button(
+            description="Stop", disabled=True, tooltip="Stop this version; the others go on"
+        )
         self.retry_button = widgets.Button(description="Retry", disabled=True)
         self.edit_button = widgets.Button(description="Edit", disabled=True)
         self.wide_button = widgets.ToggleButton(
@@ -116,7 +129,13 @@ class VersionPanel:
             layout=widgets.Layout(display="none"),
         )
         actions = widgets.HBox(
-            [self.select_button, self.retry_button, self.edit_button, self.wide_button]
+            [
+                self.select_button,
+                self.retry_button,
+                self.edit_button,
+                self.stop_button,
+                self.wide_button,
+            ]
         )
         self.note_view = widgets.HTML()  # the outcome of this panel's last action, in words
         self.note_view.add_class("arboris-panel-note")
@@ -202,12 +221,15 @@ class VersionPanel:
         return delta
 
     def finished(self, version: Version, lang: str = "en") -> None:
-        """Done, failed or cancelled: the final text replaces the streamed one."""
+        """Done, failed or cancelled: the final text replaces the streamed one. A cancelled
+        version shows what it had written, and the note says why it stopped."""
         self.version = version
         word = status_word(version.status)
         placeholder = "Stopped before it finished." if word == "cancelled" else ""
-        text = version.display_text(lang)
+        text = version.display_text(lang) or (version.partial or "" if word == "cancelled" else "")
         self._show(word, placeholder=placeholder, text=text, restart=True)
+        if word == "cancelled":
+            self.show_note(note_html(_cancelled_note(version)))
 
     def mark_selected(self, selected: bool) -> None:
         self._selected = selected
@@ -254,7 +276,24 @@ class VersionPanel:
         return title + (f" · {version.title}" if version is not None and version.title else "")
 
     def _badges(self) -> list[str]:
-        return [name for name, on in (("selected", self._selected), ("edited", self._edited)) if on]
+        v = self.version
+        hedged = v is not None and v.hedged
+        partial = v is not None and self.status == "cancelled" and bool(v.partial)
+        flags = (
+            ("selected", self._selected),
+            ("edited", self._edited),
+            ("hedged", hedged),
+            ("partial", partial),
+        )
+        return [name for name, on in flags if on]
+
+    @property
+    def outcome(self) -> str:
+        """The progress line's word for this panel: its status, ``surplus`` for a version
+        cancelled because the run kept the first N (not a stop)."""
+        v = self.version
+        surplus = v is not None and self.status == "cancelled" and v.cancel_reason == "surplus"
+        return "surplus" if surplus else self.status
 
     def _stats(self) -> str:
         """Timings: the TTFT while running (the browser adds the clock), all when done."""
@@ -266,10 +305,13 @@ class VersionPanel:
         parts = [attempt, _num(v.ttft_s, " s TTFT")]
         if final:
             tokens = v.output_tokens if v.ok else None
+            wasted = v.wasted_tokens
             parts += [
                 _num(v.duration_s, " s"),
                 f"{tokens} tok" if tokens else None,
                 _num(v.tokens_per_s if v.ok else None, " tok/s", 0),
+                "hedge won" if v.hedge_won else None,
+                f"{wasted} tok not kept" if wasted else None,
                 version_bill(v),  # input billed and cost, once it ended
             ]
         return " · ".join(p for p in parts if p)
@@ -281,6 +323,7 @@ class VersionPanel:
         self.select_button.disabled = not ok or self._selected
         self.edit_button.disabled = not ok
         self.retry_button.disabled = self._busy or self.status not in _ENDED
+        self.stop_button.disabled = self.status not in _STOPPABLE
 
     def show_note(self, value: str) -> None:
         """Show escaped HTML (an action's outcome or error) under the panel's buttons."""
@@ -309,8 +352,18 @@ class VersionPanel:
         select: Callable[[int], object],
         retry: Callable[[int, str], object],
         save: Callable[[int, str], object],
+        stop: Callable[[int], object],
     ) -> None:
         """Wire the buttons to the owner's actions (called with this panel's index)."""
         self.select_button.on_click(lambda _b: select(self.index))
+        self.stop_button.on_click(lambda _b: stop(self.index))
         self.retry_button.on_click(lambda _b: retry(self.index, self.instruction.value))
         self.save_button.on_click(lambda _b: save(self.index, self.editor.value))
+
+
+def _cancelled_note(version: Version) -> str:
+    """Why a version was cancelled, and what became of its text."""
+    why = _WHY_CANCELLED.get(version.cancel_reason or "", "Stopped before it finished.")
+    if version.partial:
+        return f"{why} The text above is what it had written; it cannot be selected."
+    return why

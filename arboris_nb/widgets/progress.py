@@ -18,8 +18,9 @@ __all__ = ["OUTCOMES", "RunProgress", "progress_summary"]
 
 _STATIC = Path(__file__).parent / "static"
 
-#: Order of the counts in the line (status words as the panels show them).
-OUTCOMES = ("ok", "failed", "cancelled", "running", "queued")
+#: Order of the counts in the line (status words as the panels show them; ``surplus`` is
+#: a version cancelled because the run kept the first N to finish — not a stop).
+OUTCOMES = ("ok", "failed", "cancelled", "surplus", "running", "queued")
 
 
 def progress_summary(statuses: Iterable[str]) -> tuple[dict[str, int], str]:
@@ -70,7 +71,7 @@ def _outcome(counts: dict[str, int], live: bool) -> str:
         return "live"
     if not counts:
         return "idle"
-    if counts["ok"] == sum(counts.values()):
+    if counts["ok"] + counts["surplus"] == sum(counts.values()):
         return "ok"
     if counts["cancelled"]:
         return "stopped"

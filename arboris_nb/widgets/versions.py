@@ -12,7 +12,7 @@ CSS classes (stable; the browser test finds the widget by them):
                            idle queued running retrying done failed cancelled
     arboris-panel-text     the panel body (the version's text)
     arboris-panel-note     the note under the panel's buttons (its last action, in words)
-Buttons: Generate, Stop; per panel Select, Retry, Edit (Save, Cancel), Wide; Compare tab
+Buttons: Generate, Stop, +1; per panel Select, Retry, Edit (Save, Cancel), Stop, Wide; Compare tab
 (``compare.py``): Diff, Evaluate, Export. An action's error shows where it was started —
 the status line, the panel's note, or the Compare tab's note — in words (``actions.py``).
 
@@ -24,7 +24,10 @@ chapter. This class holds the controls, the editor actions and the run's task.
 
 A run is started with :func:`~arboris_nb.engine.start_versions`: the widget keeps the
 returned :class:`~arboris_nb.handle.RunHandle` (``w.run`` is ``handle.run`` from the first
-moment, Stop is ``handle.cancel()``) and subscribes the board to the run's events.
+moment, Stop is ``handle.cancel()``) and subscribes the board to the run's events. The
+pool is live: **+1** is ``handle.add_versions(1)`` (a panel appears when the engine queues
+it), a panel's **Stop** is ``handle.cancel_version(i)``, and the **Extra** control starts
+that many more versions and keeps the first ones to finish (``extra_versions``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import ipywidgets as widgets
 
 from .. import _messages, editor
 from ..backends.base import Backend, Message
-from ..config import COUNT_RANGE, LLMConfig, WriterSettings
+from ..config import COUNT_RANGE, EXTRA_RANGE, LLMConfig, WriterSettings
 from ..engine import start_versions
 from ..errors import ConfigError, StateError
 from ..events import Event, RunFinished, RunStarted
@@ -114,7 +117,13 @@ class VersionsWidget:
         self.board = PanelBoard(self.settings.version_count, stream)
         # What hears a run's events (the main run's and a retry's): the board first.
         self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
-        self.board.on(select=self._select_clicked, retry=self._retry_clicked, save=self._save)
+        self._retrying: dict[int, asyncio.Task[Version]] = {}  # a panel's running retry
+        self.board.on(
+            select=self._select_clicked,
+            retry=self._retry_clicked,
+            save=self._save,
+            stop=self._stop_clicked,
+        )
         self._build(prompt)
         if note:
             self._say(note)
@@ -132,6 +141,13 @@ class VersionsWidget:
         self.count = widgets.BoundedIntText(
             value=s.version_count, min=low, max=high, description="Versions"
         )
+        self.extra = widgets.BoundedIntText(
+            value=s.extra_versions,
+            min=EXTRA_RANGE[0],
+            max=EXTRA_RANGE[1],
+            description="Extra",
+            tooltip="Start this many more versions and keep the first to finish",
+        )
         self.parallel = widgets.Checkbox(value=s.parallel, description="Parallel")
         limits: list[int | str] = [*range(low, high + 1), "auto"]
         self.max_parallel = widgets.Dropdown(
@@ -141,16 +157,24 @@ class VersionsWidget:
         self.model.disabled = not isinstance(self.llm, LLMConfig)
         self.generate_button = widgets.Button(description="Generate", button_style="primary")
         self.stop_button = widgets.Button(description="Stop", disabled=True)
+        self.add_button = widgets.Button(
+            description="+1", disabled=True, tooltip="One more version of this prompt, in this run"
+        )
         self.generate_button.on_click(lambda _b: act(self.generate, "Generate", self._show_message))
         self.stop_button.on_click(lambda _b: act(self.stop, "Stop", self._show_message))
+        self.add_button.on_click(lambda _b: act(self.add_version, "+1", self._show_message))
         self.progress = self.board.progress
         self.message = widgets.HTML()
         self.message.add_class("arboris-message")
         controls = widgets.VBox(
             [
                 self.prompt,
-                widgets.HBox([self.count, self.parallel, self.max_parallel, self.model]),
-                widgets.HBox([self.generate_button, self.stop_button, self.progress]),
+                widgets.HBox(
+                    [self.count, self.extra, self.parallel, self.max_parallel, self.model]
+                ),
+                widgets.HBox(
+                    [self.generate_button, self.stop_button, self.add_button, self.progress]
+                ),
             ]
         )
         controls.add_class("arboris-controls")
@@ -266,6 +290,22 @@ class VersionsWidget:
                 task.cancel()
         self.compare.cancel()
 
+    def add_version(self, k: int = 1) -> list[Version]:
+        """Start ``k`` more versions of the prompt in the running run (the **+1** button);
+        their panels appear as the engine queues them. The run then keeps ``k`` more (at
+        most 10 in all)."""
+        handle = self._live_handle("+1 adds a version to a running run")
+        return handle.add_versions(k)
+
+    def stop_version(self, index: int) -> bool:
+        """Stop version ``index`` only (its panel's **Stop**); the others go on. A version
+        being regenerated by Retry stops that retry (the previous text is kept)."""
+        job = self._retrying.get(index)
+        if job is not None and not job.done():
+            return job.cancel()
+        handle = self._live_handle(f"Version {index} is not running")
+        return handle.cancel_version(index)
+
     def select(self, index: int) -> Version:
         """Mark version ``index`` as the chosen one (only a done version can be chosen)."""
         version = self._version(index)
@@ -301,7 +341,9 @@ class VersionsWidget:
             retry=self.retry_policy,
             on_event=self._subscribers,
         )
-        return self._start_job(loop, coro, "Retry", self._after_retry, self.panel(index))
+        task = self._start_job(loop, coro, "Retry", self._after_retry, self.panel(index))
+        self._retrying[index] = task
+        return task
 
     def edit(self, index: int, text: str) -> Version:
         """Replace version ``index``'s text with ``text`` and mark the panel edited.
@@ -449,6 +491,7 @@ class VersionsWidget:
         busy = self.busy
         self.generate_button.disabled = busy
         self.stop_button.disabled = not busy
+        self.add_button.disabled = self._handle is None or self._handle.done()
         self.compare.sync_busy(busy)
         self.board.set_busy(busy)
 
@@ -457,9 +500,19 @@ class VersionsWidget:
             version_count=self.count.value,
             parallel=self.parallel.value,
             max_parallel_requests=self.max_parallel.value,
-            # The fan-out the widget was given; serial mode asks one version at a time.
-            fanout=self.settings.fanout if self.parallel.value else "requests",
+            # The fan-out the widget was given; serial mode asks one version at a time, and
+            # extras need one request per version (WriterSettings refuses n with extras).
+            fanout=self.settings.fanout
+            if self.parallel.value and not self.extra.value
+            else "requests",
+            extra_versions=self.extra.value,
         )
+
+    def _live_handle(self, what: str) -> RunHandle:
+        handle = self._handle
+        if handle is None or handle.done():
+            raise StateError(f"{what}: press Generate first, and use it while the run streams")
+        return handle
 
     def _llm_for_run(self) -> LLMConfig | Backend:
         model = self.model.value.strip()
@@ -484,6 +537,9 @@ class VersionsWidget:
 
     def _select_clicked(self, index: int) -> None:
         self._panel_act(index, lambda: self.select(index), "Select")
+
+    def _stop_clicked(self, index: int) -> None:
+        self._panel_act(index, lambda: self.stop_version(index), "Stop")
 
     def _retry_clicked(self, index: int, instruction: str) -> None:
         self._panel_act(index, lambda: self.retry(index, instruction or None), "Retry")

@@ -1,8 +1,9 @@
 """Driving the live widget in headless Chromium: shared by the browser test and
 ``benchmarks/widget_wire.py``.
 
-A temporary notebook displays one widget per language (``SimulatedLLM(lang=...)``) and
-a probe whose model replies with an HTML/JS payload (awaited in its cell). ``Wire``
+A temporary notebook displays one widget per language (``SimulatedLLM(lang=...)``), one
+with a stuck version and an extra one (the live pool), and a probe whose model replies
+with an HTML/JS payload (awaited in its cell). ``Wire``
 counts the bytes of every frame the page receives on kernel websockets, so
 :func:`measure_run` can divide what pressing Generate cost on the wire by the
 characters that streamed, and read the first token's delay that ``panel.js`` records
@@ -68,6 +69,17 @@ def live_widget(lang, tokens, rate, prompt):
     return widget
 """
 WIDGET_CELL = "{lang} = live_widget({lang!r}, {tokens}, {rate}, {prompt!r})\ndisplay({lang})"
+# The live pool: 3 versions kept of 3 + 1, version 2 stuck (its first token at 3 s, done
+# after ~9 s); the others take ~1.2 s. The test presses Generate, then +1.
+POOL_CELL = """
+stuck = SimulatedLLM(ttft_s=0.2, tokens_per_s=40.0, output_tokens=40, stragglers={2},
+                     straggler_factor=15.0)
+pool = VersionsWidget(llm=stuck, prompt="Write chapter 4.",
+                      settings=WriterSettings(version_count=3, max_parallel_requests=5,
+                                              extra_versions=1))
+pool.root.add_class("arboris-pool")
+display(pool)
+"""
 # A one-version widget whose model replies with PAYLOAD, awaited in its cell.
 PROBE_CELL = f"""
 probe = VersionsWidget(
@@ -112,6 +124,7 @@ def write_notebook(root: Path, runs: dict[str, tuple[int, float]]) -> None:
     cells = [SETUP_CELL.strip()]
     for lang, (tokens, rate) in runs.items():
         cells.append(WIDGET_CELL.format(lang=lang, tokens=tokens, rate=rate, prompt=PROMPTS[lang]))
+    cells.append(POOL_CELL.strip())
     cells.append(PROBE_CELL.strip())
     book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}

@@ -5,9 +5,11 @@ A temporary notebook (``driver.py``) displays an English widget, a Chinese one
 (awaited in its cell, so it streams while the kernel is busy). After "run all", the test
 checks what a user sees: panels are ``idle`` before the first run; pressing Generate
 streams text *while* versions run, the body follows the tail unless the reader scrolled
-up, every panel ends ``done``; Select marks one; Wide widens one panel; Stop cancels a
-run within a second and the progress line counts the outcomes apart; model output is
-shown as text and never executed; the page logs no errors.
+up, every panel ends ``done``; Select marks one; Wide widens one panel; a panel's Stop
+stops that version while the others go on; Stop cancels a run within a second and the
+progress line counts the outcomes apart; with one extra version a stuck one does not hold
+the run, and **+1** adds a panel mid-run; model output is shown as text and never
+executed; the page logs no errors.
 
 It also measures the streaming cost on the kernel's websocket (every frame received
 between pressing Generate and the end of the run, divided by the characters streamed)
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 
 from .driver import (
     CHROMIUM,
@@ -171,18 +173,34 @@ def _check_wide(page: Page, selector: str) -> None:
     )
 
 
-def _check_stop(page: Page, selector: str) -> None:
-    """A second run, stopped from the page: cancelled within a second, counted apart."""
+def _generate(page: Page, selector: str, *, running: int) -> Locator:
+    """Press Generate in ``selector``; return once ``running`` versions are running."""
     widget = page.locator(selector)
     widget.scroll_into_view_if_needed()
     widget.get_by_role("button", name="Generate", exact=True).click()
     page.wait_for_function(
-        "(s) => [...document.querySelectorAll(s + ' .arboris-status')]"
-        ".some(e => e.textContent.trim() === 'running')",
-        arg=selector,
+        "([s, n]) => [...document.querySelectorAll(s + ' .arboris-status')]"
+        ".filter(e => e.textContent.trim() === 'running').length >= n",
+        arg=[selector, running],
         timeout=10_000,
     )
-    widget.get_by_role("button", name="Stop", exact=True).click()
+    return widget
+
+
+def _check_stop(page: Page, selector: str) -> None:
+    """A second run: one panel's Stop stops that version only, then the run's Stop
+    cancels the rest within a second; the progress line counts them apart."""
+    widget = _generate(page, selector, running=3)
+    first = widget.locator(".arboris-panel").nth(0)
+    first.get_by_role("button", name="Stop", exact=True).click()
+    page.wait_for_function(
+        "(s) => document.querySelector(s + ' .arboris-status').textContent.trim() === "
+        "'cancelled'",
+        arg=selector,
+        timeout=1_000,
+    )
+    assert state(page, selector)["statuses"] == ["cancelled", "running", "running"]
+    widget.locator(".arboris-controls").get_by_role("button", name="Stop", exact=True).click()
     clicked = time.monotonic()
     while time.monotonic() - clicked < 1.0:
         if set(state(page, selector)["statuses"]) == {"cancelled"}:
@@ -195,6 +213,30 @@ def _check_stop(page: Page, selector: str) -> None:
         timeout=5_000,
     )
     assert state(page, selector)["progress"].startswith("3 cancelled of 3")
+
+
+def _check_pool(page: Page) -> None:
+    """3 of 3 + 1 with version 2 stuck: +1 adds a fifth panel mid-run, and the run ends
+    on time — four kept, the stuck one cancelled as surplus, not a stop."""
+    selector = ".arboris-pool"
+    widget = _generate(page, selector, running=1)
+    assert len(state(page, selector)["statuses"]) == 4  # 3 + 1 extra
+    started = time.monotonic()
+    widget.get_by_role("button", name="+1", exact=True).click()
+    page.wait_for_function(
+        "(s) => document.querySelectorAll(s + ' .arboris-panel').length === 5",
+        arg=selector,
+        timeout=5_000,
+    )
+    page.wait_for_function(
+        "(s) => document.querySelector(s + ' .arboris-progress').dataset.outcome === 'ok'",
+        arg=selector,
+        timeout=20_000,
+    )
+    assert time.monotonic() - started < 6.0  # not the stuck version's ~9 s
+    final = state(page, selector)
+    assert final["statuses"] == ["done", "cancelled", "done", "done", "done"], final
+    assert final["progress"].startswith("4 ok · 1 surplus of 5"), final["progress"]
 
 
 def _screenshot(page: Page, selector: str, name: str) -> None:
@@ -225,6 +267,7 @@ def test_live_widget_in_the_browser(lab: Lab, page: Page) -> None:
     _screenshot(page, ".arboris-zh", f"widget-zh-{lab.front_end}.png")
     _check_wide(page, ".arboris-en")
     _check_stop(page, ".arboris-en")
+    _check_pool(page)
 
     report = {"front_end": lab.front_end, **measured}
     (ARTIFACTS / f"wire-{lab.front_end}.json").write_text(json.dumps(report, indent=2))

@@ -1,10 +1,10 @@
 // The run's progress line: the front-end of arboris_nb.widgets.progress.RunProgress.
 //
-// A bar with one segment per outcome (ok, failed, cancelled, in flight) and the kernel's
+// A bar with one segment per outcome (ok, failed, cancelled, surplus, in flight) and the kernel's
 // summary ("1 ok · 2 cancelled of 3"). While a run is live the elapsed time ticks here in
 // the browser; the kernel sends an update only when a version changes state.
 
-const SEGMENTS = ["ok", "failed", "cancelled", "running"];
+const SEGMENTS = ["ok", "failed", "cancelled", "surplus", "running"];
 
 function make(tag, className) {
   const node = document.createElement(tag);
@@ -39,7 +39,8 @@ export default {
       const counts = model.get("counts");
       const total = Math.max(1, model.get("total"));
       for (const name of SEGMENTS) parts[name].style.width = `${(100 * (counts[name] || 0)) / total}%`;
-      const done = (counts.ok || 0) + (counts.failed || 0) + (counts.cancelled || 0);
+      const ended = ["ok", "failed", "cancelled", "surplus"];
+      const done = ended.reduce((sum, name) => sum + (counts[name] || 0), 0);
       bar.setAttribute("aria-valuenow", String(done));
       bar.setAttribute("aria-valuemax", String(model.get("total")));
       summary.textContent = model.get("summary");
