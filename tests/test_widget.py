@@ -597,3 +597,21 @@ async def test_generate_button_uses_the_controls() -> None:
     assert (run.version_count, run.parallel) == (2, False)
     assert len(w.panels) == 2 and w.board.grid.layout.grid_template_columns.startswith("repeat(2,")
     assert run.versions[0].content.startswith("Version 1.")  # type: ignore[union-attr]
+
+
+async def test_timeline_of_an_auto_run_shows_the_limit_trace() -> None:
+    """An ``auto`` run's Timeline tab draws the limit trace from its LimitChanged events;
+    a fixed limit's does not."""
+    auto = VersionsWidget(
+        llm=SimulatedLLM(ttft_s=0.0, tokens_per_s=2000.0),
+        settings=WriterSettings(version_count=3, max_parallel_requests="auto"),
+    )
+    await auto.generate("Write chapter 3.")
+    assert auto.run is not None and auto.run.max_parallel_requests == "auto"
+    assert "arboris-limit-trace" in auto.timeline.value
+    fixed = VersionsWidget(
+        llm=SimulatedLLM(ttft_s=0.0, tokens_per_s=2000.0),
+        settings=WriterSettings(version_count=3, max_parallel_requests=3),
+    )
+    await fixed.generate("Write chapter 3.")
+    assert "arboris-limit-trace" not in fixed.timeline.value

@@ -46,7 +46,7 @@ from ..backends.base import Backend, Message
 from ..config import COUNT_RANGE, EXTRA_RANGE, LLMConfig, WriterSettings
 from ..engine import start_versions
 from ..errors import ConfigError, StateError
-from ..events import Event, RunFinished, RunStarted
+from ..events import Event, LimitChanged, RunFinished, RunStarted
 from ..prompts import as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
@@ -108,6 +108,7 @@ class VersionsWidget:
         self.retry_policy = retry
         self.export_dir = Path(export_dir)
         self.run: Run | None = None
+        self._limits: list[tuple[float, int]] = []  # (t, limit) of the run's LimitChanged
         self.task: asyncio.Task[Run] | None = None
         self._handle: RunHandle | None = None
         self._messages: list[Message] = []
@@ -456,7 +457,9 @@ class VersionsWidget:
     # -- events (the widget is a subscriber; it never times or retries anything) --------
     def _on_run_event(self, event: Event) -> None:
         """What the widget itself follows of a run (the board follows the rest)."""
-        if isinstance(event, RunStarted) and self._timeline_timer is None:
+        if isinstance(event, LimitChanged) and event.run is self.run:
+            self._limits.append((event.t, event.limit))
+        elif isinstance(event, RunStarted) and self._timeline_timer is None:
             self._tick_timeline()
         elif isinstance(event, RunFinished):
             self._refresh_data()
@@ -467,7 +470,7 @@ class VersionsWidget:
         if not self.board.live:
             return
         if self.tabs.selected_index == 1:
-            self.timeline.value = timeline_html(self.run, self.board.clock())
+            self.timeline.value = self._timeline_html()
         loop = asyncio.get_running_loop()
         self._timeline_timer = loop.call_later(1.0, self._tick_timeline)
 
@@ -476,13 +479,24 @@ class VersionsWidget:
         if self.run is None:
             return
         self.table.value = self.frame().to_html(index=False, float_format="{:.3f}".format)
-        self.timeline.value = timeline_html(self.run, self.board.clock())
+        self.timeline.value = self._timeline_html()
         self.compare.refresh(self.run)
+
+    def _timeline_html(self) -> str:
+        """The phases chart; for an ``auto`` run also the limit trace (limit, in flight, 429s)."""
+        now = self.board.clock()
+        chart = timeline_html(self.run, now)
+        if self.run is None or self.run.max_parallel_requests != "auto":
+            return chart
+        from ..analysis.trace import limit_trace_html  # analysis loads matplotlib: on demand
+
+        return chart + limit_trace_html(self.run, self._limits, now)
 
     # -- helpers -------------------------------------------------------------------------
     def _reset(self, run: Run) -> None:
         """A new run (every version queued) replaces what was shown."""
         self.run, self._selected = run, None
+        self._limits = []
         self.message.value = ""
         self.compare.reset(_goal(self._messages))
         self.board.start(run.version_count, run)
