@@ -128,15 +128,16 @@ class VersionPanel:
             [self.editor, widgets.HBox([self.save_button, self.cancel_button])],
             layout=widgets.Layout(display="none"),
         )
-        actions = widgets.HBox(
-            [
-                self.select_button,
-                self.retry_button,
-                self.edit_button,
-                self.stop_button,
-                self.wide_button,
-            ]
-        )
+        buttons = [
+            self.select_button,
+            self.retry_button,
+            self.edit_button,
+            self.stop_button,
+            self.wide_button,
+        ]
+        for button in buttons:  # sized to their words, so five fit a third of the page
+            button.layout = widgets.Layout(width="auto", min_width="3.5em", flex="1 1 auto")
+        actions = widgets.HBox(buttons, layout=widgets.Layout(flex_flow="row wrap"))
         self.note_view = widgets.HTML()  # the outcome of this panel's last action, in words
         self.note_view.add_class("arboris-panel-note")
         self.box = widgets.VBox(
