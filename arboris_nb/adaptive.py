@@ -35,9 +35,9 @@ just gets slower). The control law:
   the limit, but only the first event sets the ceiling and only a failed probe makes
   probing rarer: a rate-limit storm says nothing about how many requests the server takes
   at once. After the episode, the limit grows by slow start (+1 per success) back to the
-  level it had before — the highest that ran a clean round, or the first cut — and the
-  ceiling known before the episode is restored. A 429 on the way up is a new episode, so a
-  cap that really moved down costs one such 429.
+  episode's first cut (TCP: slow start up to ssthresh), and the ceiling known before the
+  episode applies again. A 429 on the way up is a new episode, so a cap that really moved
+  down costs one such 429. Not back to the level where congestion began: that is a probe.
 * **latency** (Gradient2's idea: compare short-term latency with a long-term baseline) —
   with no 429s, when the short-term time to first token (EWMA α=0.3) exceeds
   ``latency_tolerance`` × its long-term average (EWMA α=0.05), that is a congestion
@@ -133,7 +133,6 @@ class AdaptiveLimit:
         self._probing = False  # the limit was raised to the ceiling: the next 429 is a probe's
         self._clean = 0  # successes since the last 429
         self._episode = False  # between a 429 congestion event and the next clean round
-        self._good: int | None = None  # the highest limit that ran a clean round
         self._recover_to: int | None = None  # after the episode, slow start back to this
         self._before: tuple[int | None, int, float] = (None, 1, 0.0)  # ceiling, scale, idle
         self._probe_idle = 0.0  # Retry-After of the event that set the ceiling
@@ -257,8 +256,7 @@ class AdaptiveLimit:
         self._probe_idle = self._retry_after or 0.0
         self._ceiling = max(self.min, min(self._limit, others + 1))
         self._decrease(target)
-        self._recover_to = max(self._good or 0, self._limit)
-        self._good = None  # a level must run clean again to count as good
+        self._recover_to = self._limit  # TCP's ssthresh: the level after the first cut
 
     def _target(self, value: int) -> int:
         """A decrease: at least one step, at most halving (TCP never cuts more)."""
@@ -281,8 +279,6 @@ class AdaptiveLimit:
     def _on_success(self) -> None:
         if not self._saturated():
             return
-        if not self._episode and self._clean >= self._limit:
-            self._good = max(self._good or 0, self._limit)
         self._successes += 1
         if self._successes < self._needed():
             return
