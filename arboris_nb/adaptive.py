@@ -35,9 +35,10 @@ just gets slower). The control law:
   the limit, but only the first event sets the ceiling and only a failed probe makes
   probing rarer: a rate-limit storm says nothing about how many requests the server takes
   at once. After the episode, the limit grows by slow start (+1 per success) back to the
-  episode's first cut (TCP: slow start up to ssthresh), and the ceiling known before the
-  episode applies again. A 429 on the way up is a new episode, so a cap that really moved
-  down costs one such 429. Not back to the level where congestion began: that is a probe.
+  episode's first cut (TCP: slow start up to ssthresh) — not to where congestion began,
+  which would be a probe — and a ceiling known before the episode applies again if the
+  storm's was lower. A 429 on the way up is a new episode, so a cap that really moved
+  down costs one such 429.
 * **latency** (Gradient2's idea: compare short-term latency with a long-term baseline) —
   with no 429s, when the short-term time to first token (EWMA α=0.3) exceeds
   ``latency_tolerance`` × its long-term average (EWMA α=0.05), that is a congestion
