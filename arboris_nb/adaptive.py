@@ -302,12 +302,12 @@ class AdaptiveLimit:
             self._recover_to = None  # nothing to recover: the episode's ceiling stands
 
     def _recovering(self) -> bool:
-        """Growing back to the level before the episode, the episode being over."""
+        """Growing back to the episode's first cut, the episode being over."""
         return not self._episode and self._recover_to is not None and self._limit < self._recover_to
 
     def _recovered(self) -> None:
-        """Back at the level before the episode: the ceilings it passed were the storm's,
-        so the one known before the episode (if above) applies again."""
+        """Back at the episode's first cut: a ceiling at or below it was the storm's, so
+        the one known before the episode (if above) applies again."""
         self._recover_to = None
         ceiling, scale, idle = self._before
         if self._ceiling is not None and self._ceiling > self._limit:
