@@ -224,8 +224,10 @@ class RateBudget:
         return wait
 
     def _pilot_out(self, now: float) -> bool:
-        if self._pilot is not None and now - self._pilot_at > _PILOT_TIMEOUT_S:
-            self._pilot = None  # lost (cancelled before it was sent) or very slow to answer
+        # Lost (cancelled before it was sent), very slow to answer, or reserved on another
+        # event loop's clock (a budget outlives the loop): it holds nobody any longer.
+        if self._pilot is not None and not 0 <= now - self._pilot_at <= _PILOT_TIMEOUT_S:
+            self._pilot = None
             self._pilot_answered.set()
         return self._pilot is not None
 
