@@ -31,7 +31,7 @@ __all__ = [
     "version_row",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: list[str] = [
     # 0 → 1
@@ -119,6 +119,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN keep INTEGER;
     ALTER TABLE runs ADD COLUMN extra_versions INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4 → 5 (issue #12; #13's decisions migration may take this number, then this one is
+    # next): Version.attempts is the list of Attempt (it was ``attempt_log``); the count
+    # it was is derived (Version.attempt_count), so its column goes.
+    """
+    ALTER TABLE versions DROP COLUMN attempts;
+    ALTER TABLE versions RENAME COLUMN attempt_log TO attempts;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

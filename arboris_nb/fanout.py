@@ -94,7 +94,7 @@ class _Shared:
     async def run(self, conn: Connection) -> None:
         runner, first = self.runner, self.versions[0]
         async with runner.limiter.slot():
-            numbers = [len(v.attempt_log) + 1 for v in self.versions]
+            numbers = [v.attempt_count + 1 for v in self.versions]
             request = runner.build_request(first, numbers[0], self.versions)
             await ready(conn, request)  # pacing counts the n choices' output (pacing.py)
             self.attempts = [

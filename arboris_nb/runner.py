@@ -346,7 +346,7 @@ class Runner:
         if version.done:
             return
         now = self.now()
-        for attempt in version.attempt_log:
+        for attempt in version.attempts:
             if attempt.finished_at is None:
                 self.bill_open(attempt, asyncio.CancelledError())
                 attempt.finished_at = now
@@ -434,7 +434,7 @@ class Runner:
         try:
             if after is not None and not await self.wait_after(version, after):
                 return
-            await self.request_with_retries(conn, version, first=len(version.attempt_log) + 1)
+            await self.request_with_retries(conn, version, first=version.attempt_count + 1)
         except asyncio.CancelledError:
             self.mark_cancelled(version)  # a no-op when stopped on purpose (already marked)
             raise
@@ -464,7 +464,7 @@ class Runner:
         if self.clock.past_deadline(version, delay):
             self.mark_failed(version, self.clock.no_time_to_retry(error))
             return False
-        await self.wait_retry(version, version.attempt_log[-1], error, delay)
+        await self.wait_retry(version, version.attempts[-1], error, delay)
         return True
 
     async def request_with_retries(
@@ -522,8 +522,7 @@ class Runner:
             version.started_at = now
             self._say("start", version)
         attempt = Attempt(number=number, started_at=now)
-        version.attempt_log.append(attempt)
-        version.attempts = number
+        version.attempts.append(attempt)
         version.status = "running"
         version.first_token_at = None
         self.emit(VersionStarted, version=version, attempt=number)
@@ -573,7 +572,7 @@ class Runner:
     def ended(self, version: Version) -> None:
         """The version's bill is final: estimates made before the prompt's size was
         known get it now (the store writes the version on the event that follows)."""
-        fill_estimates(version.attempt_log, self.prompt_tokens, self.price)
+        fill_estimates(version.attempts, self.prompt_tokens, self.price)
 
     # -- one attempt, and its hedge -----------------------------------------------------
     def build_request(
@@ -648,7 +647,7 @@ class Runner:
         streamed was paid for and thrown away)."""
         for task in losers:
             task.cancel()
-        for attempt in version.attempt_log:
+        for attempt in version.attempts:
             if attempt is not winner and attempt.finished_at is None:
                 self.bill_open(attempt, asyncio.CancelledError())
                 attempt.finished_at = self.now()
@@ -664,7 +663,7 @@ class Runner:
             await ready(conn, request)  # a hedge is a request: the key's budget counts it
             version.hedged = True
             attempt = Attempt(number=number, started_at=self.now(), hedge=True)
-            version.attempt_log.append(attempt)
+            version.attempts.append(attempt)
             self.emit(VersionHedged, version=version, attempt=number)
             stream = _Stream(attempt)
             return stream, await self.request_once(conn, version, stream, request)
@@ -805,7 +804,7 @@ class Runner:
             version,
             s=version.duration_s or 0.0,
             tokens=version.output_tokens,
-            attempts=version.attempts,
+            attempts=version.attempt_count,
         )
         self.ended(version)
         self.emit(VersionFinished, version=version)
@@ -819,9 +818,9 @@ class Runner:
         version.error = str(error) or type(error).__name__
         version.error_type = type(error).__name__
         version.finished_at = self.now()
-        if version.attempt_log and version.attempt_log[-1].finished_at is None:
-            version.attempt_log[-1].finished_at = version.finished_at
-            version.attempt_log[-1].error_type = version.error_type
+        if version.attempts and version.attempts[-1].finished_at is None:
+            version.attempts[-1].finished_at = version.finished_at
+            version.attempts[-1].error_type = version.error_type
         log.warning(
             _messages.text("fail", i=version.index, n=self.run.version_count, error=version.error)
         )

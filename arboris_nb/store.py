@@ -20,7 +20,7 @@ Editor work is kept apart from what the model produced: an edit fills
 ``versions.edited_content`` (``content`` stays the generated text), and a retry is its own
 run whose row names the run and version it retries (``parent_run_id``, ``parent_index``).
 
-Schema version 4 (``PRAGMA user_version``; older files are migrated when opened; the
+Schema version 5 (``PRAGMA user_version``; older files are migrated when opened; the
 migrations and the version columns are in :mod:`arboris_nb._schema`)::
 
     runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
@@ -29,8 +29,8 @@ migrations and the version columns are in :mod:`arboris_nb._schema`)::
          extra_versions)
     versions(run_id, idx, <one column per generated Version field: status, content,
              title, summary, error, error_type, queued_at, started_at, first_token_at,
-             finished_at, output_tokens, tokens_from_usage, attempts, attempt_log JSON,
-             key_id, cached …>, session, written_at, edited_content; PK (run_id, idx))
+             finished_at, output_tokens, tokens_from_usage, attempts JSON, key_id,
+             cached …>, session, written_at, edited_content; PK (run_id, idx))
     cache(key PK, reply JSON, model, created_at)          -- see arboris_nb.cache
     book_jobs(job_id PK, project, created_at, spec JSON)  -- see arboris_nb.queue.records
     book_units(job_id, chapter, version, state, worker, requests, updated_at)

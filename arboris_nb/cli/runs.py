@@ -90,7 +90,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     run = load_run(args.run_id, store=args.store)
     for v in run.versions:
-        label = "cached" if v.cached else f"{v.attempts} attempt(s)"
+        label = "cached" if v.cached else f"{v.attempt_count} attempt(s)"
         print(f"--- version {v.index} ({v.status}, {label}) ---")
         print(v.display_text() or "(no result stored)")
         print()
