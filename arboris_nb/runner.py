@@ -273,7 +273,7 @@ class Runner:
         version.finished_at = self.now()
         version.status = "ok"
         self.emit(VersionFinished, version=version)
-        self.pool.keep_first()
+        self.pool.one_ok()
         return True
 
     async def wait_after(self, version: Version, error: BaseException) -> bool:
@@ -370,7 +370,7 @@ class Runner:
         )
         self.ended(version)
         self.emit(VersionFinished, version=version)
-        self.pool.keep_first()
+        self.pool.one_ok()
 
     def mark_failed(self, version: Version, error: BaseException) -> None:
         if version.done:  # stopped while its last request failed: the stop stands
