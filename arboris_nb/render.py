@@ -138,21 +138,23 @@ def _paragraphs(text: str) -> str:
     return "".join(f"<p>{_esc(line)}</p>" for line in lines)
 
 
-def metrics_table(versions: Sequence[Version]) -> str:
+def metrics_table(versions: Sequence[Version], labels: Sequence[str] | None = None) -> str:
     """The text metrics of the ok versions as an HTML table (class ``arboris-run-metrics``;
-    empty when none is ok) — for the readers' view and the widget's Compare tab."""
+    empty when none is ok) — for the readers' view and the widget's Compare tab.
+    ``labels`` name the rows (one per version, escaped; default: the version number)."""
     head = "".join(
         f"<th{_CELL}>{h}</th>"
         for h in ("version", "characters", "words", "paragraphs", "dialogue", "repeated phrases",
                   "reading time")
     )  # fmt: skip
     rows = []
-    for v in versions:
+    names = labels if labels is not None else [str(v.index) for v in versions]
+    for v, name in zip(versions, names, strict=True):
         if not v.ok:
             continue
         m = text_metrics(v.content or "")
         cells = (
-            v.index, m["chars"], m["words"], m["paragraphs"], f"{m['dialogue_share']:.0%}",
+            _esc(name), m["chars"], m["words"], m["paragraphs"], f"{m['dialogue_share']:.0%}",
             f"{m['repeated_phrase_ratio']:.0%}", f"{m['reading_min']:.1f} min",
         )  # fmt: skip
         rows.append("<tr>" + "".join(f"<td{_CELL}>{c}</td>" for c in cells) + "</tr>")
