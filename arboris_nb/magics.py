@@ -174,4 +174,5 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
     """Called by ``%unload_ext arboris_nb``: removes the ``%%arboris`` magic."""
-    ipython.magics_manager.magics["cell"].pop("arboris", None)
+    for kind in ("cell", "line"):
+        ipython.magics_manager.magics[kind].pop("arboris", None)
