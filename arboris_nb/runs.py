@@ -1,8 +1,12 @@
-"""Read stored runs back: list them, rebuild a Run, export it, resume what is missing.
+"""Read stored runs back: list them, rebuild a Run, export it, resume what is missing;
+and record an editor's decisions on a run (select, notes, evaluate) as they happen.
 
 A retry of a version is stored as its own run (``<run_id>-retry-<id>``) linked to the
-version it retries: :func:`list_runs` shows it, :func:`retries_of` finds it. Edited
-versions load with the editor's text (``edited=True``, ``original_content`` = generated).
+version it retries: :func:`list_runs` shows it, :func:`retries_of` finds it, and
+:func:`load_run` puts it in ``Run.retries`` (a linked version; the original stays).
+Edited versions load with the editor's text (``edited=True``, ``original_content`` =
+generated), with their scene notes, and the run with its decisions (``Run.decisions``:
+``Run.selection``, ``Run.selected_version`` and ``Run.evaluation`` read them).
 
 Every function takes ``store=`` like the engine does (None = ``ARBORIS_STORE`` or the
 default file; a path; an open :class:`~arboris_nb.store.RunStore`).
@@ -21,15 +25,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import CacheSpec
 from .config import COUNT_RANGE, LLMConfig, WriterSettings
+from .decisions import Decision
 from .engine import Handlers, LLMArg, generate_versions
-from .errors import AllVersionsFailed, ConfigError
+from .errors import AllVersionsFailed, ConfigError, StateError
 from .limits import Limiter
 from .results import Run, Version
 from .retry import RetryPolicy
-from .store import RunRecord, RunStore, StoreSpec, open_store
+from .store import RunNotFound, RunRecord, RunStore, StoreSpec, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .verdict import Evaluation
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -39,6 +46,9 @@ __all__ = [
     "list_runs",
     "load_run",
     "missing_versions",
+    "record_evaluation",
+    "record_notes",
+    "record_selection",
     "resume",
     "resume_sync",
     "retries_of",
@@ -67,10 +77,6 @@ LIST_COLUMNS: dict[str, str] = {
     "parent_run_id": "for a retry: the run whose version it regenerated (else empty)",
     "parent_index": "for a retry: the version number it regenerated",
 }
-
-
-class RunNotFound(ConfigError):
-    """No run with this id in the store."""
 
 
 @contextmanager
@@ -150,10 +156,125 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
     )
 
 
+def _load(store: RunStore, record: RunRecord) -> Run:
+    """The run with its decisions and its retries (each with its versions)."""
+    run = _rebuild(record, store.get_versions(record.run_id))
+    run.decisions = store.decisions(record.run_id)
+    run.retries = [
+        _rebuild(retry, store.get_versions(retry.run_id))
+        for retry in store.retries_of(record.run_id)
+    ]
+    return run
+
+
 def load_run(run_id: str, *, store: StoreSpec = None) -> Run:
-    """The stored run as a :class:`Run`; versions that never finished are ``queued``."""
+    """The stored run as a :class:`Run`: its versions (edited text, scene notes; those
+    that never finished are ``queued``), its ``decisions`` and its ``retries`` (linked
+    runs, oldest first, each with its versions) — what the editor left, to go on with."""
     with _opened(store) as opened:
-        return _rebuild(_record(opened, run_id), opened.get_versions(run_id))
+        return _load(opened, _record(opened, run_id))
+
+
+# -- decisions --------------------------------------------------------------------------
+
+
+def _run_id(run: Run | str) -> str:
+    return run if isinstance(run, str) else run.run_id
+
+
+def _decide(run: Run | str, decision: Decision, store: StoreSpec, check: Any = None) -> Decision:
+    """Store ``decision`` on ``run`` (unless the store is off), then add it to
+    ``run.decisions`` when ``run`` is a Run. ``check(store)`` runs first, in the store."""
+    opened, owned = open_store(store)
+    try:
+        if opened is not None:
+            if check is not None:
+                check(opened)
+            opened.save_decision(_run_id(run), decision)
+    finally:
+        if owned and opened is not None:
+            opened.close()
+    if isinstance(run, Run):
+        run.decisions.append(decision)
+    return decision
+
+
+def _selectable(version: Version | None, run_id: str, index: int, holder: str | None) -> None:
+    where = f"run {holder}" if holder else f"run {run_id}"
+    if version is None:
+        raise ConfigError(f"there is no version {index} in {where}")
+    if not version.ok:
+        raise StateError(
+            f"version {index} of {where} is {version.status}: only an ok version can be "
+            "selected; retry it or select another"
+        )
+
+
+def record_selection(
+    run: Run | str, index: int, *, version_run_id: str | None = None, store: StoreSpec = None
+) -> Decision:
+    """Record that the editor chose version ``index`` (of the retry run
+    ``version_run_id`` if given); ``Run.selection`` is then this choice. Earlier choices
+    stay in the history. A version that is not ok is refused (:class:`StateError`).
+
+    ``run`` is a Run (the decision is also appended to ``run.decisions``) or a stored
+    run's id. ``store`` as for ``generate_versions``; False records in memory only."""
+    decision = Decision.now("select", index, version_run_id=version_run_id)
+    if isinstance(run, Run):
+        version = run.find_version(version_run_id, index)
+        _selectable(version, run.run_id, index, version_run_id)
+        return _decide(run, decision, store)
+
+    def check(opened: RunStore) -> None:
+        holder = version_run_id or run
+        _record(opened, holder)
+        found = [v for v in opened.get_versions(holder) if v.index == index]
+        _selectable(found[0] if found else None, run, index, version_run_id)
+
+    return _decide(run, decision, store, check)
+
+
+def record_evaluation(
+    run: Run | str, evaluation: Evaluation, *, store: StoreSpec = None
+) -> Decision:
+    """Record an evaluation of ``run`` (``Evaluation.to_dict()``: verdict, context,
+    criteria and the judge's requests); ``Run.evaluation`` is then this one."""
+    return _decide(run, Decision.now("evaluate", data=evaluation.to_dict()), store)
+
+
+def record_notes(
+    run: Run | str,
+    index: int,
+    notes: str | None,
+    *,
+    version_run_id: str | None = None,
+    store: StoreSpec = None,
+) -> Decision:
+    """Keep scene notes with version ``index`` (of the retry run ``version_run_id`` if
+    given): its ``notes`` column in the store and a "notes" decision; with a Run, also the
+    version's ``notes`` and ``run.decisions``. "" or None clears them. A retry of the
+    version sends them (:func:`arboris_nb.editor.retry_version`)."""
+    text = notes if notes and notes.strip() else None
+    version = None
+    if isinstance(run, Run):
+        version = run.find_version(version_run_id, index)
+        if version is None:
+            raise ConfigError(f"there is no version {index} in run {version_run_id or run.run_id}")
+    data = {"notes": text or ""}
+    decision = Decision.now("notes", index, version_run_id=version_run_id, data=data)
+    opened, owned = open_store(store)
+    try:
+        if opened is not None:
+            holder = version_run_id or _run_id(run)
+            _record(opened, holder)
+            decision = opened.save_notes(holder, index, text)
+    finally:
+        if owned and opened is not None:
+            opened.close()
+    if isinstance(run, Run) and version is not None:
+        version.notes = text
+        run.decisions.append(decision)
+    return decision
 
 
 def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
@@ -174,8 +295,19 @@ def _as_json(record: RunRecord, run: Run) -> str:
         "run": head,
         "metrics": run.summary(),
         "versions": [v.to_dict(metrics=True) for v in run.versions],
+        "selection": _selection_dict(run),
+        "decisions": [d.to_dict() for d in run.decisions],
+        "retries": [r.to_dict(metrics=True) for r in run.retries],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def _selection_dict(run: Run) -> dict[str, Any] | None:
+    if run.selection is None:
+        return None
+    run_id, index = run.selection
+    version = run.selected_version
+    return {"run_id": run_id, "index": index, "edited": bool(version and version.edited)}
 
 
 def _as_csv(run: Run) -> str:
@@ -193,7 +325,39 @@ def _retry_line(record: RunRecord) -> list[str]:
     return [f"- retry of run {record.parent_run_id}, version {record.parent_index}"]
 
 
-def _as_markdown(record: RunRecord, run: Run) -> str:
+def _version_label(run: Run, run_id: str, index: int) -> str:
+    """ "version 2", or "version 2 (retry run <id>)" for a retry's version."""
+    return f"version {index}" + ("" if run_id == run.run_id else f" (retry run {run_id})")
+
+
+def _version_md(v: Version, heading: str) -> list[str]:
+    title = f" — {v.title}" if v.title else ""
+    notes = (", from cache" if v.cached else "") + (", edited" if v.edited else "")
+    lines = [f"## {heading}{title} ({v.status}{notes})", ""]
+    if v.summary:
+        lines += [f"> {v.summary}", ""]
+    if v.notes:
+        lines += [f"Scene notes: {v.notes}", ""]
+    return [*lines, v.display_text() or "(no result stored)", ""]
+
+
+def _versions_md(run: Run, all_versions: bool) -> list[str]:
+    """The selected version (default), else every version with the retries."""
+    selected = run.selected_version
+    if selected is not None and not all_versions:
+        run_id, index = run.selection or (run.run_id, selected.index)
+        label = _version_label(run, run_id, index)
+        edited = ", edited" if selected.edited else ""
+        return [f"Selected: {label}{edited}.", "", *_version_md(selected, f"Selected {label}")]
+    head = [] if selected is not None else ["No version selected: all versions follow.", ""]
+    lines = [line for v in run.versions for line in _version_md(v, f"Version {v.index}")]
+    for retry in run.retries:
+        for v in retry.versions:
+            lines += _version_md(v, f"Retry of version {v.index} (run {retry.run_id})")
+    return head + lines
+
+
+def _as_markdown(record: RunRecord, run: Run, all_versions: bool = False) -> str:
     created = _utc(record.created_at)
     elapsed = "-" if record.elapsed_s is None else f"{record.elapsed_s:.2f} s"
     lines = [
@@ -218,14 +382,7 @@ def _as_markdown(record: RunRecord, run: Run) -> str:
             "```",
             "",
         ]
-    for v in run.versions:
-        title = f" — {v.title}" if v.title else ""
-        notes = (", from cache" if v.cached else "") + (", edited" if v.edited else "")
-        lines += [f"## Version {v.index}{title} ({v.status}{notes})", ""]
-        if v.summary:
-            lines += [f"> {v.summary}", ""]
-        lines += [v.display_text() or "(no result stored)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _versions_md(run, all_versions))
 
 
 def export_run(
@@ -233,24 +390,29 @@ def export_run(
     format: ExportFormat = "json",
     path: str | Path | None = None,
     *,
+    all_versions: bool = False,
     store: StoreSpec = None,
 ) -> str:
-    """A stored run as JSON (everything, with attempt logs), CSV (one row per version,
-    the ``Run.to_frame`` columns plus cached/title/content) or Markdown (for reading).
+    """A stored run as JSON (everything: attempt logs, the selection, decisions and
+    retries), CSV (one row per version, the ``Run.to_frame`` columns plus
+    cached/title/content) or Markdown (for reading).
 
+    Markdown holds the run's head and the selected version — its edited text if it was
+    edited, saying which version it is and that it was edited; ``all_versions=True`` (or
+    no selection, which it says) puts every version and every retry instead.
     Returns the text; also writes it to ``path`` when given.
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     with _opened(store) as opened:
         record = _record(opened, run_id)
-        run = _rebuild(record, opened.get_versions(run_id))
+        run = _load(opened, record)
     if format == "json":
         text = _as_json(record, run)
     elif format == "csv":
         text = _as_csv(run)
     else:
-        text = _as_markdown(record, run)
+        text = _as_markdown(record, run, all_versions)
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text
