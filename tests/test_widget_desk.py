@@ -175,7 +175,9 @@ async def test_load_restores_the_desk_after_the_store_is_closed(tmp_path: Path) 
     assert again.selected_key == 2 and again.selected is not None
     assert again.panel(1).notes.value == "Rain on the glass; Mara is afraid."
     assert again.panel((3, 1)).text == retry_text
-    assert again.panel((3, 1)).notes.value == "The stranger is her brother."
+    # Notes belong to the version they were written on (and were sent with its retry).
+    assert again.panel(3).notes.value == "The stranger is her brother."
+    assert again.panel((3, 1)).notes.value == ""
     # The last evaluation is shown, and the form asks again the same way.
     assert again.compare.evaluation is not None
     assert again.compare.evaluation.best_choice == evaluation.best_choice
@@ -194,7 +196,9 @@ async def test_load_restores_the_desk_after_the_store_is_closed(tmp_path: Path) 
     stored = load_run(run.run_id, store=store)
     assert [r.parent_index for r in stored.retries] == [3, 1]
     assert stored.selection == (again.desk.retries[(1, 1)].run_id, 1)
-    assert stored.versions[0].notes == "Rain on the glass; Mara is afraid."
+    assert stored.versions[0].notes == "Another note."  # what was written before is kept:
+    notes = [d.data["notes"] for d in stored.decisions if d.kind == "notes" and d.index == 1]
+    assert notes == ["Rain on the glass; Mara is afraid.", "Another note."]
 
 
 @pytest.mark.looptime

@@ -122,6 +122,13 @@ class PanelBoard:
         panel.queued()
         return panel
 
+    def drop(self, key: VersionKey) -> None:
+        """Take a retry's panel away (its run never began: nothing to show)."""
+        panel = self.panels.pop(key, None)
+        if panel is not None:
+            panel.view.close()
+            self._lay_out()
+
     def follow(self, panel: VersionPanel) -> EventHandler:
         """A subscriber that shows one retry's events on ``panel`` (and nowhere else)."""
 

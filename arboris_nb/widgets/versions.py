@@ -395,7 +395,8 @@ class VersionsWidget:
             on_event=[self.board.follow(panel), self._retry_follower(panel.key)],
             store=self.store,
         )
-        task = self._start_job(loop, coro, "Retry", self._after_retry(panel), panel)
+        job = self._linked(coro, panel)
+        task = self._start_job(loop, job, "Retry", self._after_retry(panel), self.panel(key))
         self._retrying[panel.key] = task
         return task
 
@@ -487,7 +488,8 @@ class VersionsWidget:
         then: Callable[[T], None],
         panel: VersionPanel,
     ) -> T:
-        """Run a panel's job; its outcome, error or cancellation shows on that panel."""
+        """Run a panel's job; its error or cancellation shows on that panel (the one
+        whose button started it), its outcome where ``then`` shows it."""
         try:
             result = await coro
             then(result)
@@ -498,6 +500,14 @@ class VersionsWidget:
             report(exc, what, panel.show_note)
             raise
         return result
+
+    async def _linked(self, coro: Coroutine[Any, Any, Version], panel: VersionPanel) -> Version:
+        """A retry that ended before its run began (an error, Stop) leaves no panel."""
+        try:
+            return await coro
+        finally:
+            if panel.key not in self.desk.retries:
+                self.board.drop(panel.key)
 
     def _next_retry(self, index: int) -> int:
         """The number of the next retry of version ``index`` (panels count, as shown)."""
