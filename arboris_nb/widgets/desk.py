@@ -213,7 +213,7 @@ def loaded_summary(run: Run, desk: Desk, selected: VersionKey | None) -> str:
     if selected is not None:
         edited = " (edited)" if desk.version(selected).edited else ""
         parts.append(f"selected: {key_label(selected)}{edited}")
-    evaluation: Any = getattr(run, "evaluation", None)
+    evaluation = run.evaluation
     if evaluation is not None:
         parts.append(f"last evaluation: best is version {evaluation.best_choice}")
     return "; ".join(parts) + "."

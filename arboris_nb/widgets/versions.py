@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,7 +55,7 @@ from ..config import COUNT_RANGE, EXTRA_RANGE, LLMConfig, WriterSettings
 from ..engine import start_versions
 from ..errors import ConfigError, StateError
 from ..events import Event, EventHandler, LimitChanged, RunFinished, RunStarted
-from ..prompts import as_messages
+from ..prompts import ChapterContext, as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
 from ..store import StoreSpec
@@ -224,7 +224,10 @@ class VersionsWidget:
         return bundle
 
     def __repr__(self) -> str:
-        return f"VersionsWidget(versions={len(self.panels)}, model={self._model_name()!r})"
+        own = sum(isinstance(p.key, int) for p in self.panels)
+        retries = len(self.panels) - own
+        linked = f", retries={retries}" if retries else ""
+        return f"VersionsWidget(versions={own}{linked}, model={self._model_name()!r})"
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -425,9 +428,17 @@ class VersionsWidget:
         """Word-level diff of versions ``a`` → ``b`` as escaped HTML, also shown."""
         return self.compare.diff(parse_key(a), parse_key(b))
 
-    def evaluate(self) -> asyncio.Task[editor.Evaluation]:
-        """Ask the judge model to compare the done versions; returns the task."""
-        return self.compare.evaluate()
+    def evaluate(
+        self,
+        *,
+        context: ChapterContext | None = None,
+        criteria: Collection[str] | None = None,
+        mode: str | None = None,
+    ) -> asyncio.Task[editor.Evaluation]:
+        """Ask the judge model to compare the run's done versions; returns the task. The
+        Compare tab's form says how (``context``, ``criteria``, ``mode`` given here are
+        written into it first); the verdict is stored with the run."""
+        return self.compare.evaluate(context=context, criteria=criteria, mode=mode)
 
     def export(self, path: str | Path | None = None, *, index: VersionKey | None = None) -> Path:
         """Write the selected version (or ``index``) to Markdown; return its full path.
