@@ -15,6 +15,7 @@ from arboris_nb import (
     ConfigError,
     Decision,
     Evaluation,
+    LLMConfig,
     SimulatedLLM,
     StateError,
     StoreTooNew,
@@ -33,6 +34,8 @@ from arboris_nb import (
 from arboris_nb._schema import SCHEMA_VERSION
 from arboris_nb.cli import main
 from arboris_nb.editor import retry_messages
+from arboris_nb.mockserver import MockServer
+from arboris_nb.mockserver._text import prompt_digest
 from arboris_nb.results import Run
 from arboris_nb.store import RunNotFound, RunStore
 
@@ -196,6 +199,31 @@ async def test_notes_are_kept_and_sent_with_a_retry_that_adds_a_linked_version(
     assert run.selection == (retry.run_id, 2) and run.selected_version is new
     edit_version(new, "The retry, edited.", run=run, store=path)
     assert run.decisions[-1].version_run_id == retry.run_id
+
+
+async def test_over_http_the_server_gets_the_notes_the_store_shows(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    messages = chapter_messages(chapter=5, goal="The sisters read the letter.", notes="Short.")
+    server = MockServer(ttft_s=0.01, tokens_per_s=2000.0, output_tokens=30)
+    with server as url:
+        llm = LLMConfig(base_url=url, model="mock-model")
+        run = await generate_versions(messages, settings=WriterSettings(2), llm=llm, store=path)
+        record_notes(run, 1, "Rain on the window; the younger one reads aloud.", store=path)
+        new = await retry_version(run, 1, messages, instruction="darker", llm=llm, store=path)
+        log = server.stats()["log"]
+    assert new.ok and [v.ok for v in run.versions] == [True, True]
+    with RunStore(path) as store:
+        record = store.get_run(run.run_id)
+        retry = store.get_run(run.retries[0].run_id)
+    assert record is not None and retry is not None
+    assert "Rain on the window" not in json.dumps(record.messages)
+    assert retry.messages[1]["content"].endswith(
+        "Short.\nRain on the window; the younger one reads aloud."
+    )
+    assert retry.messages[2] == {"role": "user", "content": "darker"}
+    # The request the server received is exactly the stored one (same digest).
+    retried = [e for e in log if e["run"] == retry.run_id]
+    assert [e["prompt_sha"] for e in retried] == [prompt_digest(retry.messages)[:12]]
 
 
 async def test_load_run_restores_the_desk_after_reopening_the_file(tmp_path: Path) -> None:
