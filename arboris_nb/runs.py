@@ -156,15 +156,17 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
     )
 
 
-def _load(store: RunStore, record: RunRecord) -> Run:
-    """The run with its decisions and its retries (each with its versions)."""
-    run = _rebuild(record, store.get_versions(record.run_id))
-    run.decisions = store.decisions(record.run_id)
+def _with_desk(store: RunStore, run: Run) -> Run:
+    """``run`` with its stored decisions and retries (each with its versions)."""
+    run.decisions = store.decisions(run.run_id)
     run.retries = [
-        _rebuild(retry, store.get_versions(retry.run_id))
-        for retry in store.retries_of(record.run_id)
+        _rebuild(retry, store.get_versions(retry.run_id)) for retry in store.retries_of(run.run_id)
     ]
     return run
+
+
+def _load(store: RunStore, record: RunRecord) -> Run:
+    return _with_desk(store, _rebuild(record, store.get_versions(record.run_id)))
 
 
 def load_run(run_id: str, *, store: StoreSpec = None) -> Run:
@@ -459,10 +461,11 @@ async def resume(
     """
     with _opened(store) as opened:
         record = _record(opened, run_id)
-        kept = [v for v in opened.get_versions(run_id) if v.ok and v.index in record.indices]
+        stored = opened.get_versions(run_id)
+        kept = [v for v in stored if v.ok and v.index in record.indices]
         todo = [i for i in record.indices if i not in {v.index for v in kept}]
         if not todo:
-            return _rebuild(record, kept)
+            return _with_desk(opened, _rebuild(record, kept))
         session = await generate_versions(
             record.messages,
             settings=settings or _resume_settings(record, todo),
@@ -478,7 +481,10 @@ async def resume(
             store=opened,
             cache=cache,
         )
-    merged = _rebuild(record, [*kept, *session.versions])
+        notes = {v.index: v.notes for v in stored if v.notes}  # the store kept them
+        for version in session.versions:
+            version.notes = notes.get(version.index)
+        merged = _with_desk(opened, _rebuild(record, [*kept, *session.versions]))
     merged.elapsed_s = (record.elapsed_s or 0.0) + (session.elapsed_s or 0.0)
     if raise_on_all_failed and all(v.status == "failed" for v in merged.versions):
         raise AllVersionsFailed(merged)

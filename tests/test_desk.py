@@ -29,6 +29,7 @@ from arboris_nb import (
     record_evaluation,
     record_notes,
     record_selection,
+    resume,
     retry_version,
 )
 from arboris_nb._schema import SCHEMA_VERSION
@@ -199,6 +200,17 @@ async def test_notes_are_kept_and_sent_with_a_retry_that_adds_a_linked_version(
     assert run.selection == (retry.run_id, 2) and run.selected_version is new
     edit_version(new, "The retry, edited.", run=run, store=path)
     assert run.decisions[-1].version_run_id == retry.run_id
+
+
+@pytest.mark.looptime  # the failing version's retry backoff passes on the fake clock
+async def test_notes_on_a_failed_version_survive_its_resume(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await stored_run(path, 2, fail_versions=[2])
+    record_notes(run, 2, "Try the rooftop.", store=path)
+    merged = await resume(run.run_id, llm=fast(), store=path)
+    assert merged.versions[1].ok and merged.versions[1].notes == "Try the rooftop."
+    assert [d.kind for d in merged.decisions] == ["notes"]
+    assert load_run(run.run_id, store=path).versions[1].notes == "Try the rooftop."
 
 
 async def test_over_http_the_server_gets_the_notes_the_store_shows(tmp_path: Path) -> None:
