@@ -343,21 +343,26 @@ async def test_a_store_from_a_newer_schema_is_refused_and_left_unchanged(
     assert files(tmp_path, "newer") == ["newer.sqlite3"]  # no -wal, no -shm
 
 
-async def test_a_schema_4_store_is_migrated_and_takes_decisions(tmp_path: Path) -> None:
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_schema_4_store_is_migrated_and_takes_decisions(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite3"
-    run = await stored_run(path, 2)
-    conn = sqlite3.connect(path)  # back to what the schema-4 code wrote
-    conn.executescript(
-        "DROP TABLE decisions; ALTER TABLE versions DROP COLUMN notes; PRAGMA user_version = 4;"
-    )
-    conn.close()
+    old = sqlite3.connect(path)  # the file arboris_nb 56005e5 wrote (see the fixture's head)
+    old.executescript((FIXTURES / "store_v4.sql").read_text(encoding="utf-8"))
+    old.close()
     with RunStore(path) as store:
         assert store.schema_version == SCHEMA_VERSION
-        back = load_run(run.run_id, store=store)
-        assert [v.content for v in back.versions] == [v.content for v in run.versions]
-        assert back.decisions == [] and back.retries == [] and back.versions[0].notes is None
-        record_notes(run.run_id, 1, "After the upgrade.", store=store)
-        record_selection(run.run_id, 1, store=store)
-        again = load_run(run.run_id, store=store)
-    assert again.versions[0].notes == "After the upgrade."
-    assert again.selection == (run.run_id, 1)
+        run = load_run("oldrun", store=store)
+        assert [v.status for v in run.versions] == ["ok", "ok", "failed"]
+        assert (run.versions[0].content, run.versions[0].edited) == ("An edited text.", True)
+        assert run.decisions == [] and [v.notes for v in run.versions] == [None] * 3
+        # The retry stored before linked versions existed is one now.
+        (retry,) = run.retries
+        assert (retry.run_id, retry.parent_index) == ("oldrun-retry-31cadd516355", 2)
+        assert retry.versions[0].ok and retry.versions[0].content != run.versions[1].content
+        record_notes("oldrun", 3, "Keep the storm.", store=store)
+        record_selection("oldrun", 2, version_run_id=retry.run_id, store=store)
+        again = load_run("oldrun", store=store)
+    assert again.versions[2].notes == "Keep the storm."
+    assert again.selected_version == retry.versions[0]
