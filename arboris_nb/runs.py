@@ -156,15 +156,17 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
     )
 
 
-def _load(store: RunStore, record: RunRecord) -> Run:
-    """The run with its decisions and its retries (each with its versions)."""
-    run = _rebuild(record, store.get_versions(record.run_id))
-    run.decisions = store.decisions(record.run_id)
+def _with_desk(store: RunStore, run: Run) -> Run:
+    """``run`` with its stored decisions and retries (each with its versions)."""
+    run.decisions = store.decisions(run.run_id)
     run.retries = [
-        _rebuild(retry, store.get_versions(retry.run_id))
-        for retry in store.retries_of(record.run_id)
+        _rebuild(retry, store.get_versions(retry.run_id)) for retry in store.retries_of(run.run_id)
     ]
     return run
+
+
+def _load(store: RunStore, record: RunRecord) -> Run:
+    return _with_desk(store, _rebuild(record, store.get_versions(record.run_id)))
 
 
 def load_run(run_id: str, *, store: StoreSpec = None) -> Run:
@@ -182,32 +184,36 @@ def _run_id(run: Run | str) -> str:
     return run if isinstance(run, str) else run.run_id
 
 
-def _decide(run: Run | str, decision: Decision, store: StoreSpec, check: Any = None) -> Decision:
-    """Store ``decision`` on ``run`` (unless the store is off), then add it to
-    ``run.decisions`` when ``run`` is a Run. ``check(store)`` runs first, in the store."""
-    opened, owned = open_store(store)
+@contextmanager
+def _maybe_opened(spec: StoreSpec) -> Iterator[RunStore | None]:
+    """Like :func:`_opened`, but None when the store is off (decisions then stay in
+    memory, as a generation with the store off does)."""
+    store, owned = open_store(spec)
     try:
-        if opened is not None:
-            if check is not None:
-                check(opened)
-            opened.save_decision(_run_id(run), decision)
+        yield store
     finally:
-        if owned and opened is not None:
-            opened.close()
+        if owned and store is not None:
+            store.close()
+
+
+def _target(run: Run | str, index: int, holder: str | None, opened: RunStore | None) -> Version:
+    """Version ``index`` of ``run`` (of its retry run ``holder`` if given): from memory
+    for a Run, else from the store."""
     if isinstance(run, Run):
-        run.decisions.append(decision)
-    return decision
-
-
-def _selectable(version: Version | None, run_id: str, index: int, holder: str | None) -> None:
-    where = f"run {holder}" if holder else f"run {run_id}"
+        version = run.find_version(holder, index)
+    else:
+        if opened is None:
+            raise ConfigError(
+                "the run store is off (ARBORIS_STORE=off): give the Run, not its id, "
+                "or set ARBORIS_STORE / pass store=PATH"
+            )
+        for run_id in (run, holder or run):  # both must exist: RunNotFound names the missing
+            _record(opened, run_id)
+        stored = opened.get_versions(holder or run)
+        version = next((v for v in stored if v.index == index), None)
     if version is None:
-        raise ConfigError(f"there is no version {index} in {where}")
-    if not version.ok:
-        raise StateError(
-            f"version {index} of {where} is {version.status}: only an ok version can be "
-            "selected; retry it or select another"
-        )
+        raise ConfigError(f"there is no version {index} in run {holder or _run_id(run)}")
+    return version
 
 
 def record_selection(
@@ -220,18 +226,19 @@ def record_selection(
     ``run`` is a Run (the decision is also appended to ``run.decisions``) or a stored
     run's id. ``store`` as for ``generate_versions``; False records in memory only."""
     decision = Decision.now("select", index, version_run_id=version_run_id)
+    with _maybe_opened(store) as opened:
+        version = _target(run, index, version_run_id, opened)
+        if not version.ok:
+            raise StateError(
+                f"version {index} of run {version_run_id or _run_id(run)} is "
+                f"{version.status}: only an ok version can be selected; retry it or "
+                "select another"
+            )
+        if opened is not None:
+            opened.save_decision(_run_id(run), decision)
     if isinstance(run, Run):
-        version = run.find_version(version_run_id, index)
-        _selectable(version, run.run_id, index, version_run_id)
-        return _decide(run, decision, store)
-
-    def check(opened: RunStore) -> None:
-        holder = version_run_id or run
-        _record(opened, holder)
-        found = [v for v in opened.get_versions(holder) if v.index == index]
-        _selectable(found[0] if found else None, run, index, version_run_id)
-
-    return _decide(run, decision, store, check)
+        run.decisions.append(decision)
+    return decision
 
 
 def record_evaluation(
@@ -239,7 +246,13 @@ def record_evaluation(
 ) -> Decision:
     """Record an evaluation of ``run`` (``Evaluation.to_dict()``: verdict, context,
     criteria and the judge's requests); ``Run.evaluation`` is then this one."""
-    return _decide(run, Decision.now("evaluate", data=evaluation.to_dict()), store)
+    decision = Decision.now("evaluate", data=evaluation.to_dict())
+    with _maybe_opened(store) as opened:
+        if opened is not None:
+            opened.save_decision(_run_id(run), decision)
+    if isinstance(run, Run):
+        run.decisions.append(decision)
+    return decision
 
 
 def record_notes(
@@ -255,23 +268,13 @@ def record_notes(
     version's ``notes`` and ``run.decisions``. "" or None clears them. A retry of the
     version sends them (:func:`arboris_nb.editor.retry_version`)."""
     text = notes if notes and notes.strip() else None
-    version = None
-    if isinstance(run, Run):
-        version = run.find_version(version_run_id, index)
-        if version is None:
-            raise ConfigError(f"there is no version {index} in run {version_run_id or run.run_id}")
     data = {"notes": text or ""}
     decision = Decision.now("notes", index, version_run_id=version_run_id, data=data)
-    opened, owned = open_store(store)
-    try:
+    with _maybe_opened(store) as opened:
+        version = _target(run, index, version_run_id, opened)
         if opened is not None:
-            holder = version_run_id or _run_id(run)
-            _record(opened, holder)
-            decision = opened.save_notes(holder, index, text)
-    finally:
-        if owned and opened is not None:
-            opened.close()
-    if isinstance(run, Run) and version is not None:
+            decision = opened.save_notes(version_run_id or _run_id(run), index, text)
+    if isinstance(run, Run):
         version.notes = text
         run.decisions.append(decision)
     return decision
@@ -458,10 +461,11 @@ async def resume(
     """
     with _opened(store) as opened:
         record = _record(opened, run_id)
-        kept = [v for v in opened.get_versions(run_id) if v.ok and v.index in record.indices]
+        stored = opened.get_versions(run_id)
+        kept = [v for v in stored if v.ok and v.index in record.indices]
         todo = [i for i in record.indices if i not in {v.index for v in kept}]
         if not todo:
-            return _rebuild(record, kept)
+            return _with_desk(opened, _rebuild(record, kept))
         session = await generate_versions(
             record.messages,
             settings=settings or _resume_settings(record, todo),
@@ -477,7 +481,10 @@ async def resume(
             store=opened,
             cache=cache,
         )
-    merged = _rebuild(record, [*kept, *session.versions])
+        notes = {v.index: v.notes for v in stored if v.notes}  # the store kept them
+        for version in session.versions:
+            version.notes = notes.get(version.index)
+        merged = _with_desk(opened, _rebuild(record, [*kept, *session.versions]))
     merged.elapsed_s = (record.elapsed_s or 0.0) + (session.elapsed_s or 0.0)
     if raise_on_all_failed and all(v.status == "failed" for v in merged.versions):
         raise AllVersionsFailed(merged)

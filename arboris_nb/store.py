@@ -67,7 +67,7 @@ from ._schema import (
 )
 from .backends.base import Message
 from .config import store_setting
-from .decisions import Decision
+from .decisions import Decision, DecisionKind
 from .errors import ConfigError
 from .events import (
     Event,
@@ -436,7 +436,12 @@ class RunStore:
             self._append(tx, run_id, decision)
 
     def _decide(
-        self, tx: sqlite3.Connection, holder: str, kind: Any, index: int, data: dict[str, Any]
+        self,
+        tx: sqlite3.Connection,
+        holder: str,
+        kind: DecisionKind,
+        index: int,
+        data: dict[str, Any],
     ) -> Decision:
         """Record what an editor did to version ``index`` of run ``holder``: on the run
         it retries when ``holder`` is a retry (where the editor's history is), else on

@@ -196,7 +196,8 @@ def _check_stop(page: Page, selector: str) -> None:
     first = widget.locator(".arboris-panel").nth(0)
     first.get_by_role("button", name="Stop", exact=True).click()
     page.wait_for_function(
-        "(s) => document.querySelector(s + ' .arboris-status').textContent.trim() === 'cancelled'",
+        "(s) => document.querySelector(s + ' .arboris-status').textContent.trim() === "
+        "'cancelled'",
         arg=selector,
         timeout=1_000,
     )
