@@ -202,6 +202,21 @@ async def test_load_restores_the_desk_after_the_store_is_closed(tmp_path: Path) 
 
 
 @pytest.mark.looptime
+async def test_a_new_run_on_a_reopened_desk_starts_clean(tmp_path: Path) -> None:
+    store = tmp_path / "runs.sqlite3"
+    w = make(store, tmp_path)
+    run = await w.generate("p")
+    await w.retry(1)
+    w.select((1, 1))
+    again = VersionsWidget.load(run.run_id, store=store, llm=simulated_judge(**FAST))
+    assert repr(again) == "VersionsWidget(versions=3, retries=1, model='simulated')"
+    new = await again.generate("another chapter")
+    assert new.run_id != run.run_id and keys(again) == [1, 2, 3]
+    assert again.selected is None and all(p.badges == () for p in again.panels)
+    assert load_run(run.run_id, store=store).selection is not None  # the old run keeps it
+
+
+@pytest.mark.looptime
 async def test_load_of_an_unknown_id_says_so_and_changes_nothing(tmp_path: Path) -> None:
     store = tmp_path / "runs.sqlite3"
     w = make(store, tmp_path)

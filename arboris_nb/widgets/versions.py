@@ -232,7 +232,8 @@ class VersionsWidget:
     # -- public API ------------------------------------------------------------------------
     @property
     def panels(self) -> tuple[VersionPanel, ...]:
-        """One panel per version, in order (what each shows: status, stats, text, note…)."""
+        """One panel per version, in order, each retry right after the version it retried
+        (what each shows: status, stats, text, note, scene notes…)."""
         return tuple(self.board.panels.values())
 
     def panel(self, index: VersionKey) -> VersionPanel:
