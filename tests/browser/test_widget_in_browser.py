@@ -152,6 +152,9 @@ def _check_select(page: Page, selector: str) -> None:
     panel = page.locator(f"{selector} .arboris-panel").nth(1)
     panel.get_by_role("button", name="Select", exact=True).click()
     panel.locator(".arboris-badge", has_text="selected").wait_for(timeout=5_000)
+    # The badge (the panel view's model) and the button (its own model) are two messages:
+    # on a busy machine the second may land a moment later.
+    panel.locator("button:disabled", has_text="Select").wait_for(timeout=5_000)
     assert panel.get_by_role("button", name="Select", exact=True).is_disabled()
 
 
