@@ -63,6 +63,7 @@ from .actions import act, report, running_loop, wait_error
 from .board import PanelBoard
 from .compare import CompareTab
 from .desk import Desk, VersionKey, key_label, loaded_summary, parse_key
+from .linked import RetryLinks
 from .panels import VersionPanel
 from .stream import DeltaStream
 from .timeline import timeline_html
@@ -99,10 +100,12 @@ class VersionsWidget:
     ``RunStore``, or False: memory only). Versions are named by number, or ``(i, n)`` for
     retry n of version i (:mod:`~arboris_nb.widgets.desk`).
 
-    Size: this class holds the controls, the run's task, the retry jobs and the editor
-    actions' wiring; everything live — panels and their transitions, progress, streaming
-    — is :class:`PanelBoard` and what it owns; Diff, Evaluate and Export are the tab's;
-    which versions are shown, the stored decisions and reopening are the desk's.
+    Size: over 300 lines because it is the one public surface of the editor — each public
+    method is a short docstring'd delegation — and holds the controls, the run's task and
+    the jobs' wiring. Everything else lives apart: panels, progress and streaming in
+    :class:`PanelBoard`; Diff, Evaluate, Export and metrics in the Compare tab; which
+    versions are shown, the stored decisions and reopening in the desk (``desk.py``); how
+    a retry becomes a linked panel in :class:`~arboris_nb.widgets.linked.RetryLinks`.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class VersionsWidget:
         self._jobs: set[asyncio.Task[Any]] = set()  # strong refs to action tasks
         self._timeline_timer: asyncio.TimerHandle | None = None
         self.board = PanelBoard(self.settings.version_count, stream)
+        self.links = RetryLinks(self.board, self.desk, self._refresh_data)
         # What hears a run's events (the main run's and a retry's): the board first.
         self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
         self._retrying: dict[VersionKey, asyncio.Task[Version]] = {}  # a retry panel's job
@@ -386,7 +390,7 @@ class VersionsWidget:
         if self.run is None or self.busy:
             raise wait_error("Retry")
         parent = key if isinstance(key, int) else key[0]
-        panel = self.board.add_retry(parent, self._next_retry(parent))
+        panel = self.links.open(parent)
         coro = editor.retry_version(
             self.run,
             parent,
@@ -396,11 +400,11 @@ class VersionsWidget:
             llm=self._llm_for_run(),
             settings=self.settings,
             retry=self.retry_policy,
-            on_event=[self.board.follow(panel), self._retry_follower(panel.key)],
+            on_event=self.links.subscribers(panel),
             store=self.store,
         )
-        job = self._linked(coro, panel)
-        task = self._start_job(loop, job, "Retry", self._after_retry(panel), self.panel(key))
+        job = self.links.run(coro, panel)
+        task = self._start_job(loop, job, "Retry", self.links.ended(panel), self.panel(key))
         self._retrying[panel.key] = task
         return task
 
@@ -512,41 +516,6 @@ class VersionsWidget:
             report(exc, what, panel.show_note)
             raise
         return result
-
-    async def _linked(self, coro: Coroutine[Any, Any, Version], panel: VersionPanel) -> Version:
-        """A retry that ended before its run began (an error, Stop) leaves no panel."""
-        try:
-            return await coro
-        finally:
-            if panel.key not in self.desk.retries:
-                self.board.drop(panel.key)
-
-    def _next_retry(self, index: int) -> int:
-        """The number of the next retry of version ``index`` (panels count, as shown)."""
-        return 1 + sum(1 for k in self.board.panels if isinstance(k, tuple) and k[0] == index)
-
-    def _retry_follower(self, key: VersionKey) -> EventHandler:
-        """Hears a retry's events: the desk learns its run, a finished one redraws data."""
-
-        def follow(event: Event) -> None:
-            if isinstance(key, tuple) and key not in self.desk.retries:
-                self.desk.add_retry(key, event.run)
-            if isinstance(event, RunFinished):
-                self._refresh_data()
-
-        return follow
-
-    def _after_retry(self, panel: VersionPanel) -> Callable[[Version], None]:
-        def then(version: Version) -> None:
-            if version.status == "cancelled":
-                note = f"Retry stopped; version {panel.index} is unchanged."
-            else:
-                word = "done" if version.ok else version.status
-                note = f"Retry of version {panel.index}: {word}."
-            panel.show_note(_note(note))
-            panel.show_notes(version.notes)
-
-        return then
 
     # -- events (the widget is a subscriber; it never times or retries anything) --------
     def _on_run_event(self, event: Event) -> None:
