@@ -26,6 +26,7 @@ from arboris_nb import (
     VersionsWidget,
     WriterSettings,
     load_run,
+    render_run,
     simulated_judge,
     text_metrics,
 )
@@ -115,6 +116,12 @@ async def test_select_edit_and_export_a_retry_version(tmp_path: Path) -> None:
     assert w.panel((1, 1)).badges == ("selected", "edited")
     sub = w.desk.retries[(1, 1)]
     assert load_run(run.run_id, store=store).selection == (sub.run_id, 1)
+    # The static view for readers holds the retry, marked as the selection.
+    view = render_run(w)
+    assert "selected: version 1 · retry 1" in text_of(view.html)
+    retry_view = re.search(r'<div class="arboris-run-retry"[^>]*>(.*?)</div>', view.html)
+    assert retry_view is not None and "Version 1 · retry 1" in retry_view.group(1)
+    assert "✔ selected" in retry_view.group(1) and "The retry, edited by me." in retry_view.group(1)
     path = w.export()
     assert path.name == f"run-{run.run_id}-v1-retry1.md"
     assert "The retry, edited by me." in path.read_text(encoding="utf-8")
