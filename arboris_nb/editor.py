@@ -133,7 +133,8 @@ async def retry_version(
     retry is stored as a run of its own — its messages are the original with the scene
     notes and the instruction (:func:`retry_messages`) — whose row names the run and
     version it retries (``parent_run_id``, ``parent_index``; see
-    ``arboris_nb.runs.retries_of``). ``notes`` default to the version's ``notes``.
+    ``arboris_nb.runs.retries_of``). ``notes`` default to the version's ``notes``
+    (``notes=""`` sends none).
 
     Nothing is replaced: the retry run is appended to ``run.retries`` (whatever its
     outcome, as the store keeps it) and ``run.versions`` keeps the original, so an editor

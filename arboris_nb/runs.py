@@ -216,6 +216,13 @@ def _target(run: Run | str, index: int, holder: str | None, opened: RunStore | N
     return version
 
 
+def _remember(run: Run | str, decision: Decision) -> Decision:
+    """Append ``decision`` to ``run.decisions`` when ``run`` is a Run; return it."""
+    if isinstance(run, Run):
+        run.decisions.append(decision)
+    return decision
+
+
 def record_selection(
     run: Run | str, index: int, *, version_run_id: str | None = None, store: StoreSpec = None
 ) -> Decision:
@@ -236,9 +243,7 @@ def record_selection(
             )
         if opened is not None:
             opened.save_decision(_run_id(run), decision)
-    if isinstance(run, Run):
-        run.decisions.append(decision)
-    return decision
+    return _remember(run, decision)
 
 
 def record_evaluation(
@@ -250,9 +255,7 @@ def record_evaluation(
     with _maybe_opened(store) as opened:
         if opened is not None:
             opened.save_decision(_run_id(run), decision)
-    if isinstance(run, Run):
-        run.decisions.append(decision)
-    return decision
+    return _remember(run, decision)
 
 
 def record_notes(

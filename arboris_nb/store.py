@@ -188,6 +188,9 @@ class RunStore:
             raise StoreTooNew(self.path, found)
         try:
             self._migrate()
+        except StoreTooNew:  # newer since the header was read (another process upgraded)
+            self.close()
+            raise
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConfigError(
