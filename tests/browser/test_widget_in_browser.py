@@ -10,7 +10,8 @@ stops that version while the others go on; Stop cancels a run within a second an
 progress line counts the outcomes apart; with one extra version a stuck one does not hold
 the run, and **+1** adds a panel mid-run; a reopened run (``VersionsWidget.load``) shows
 its retry as a linked panel, the selection, the scene notes and the Compare tab's metrics
-table, and Select on the retry moves the mark; model output is shown as text and never
+table, Select on the retry moves the mark, notes typed on a panel are saved and its Retry
+adds a linked panel; model output is shown as text and never
 executed; the page logs no errors.
 
 It also measures the streaming cost on the kernel's websocket (every frame received
@@ -269,6 +270,22 @@ def _check_desk(page: Page) -> None:
         timeout=5_000,
     )
     assert "selected" not in second.locator(".arboris-badge").all_inner_texts()
+    # Scene notes typed on version 1 are kept when the field is left, and Retry adds a
+    # linked panel after version 1 while version 1 stays.
+    first = desk.locator(".arboris-panel-1")
+    notes = first.locator(".arboris-panel-notes textarea")
+    notes.fill("雨夜，她不敢开门。")
+    notes.blur()
+    first.locator(".arboris-panel-note", has_text="notes saved").wait_for(timeout=5_000)
+    first.get_by_role("button", name="Retry", exact=True).click()
+    page.wait_for_function(
+        "(s) => document.querySelector(s + ' .arboris-panel-1-retry-1 .arboris-status')"
+        "?.textContent.trim() === 'done'",
+        arg=selector,
+        timeout=10_000,
+    )
+    assert state(page, selector)["statuses"] == ["done"] * 5
+    assert notes.input_value() == "雨夜，她不敢开门。"
 
 
 def _screenshot(page: Page, selector: str, name: str) -> None:
