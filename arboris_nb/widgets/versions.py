@@ -137,7 +137,7 @@ class VersionsWidget:
         self._timeline_timer: asyncio.TimerHandle | None = None
         self.board = PanelBoard(self.settings.version_count, stream)
         self.links = RetryLinks(self.board, self.desk, self._refresh_data)
-        # What hears a run's events (the main run's and a retry's): the board first.
+        # What hears a run's events (a retry's have their own: RetryLinks): the board first.
         self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
         self._retrying: dict[VersionKey, asyncio.Task[Version]] = {}  # a retry panel's job
         self.board.on(
@@ -355,10 +355,10 @@ class VersionsWidget:
     def stop_version(self, index: VersionKey) -> bool:
         """Stop version ``index`` only (its panel's **Stop**); the others go on. A retry's
         panel stops that retry (the version it retries is untouched)."""
-        job = self._retrying.get(index)
+        key = parse_key(index)
+        job = self._retrying.get(key)
         if job is not None and not job.done():
             return job.cancel()
-        key = parse_key(index)
         if isinstance(key, tuple):
             raise StateError(f"{key_label(key)} is not running")
         return self._live_handle(f"{key_label(key)} is not running").cancel_version(key)
@@ -426,7 +426,7 @@ class VersionsWidget:
         self.desk.record_notes(key, notes)
         panel = self.panel(key)
         panel.show_notes(notes)
-        panel.show_note(_note("✓ notes saved"))
+        panel.show_note(html.escape("✓ notes saved"))
         return self._version(key)
 
     def diff(self, a: VersionKey, b: VersionKey) -> str:
@@ -655,10 +655,6 @@ class VersionsWidget:
 
     def _notes_changed(self, index: VersionKey, notes: str) -> None:
         self._panel_act(index, lambda: self.set_notes(index, notes), "Notes")
-
-
-def _note(text: str) -> str:
-    return html.escape(text)
 
 
 def _goal(messages: Sequence[Message]) -> str | None:
