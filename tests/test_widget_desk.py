@@ -49,7 +49,7 @@ def make(store: Path, tmp_path: Path, **options: object) -> VersionsWidget:
 
 
 def text_of(value: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", " ", value))
+    return html.unescape(re.sub(r"<[^>]+>", " ", value)).strip()
 
 
 def keys(w: VersionsWidget) -> list[object]:
@@ -243,6 +243,24 @@ def test_load_of_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="99") as caught:
         VersionsWidget.load("any", store=store)
     assert "upgrade arboris_nb" in str(caught.value)
+    assert store.read_bytes() == before
+
+
+@pytest.mark.looptime
+async def test_a_store_grown_newer_meanwhile_is_told_on_the_panel_and_nothing_changes(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "runs.sqlite3"
+    w = make(store, tmp_path)
+    run = await w.generate("p")
+    with sqlite3.connect(store) as conn:  # a newer arboris_nb opened the file meanwhile
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = store.read_bytes()
+    w.panel(2).select_button.click()
+    note = text_of(w.panel(2).note)
+    assert note.startswith("Select failed:") and "99" in note and "upgrade arboris_nb" in note
+    assert w.selected is None and w.panel(2).badges == () and run.decisions == []
     assert store.read_bytes() == before
 
 
