@@ -30,10 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .decisions import Decision
 from .textstats import TEXT_METRIC_COLUMNS, text_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .verdict import Evaluation
 
 __all__ = [
     "CANCEL_REASONS",
@@ -215,6 +218,7 @@ class Version:
     cancel_reason: str | None = None  # one of CANCEL_REASONS
     hedged: bool = False  # a hedge request was started for it
     hedge_won: bool = False  # ... and the hedge's text is the one kept
+    notes: str | None = None  # an editor's scene notes; a retry sends them (editor.py)
     edited: bool = field(default=False, metadata=_EDITOR)  # changed by an editor
     original_content: str | None = field(default=None, metadata=_EDITOR)  # generated text
 
@@ -411,6 +415,11 @@ class Run:
     parent_index: int | None = None
     keep: int | None = None  # versions to keep (N); None: all of them
     extra_versions: int = 0  # started beyond ``keep`` (k of "keep the first N of N+k")
+    # The editor's desk (arboris_nb.decisions): the history of selections, edits, notes
+    # and evaluations, oldest first (append-only), and the retry runs of its versions,
+    # oldest first — each a linked version, the original kept.
+    decisions: list[Decision] = field(default_factory=list)
+    retries: list[Run] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -524,17 +533,59 @@ class Run:
         ``metrics=True`` adds :meth:`summary` and each version's derived timings: the
         shape the CLI's ``--json`` prints. :meth:`from_dict` reads either shape back.
         """
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "versions"}
+        nested = ("versions", "decisions", "retries")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in nested}
         if metrics:
             data.update(self.summary())
         data["versions"] = [v.to_dict(metrics=metrics) for v in self.versions]
+        data["decisions"] = [d.to_dict() for d in self.decisions]
+        data["retries"] = [r.to_dict(metrics=metrics) for r in self.retries]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Run:
         known = _known(cls, data)
         known["versions"] = [Version.from_dict(v) for v in data.get("versions", ())]
+        known["decisions"] = [Decision.from_dict(d) for d in data.get("decisions", ())]
+        known["retries"] = [Run.from_dict(r) for r in data.get("retries", ())]
         return cls(**known)
+
+    # -- the editor's desk ----------------------------------------------------------------
+    def _last(self, kind: str) -> Decision | None:
+        return next((d for d in reversed(self.decisions) if d.kind == kind), None)
+
+    @property
+    def selection(self) -> tuple[str, int] | None:
+        """``(run_id, index)`` of the version last selected (run_id: this run's, or the
+        retry run's when a retry version was chosen); None when nothing was selected."""
+        chosen = self._last("select")
+        if chosen is None or chosen.index is None:
+            return None
+        return chosen.version_run_id or self.run_id, chosen.index
+
+    @property
+    def selected_version(self) -> Version | None:
+        """The selected version (found in ``versions`` or in ``retries``), or None."""
+        selection = self.selection
+        return None if selection is None else self.find_version(*selection)
+
+    def find_version(self, run_id: str | None, index: int) -> Version | None:
+        """Version ``index`` of this run (``run_id`` None or this run's id) or of its
+        retry run ``run_id``; None when there is no such version."""
+        holder: Run | None = self
+        if run_id not in (None, self.run_id):
+            holder = next((r for r in self.retries if r.run_id == run_id), None)
+        if holder is None:
+            return None
+        return next((v for v in holder.versions if v.index == index), None)
+
+    @property
+    def evaluation(self) -> Evaluation | None:
+        """The last evaluation recorded for this run, or None."""
+        from .verdict import Evaluation  # verdict is heavier and not needed otherwise
+
+        judged = self._last("evaluate")
+        return None if judged is None else Evaluation.from_dict(judged.data)
 
     def with_serial_baseline(self, serial: Run | float) -> Run:
         """Use a measured serial run's elapsed time instead of the estimate."""

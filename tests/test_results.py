@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
+from arboris_nb.decisions import Decision
 from arboris_nb.results import (
     EDITOR_FIELDS,
     FINAL,
@@ -52,6 +53,7 @@ def full_version() -> Version:
         cancel_reason="surplus",
         hedged=True,
         hedge_won=True,
+        notes="more rain; she hesitates at the door",
         edited=True,
         original_content="generated",
     )
@@ -134,6 +136,11 @@ def test_a_run_round_trips_with_its_versions() -> None:
         parent_index=3,
         keep=1,
         extra_versions=1,
+        decisions=[
+            Decision("notes", 1.0, 2, None, {"notes": "n"}),
+            Decision("select", 2.0, 2, "r1-retry-1", {}),
+        ],
+        retries=[Run("r1-retry-1", [full_version()], parent_run_id="r1", parent_index=2)],
     )
     plain = json.loads(json.dumps(run.to_dict()))
     assert Run.from_dict(plain) == run
