@@ -26,6 +26,7 @@ from .analysis import (
 from .backends import Backend, ChatRequest, SimulatedLLM, Usage
 from .cache import RedisCache, SQLiteCache
 from .config import LLMConfig, WriterSettings, mask_key
+from .decisions import Decision
 from .editor import (
     Evaluation,
     EvaluationError,
@@ -77,8 +78,17 @@ from .queue import BookJob
 from .render import render_book, render_run
 from .results import Run, Version
 from .retry import RetryPolicy
-from .runs import export_run, list_runs, load_run, resume, resume_sync
-from .store import RunStore
+from .runs import (
+    export_run,
+    list_runs,
+    load_run,
+    record_evaluation,
+    record_notes,
+    record_selection,
+    resume,
+    resume_sync,
+)
+from .store import RunStore, StoreTooNew
 from .textstats import text_metrics
 from .verdict import JudgeCall, PairVerdict
 
@@ -113,6 +123,7 @@ __all__ = [
     "ChatRequest",
     "ConfigError",
     "ConnectionFailed",
+    "Decision",
     "Evaluation",
     "EvaluationError",
     "Event",
@@ -140,6 +151,7 @@ __all__ = [
     "ServerError",
     "SimulatedLLM",
     "StateError",
+    "StoreTooNew",
     "StreamInterrupted",
     "SweepResult",
     "TokenDelta",
@@ -175,6 +187,9 @@ __all__ = [
     "plot_limit_history",
     "plot_serial_vs_parallel",
     "plot_timeline",
+    "record_evaluation",
+    "record_notes",
+    "record_selection",
     "render_book",
     "render_run",
     "resume",

@@ -31,7 +31,7 @@ __all__ = [
     "version_row",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 MIGRATIONS: list[str] = [
     # 0 → 1
@@ -119,6 +119,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN keep INTEGER;
     ALTER TABLE runs ADD COLUMN extra_versions INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4 → 5: the editor's decisions (select, edit, notes, evaluate), append-only, in
+    # order (seq) per run; version_run_id names the retry run holding the version (NULL:
+    # the run itself). Scene notes are the versions.notes column (a Version field).
+    """
+    CREATE TABLE IF NOT EXISTS decisions (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        idx INTEGER,
+        version_run_id TEXT,
+        data TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (run_id, seq)
+    );
+    """,
+    # 5 → 6: Version.attempts is the list of Attempt (it was ``attempt_log``); the count
+    # it was is derived (Version.attempt_count), so its column goes.
+    """
+    ALTER TABLE versions DROP COLUMN attempts;
+    ALTER TABLE versions RENAME COLUMN attempt_log TO attempts;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -43,7 +43,7 @@ class ProgressPrinter:
             v = event.version
             return (
                 f"v{v.index}/{{n}} done in {_s(v.duration_s)} s, {v.output_tokens} tokens"
-                + (f", {v.attempts} attempts" if v.attempts > 1 else "")
+                + (f", {v.attempt_count} attempts" if v.attempt_count > 1 else "")
                 + (f", {format_cost(v.cost)}" if v.cost is not None else "")
             )
         if isinstance(event, VersionRetrying):
@@ -77,7 +77,7 @@ def format_summary(run: Run) -> str:
     ]
     for v in run.versions:
         lines.append(
-            f"{v.index:>3}  {v.status:<9} {v.attempts:>8} {_s(v.queue_wait_s):>7} "
+            f"{v.index:>3}  {v.status:<9} {v.attempt_count:>8} {_s(v.queue_wait_s):>7} "
             f"{_s(v.ttft_s):>7} {_s(v.duration_s):>7} {format_tokens(v.input_tokens):>7} "
             f"{v.output_tokens:>7} {_s(v.tokens_per_s, 1):>7} {format_cost(v.cost):>9}"
         )
@@ -117,7 +117,7 @@ def version_bill(version: Version) -> str | None:
     """A finished version's bill, for a panel header: ``"2,000 tok in · $0.0027"`` —
     the input billed over every attempt, and the cost when priced (None before it ends,
     and for a cached reply: nothing was billed)."""
-    if not version.done or not version.attempt_log:
+    if not version.done or not version.attempts:
         return None
     parts = [f"{format_tokens(version.billed_input_tokens)} tok in"]
     if version.cost is not None:
@@ -128,7 +128,7 @@ def version_bill(version: Version) -> str | None:
 def run_bill(run: Run) -> str | None:
     """The run's bill so far (attempts that ended), for a progress line:
     ``"6,000 in · 450 out tok · $0.0195"``; None before any attempt ended."""
-    ended = [a for v in run.versions for a in v.attempt_log if a.finished_at is not None]
+    ended = [a for v in run.versions for a in v.attempts if a.finished_at is not None]
     if not ended:
         return None
     inputs = [a.input_tokens for a in ended]

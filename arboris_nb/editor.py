@@ -1,11 +1,11 @@
 """Editor actions on a finished run, as plain functions (the widget only calls them).
 
 * :func:`retry_version` — regenerate one version, optionally with an extra instruction
-  (Arboris-Novel's retry-version: the original messages plus one user message), through
-  the engine; the new version replaces the old one in the run in memory, and is stored as
-  a run of its own linked to the one it retries, so the store keeps both texts.
+  and the version's scene notes (as Arboris-Novel's retry-version sends its custom
+  prompt), through the engine; the new version is a linked version (``run.retries``),
+  stored as a run of its own linked to the one it retries: the original stays.
 * :func:`edit_version` — replace a version's text by the editor's, saved to the run
-  store next to the generated text (which is kept).
+  store next to the generated text (which is kept), each edit also a decision.
 * :func:`word_diff` / :func:`diff_html` — an inline diff, by words in English and by
   characters in Chinese (:func:`~arboris_nb.textdiff.text_diff`).
 * :func:`export_markdown` — one version to a Markdown file.
@@ -24,12 +24,13 @@ from pathlib import Path
 
 from .backends.base import Backend, Message
 from .config import LLMConfig, WriterSettings
+from .decisions import Decision
 from .engine import Handlers, start_versions
 from .errors import ConfigError, StateError
 from .judge import evaluate, evaluation_candidates
 from .judge_prompts import EVALUATION_SYSTEM_PROMPT, evaluation_messages, parse_evaluation
 from .judge_sim import simulated_judge
-from .prompts import as_messages
+from .prompts import ChapterContext, as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
 from .store import RunStore, StoreSpec, open_store
@@ -67,13 +68,37 @@ def _not_ok(version: Version, done_to_it: str) -> StateError:
 
 # -- retry ------------------------------------------------------------------------------
 def retry_messages(
-    prompt: str | Sequence[Message], instruction: str | None = None
+    prompt: str | Sequence[Message], instruction: str | None = None, notes: str | None = None
 ) -> list[Message]:
-    """The original messages, plus one user message carrying ``instruction`` if given."""
+    """The original messages with the scene ``notes`` in the last user message's writing
+    notes, plus one user message carrying ``instruction`` if given.
+
+    Arboris-Novel's retry-version rebuilds the chapter request with its custom prompt as
+    the chapter's writing requirements; here the request is the stored messages, so the
+    notes go where :func:`~arboris_nb.prompts.chapter_messages` puts writing notes: the
+    ``[Writing notes]`` section, added to the end of the request (after the notes already
+    there, which is that section when the request was built by ``chapter_messages``).
+    """
     messages = as_messages(prompt)
+    if notes and notes.strip():
+        _add_notes(messages, notes.strip())
     if instruction and instruction.strip():
         messages.append({"role": "user", "content": instruction.strip()})
     return messages
+
+
+def _add_notes(messages: list[Message], notes: str) -> None:
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        messages.append({"role": "user", "content": ChapterContext(notes=notes).text()})
+        return
+    last = users[-1]
+    text = str(last["content"]).rstrip()
+    written = ChapterContext.from_prompt(text).notes
+    if written and text.endswith(written):  # the request ends in its writing notes
+        last["content"] = f"{text}\n{notes}"
+    else:
+        last["content"] = f"{text}\n\n{ChapterContext(notes=notes).text()}"
 
 
 def _position(run: Run, index: int) -> int:
@@ -95,29 +120,34 @@ async def retry_version(
     prompt: str | Sequence[Message],
     *,
     instruction: str | None = None,
+    notes: str | None = None,
     llm: LLM = None,
     settings: WriterSettings | None = None,
     retry: RetryPolicy | None = None,
     on_event: Handlers = None,
     store: StoreSpec = None,
 ) -> Version:
-    """Regenerate version ``index`` of ``run`` and put the new one in its place.
+    """Regenerate version ``index`` of ``run`` as a new, linked version; return it.
 
     The engine runs ``indices=[index]`` under a new run id (:func:`retry_run_id`), so the
-    retry is stored as a run of its own — its messages are the original plus the
-    instruction — whose row names the run and version it retries (``parent_run_id``,
-    ``parent_index``; see ``arboris_nb.runs.retries_of``). The stored original is never
-    overwritten: both texts stay in the store. ``store`` is as for ``generate_versions``.
+    retry is stored as a run of its own — its messages are the original with the scene
+    notes and the instruction (:func:`retry_messages`) — whose row names the run and
+    version it retries (``parent_run_id``, ``parent_index``; see
+    ``arboris_nb.runs.retries_of``). ``notes`` default to the version's ``notes``
+    (``notes=""`` sends none).
 
-    In memory the new version replaces the old one even if it failed (that is what
-    "retry" means); cancelling the retry leaves the old version in place. Its timings are
-    offsets from the retry's own start.
+    Nothing is replaced: the retry run is appended to ``run.retries`` (whatever its
+    outcome, as the store keeps it) and ``run.versions`` keeps the original, so an editor
+    chooses between them (``record_selection(run, index, version_run_id=…)``). Unlike
+    Arboris-Novel, which overwrites the version it retries. Its timings are offsets from
+    the retry's own start. ``store`` is as for ``generate_versions``.
     """
-    pos = _position(run, index)
+    original = run.versions[_position(run, index)]
+    notes = original.notes if notes is None else notes
     opened, owned = open_store(store)
     try:
         handle = start_versions(
-            retry_messages(prompt, instruction),
+            retry_messages(prompt, instruction, notes),
             settings=settings or WriterSettings(version_count=1),
             llm=llm,
             project=run.project,
@@ -136,10 +166,8 @@ async def retry_version(
     finally:
         if owned and opened is not None:
             opened.close()
-    new = sub.versions[0]
-    if new.status != "cancelled":
-        run.versions[pos] = new
-    return new
+    run.retries.append(sub)
+    return sub.versions[0]
 
 
 # -- edit -------------------------------------------------------------------------------
@@ -161,21 +189,49 @@ def edit_version(
     if not text.strip():
         raise ConfigError("edited text must not be empty")
     generated = _generated(version)
-    if run is not None and store is not False:
-        _save_edit(run, version.index, generated, text, store)
+    if run is not None:
+        holder = _holder(run, version)
+        decision = _save_edit(run, version.index, generated, text, store, holder)
+        if decision is None:  # memory only: the same decision the store would record
+            linked = holder if holder != run.run_id else None
+            data = {"text": text}
+            decision = Decision.now("edit", version.index, version_run_id=linked, data=data)
+        run.decisions.append(decision)
     version.original_content = generated
     version.content = text
     version.edited = True
     return version
 
 
-def _save_edit(run: Run, index: int, generated: str | None, text: str, store: StoreSpec) -> None:
+def _holder(run: Run, version: Version) -> str | None:
+    """The id of the run holding ``version``: ``run``'s, or a retry's in ``run.retries``
+    (None: not found by identity; the store is then searched by text)."""
+    for holder in (run, *run.retries):
+        if any(v is version for v in holder.versions):
+            return holder.run_id
+    return None
+
+
+def _save_edit(
+    run: Run,
+    index: int,
+    generated: str | None,
+    text: str,
+    store: StoreSpec,
+    holder: str | None,
+) -> Decision | None:
+    """Save the edit to the row holding the version; the store's "edit" decision, or
+    None when the store is off (ARBORIS_STORE=off, store=False: nothing is saved)."""
+    if store is False:
+        return None
     opened, owned = open_store(store)
-    if opened is None:  # ARBORIS_STORE=off: nothing is saved, as for a generation
-        return
+    if opened is None:
+        return None
     try:
-        run_id = _stored_run_id(opened, run.run_id, index, generated)
-        opened.save_edit(run_id, index, text)
+        run_id = holder or _stored_run_id(opened, run.run_id, index, generated)
+        if opened.get_run(run_id) is None:
+            raise _not_stored(opened, run.run_id, index)
+        return opened.save_edit(run_id, index, text)
     finally:
         if owned:
             opened.close()
@@ -189,7 +245,11 @@ def _stored_run_id(store: RunStore, run_id: str, index: int, generated: str | No
         for stored in store.get_versions(candidate):
             if stored.index == index and _generated(stored) == generated:
                 return candidate
-    raise ConfigError(
+    raise _not_stored(store, run_id, index)
+
+
+def _not_stored(store: RunStore, run_id: str, index: int) -> ConfigError:
+    return ConfigError(
         f"version {index} of run {run_id} is not in the run store {store.path}, so the "
         "edit cannot be saved; pass store=False to edit in memory only"
     )

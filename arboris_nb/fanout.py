@@ -94,26 +94,26 @@ class _Shared:
     async def run(self, conn: Connection) -> None:
         runner, first = self.runner, self.versions[0]
         async with runner.limiter.slot():
-            numbers = [len(v.attempt_log) + 1 for v in self.versions]
-            request = runner.build_request(first, numbers[0], self.versions)
+            numbers = [v.attempt_count + 1 for v in self.versions]
+            request = runner.requests.build_request(first, numbers[0], self.versions)
             await ready(conn, request)  # pacing counts the n choices' output (pacing.py)
             self.attempts = [
                 runner.begin_attempt(v, n) for v, n in zip(self.versions, numbers, strict=True)
             ]
             try:
-                await runner.within_limits(
+                await runner.requests.within_limits(
                     first, lambda guard, deadline: self.consume(conn, request, guard, deadline)
                 )
             except Exception as exc:  # a BackendError, or a backend's bug: all fall back
                 self.error = exc
-                runner.report_to_limiter(
+                runner.requests.report_to_limiter(
                     ok=False,
                     rate_limited=getattr(exc, "status", None) == 429,
                     ttft_s=None,
                     retry_after_s=getattr(exc, "retry_after_s", None),
                 )
             else:
-                runner.report_to_limiter(ok=True, rate_limited=False, ttft_s=first.ttft_s)
+                runner.requests.report_to_limiter(ok=True, rate_limited=False, ttft_s=first.ttft_s)
         self.settle()
 
     async def consume(
@@ -139,7 +139,7 @@ class _Shared:
             return
         if self.versions[index].done:  # stopped meanwhile: its panel shows no more text
             return
-        self.runner.token(self.versions[index], text, guard, deadline)
+        self.runner.requests.token(self.versions[index], text, guard, deadline)
         self.parts[index].append(text)
         self.tally.add(index, text)
 
@@ -155,7 +155,7 @@ class _Shared:
         if not self.attempts:  # cancelled while waiting for a slot: nothing was asked
             return
         error = asyncio.CancelledError() if cancelled else self.error
-        runner.bill(self.attempts, self.tally, error)
+        runner.requests.bill(self.attempts, self.tally, error)
         for index, (version, attempt) in enumerate(zip(self.versions, self.attempts, strict=True)):
             if version.done:  # stopped while the request ran (its attempt is closed)
                 continue
@@ -163,7 +163,7 @@ class _Shared:
                 text, chunks = "".join(self.parts[index]), self.tally.chunks[index]
                 runner.mark_ok(version, attempt, Outcome(text, chunks, self.ended[index]))
             elif not cancelled:  # a cancelled attempt is closed by mark_cancelled
-                runner.end_attempt(attempt, self.choice_error(index))
+                runner.requests.end_attempt(attempt, self.choice_error(index))
 
     def choice_error(self, index: int) -> BackendError:
         if isinstance(self.error, BackendError):

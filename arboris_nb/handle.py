@@ -89,7 +89,7 @@ class RunHandle:
         ``run.keep``). Raises :class:`~arboris_nb.errors.StateError` once the run has ended,
         :class:`~arboris_nb.errors.ConfigError` for a ``k`` out of range.
         """
-        return self._runner.add_versions(k)
+        return self._runner.pool.add_versions(k)
 
     def cancel_version(self, index: int) -> bool:
         """Stop version ``index``; the others go on. Its slot is freed at once (a queued
@@ -97,7 +97,7 @@ class RunHandle:
         streamed stays as ``partial`` text, never selectable. False when it had already
         ended; :class:`~arboris_nb.errors.ConfigError` when the run has no such version.
         """
-        return self._runner.cancel_version(index)
+        return self._runner.pool.cancel_version(index)
 
     async def _drive(self) -> Run:
         await self._runner.run_versions()

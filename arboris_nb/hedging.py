@@ -3,10 +3,11 @@
 A run's latency is its slowest version's, and real APIs have heavy tails: a request
 stuck behind a busy replica takes many times the usual time. A hedge is a duplicate of
 such a request, started while the first still runs; whichever finishes first wins and
-the other is cancelled (the runner does the race, see :meth:`Runner.race`). This module
-decides *when*: :class:`HedgeClock` knows the delay — the policy's ``hedge_after_s``, or
-the run's own time-to-first-token quantile once enough attempts have one — and wakes the
-attempts that wait on it when a new sample moves the delay.
+the other is cancelled. :class:`HedgeClock` decides *when*: it knows the delay — the
+policy's ``hedge_after_s``, or the run's own time-to-first-token quantile once enough
+attempts have one — and wakes the attempts that wait on it when a new sample moves the
+delay. :class:`HedgeRacer` runs the race: the duplicate waits for a slot of its own like
+any request, the loser is cancelled and billed at once (what it streamed was paid for).
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 
+from .announce import Announcer
+from .backends.base import ChatRequest, Connection
+from .events import VersionHedged
+from .limits import Limiter
+from .pacing import ready
+from .requester import Raced, Requester, Stream
+from .results import Attempt, Version
 from .retry import RetryPolicy
 
-__all__ = ["HedgeClock", "quantile"]
+__all__ = ["HedgeClock", "HedgeRacer", "quantile"]
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -78,3 +86,83 @@ class HedgeClock:
                 self._wakers.discard(waker)
                 waker.cancel()
         return False
+
+
+class HedgeRacer:
+    """One attempt's request raced against a duplicate when it is slow to start.
+
+    ``race`` runs the primary; if it has no first token within the clock's delay, one
+    duplicate (an :class:`~arboris_nb.results.Attempt` with ``hedge=True`` and the same
+    number) starts in a slot of its own. The first to finish wins; the other is cancelled
+    at once and its attempt marked ``lost``. When both fail, the first error counts (the
+    retry loop sees it).
+    """
+
+    def __init__(
+        self, clock: HedgeClock, requester: Requester, limiter: Limiter, events: Announcer
+    ) -> None:
+        self.clock = clock
+        self.requester = requester
+        self.limiter = limiter
+        self.events = events
+
+    async def race(
+        self, conn: Connection, version: Version, primary: Stream, request: ChatRequest
+    ) -> Raced:
+        first = asyncio.ensure_future(self._request(conn, version, primary, request))
+        racers = [first]
+        try:
+            if not await self.clock.straggling(primary.attempt.started_at, primary.settled):
+                return await first
+            racers.append(asyncio.ensure_future(self.hedge(conn, version, primary.attempt.number)))
+            return await self.first_finished(version, racers)
+        finally:
+            for task in racers:  # the loser, or both when this version was stopped
+                task.cancel()
+            await asyncio.gather(*racers, return_exceptions=True)
+
+    async def _request(
+        self, conn: Connection, version: Version, stream: Stream, request: ChatRequest
+    ) -> Raced:
+        return stream, await self.requester.request_once(conn, version, stream, request)
+
+    async def first_finished(self, version: Version, racers: list[asyncio.Task[Raced]]) -> Raced:
+        errors: list[BaseException] = []
+        pending = set(racers)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=racers.index):  # the primary first on a tie
+                error = task.exception()
+                if error is None:
+                    won = task.result()
+                    self.lose(version, won[0].attempt, pending)
+                    version.hedge_won = won[0].attempt.hedge
+                    return won
+                errors.append(error)
+        raise errors[0]
+
+    def lose(self, version: Version, winner: Attempt, losers: set[asyncio.Task[Raced]]) -> None:
+        """Cancel the race's loser now; its attempt is marked ``lost`` and billed (what it
+        streamed was paid for and thrown away)."""
+        for task in losers:
+            task.cancel()
+        for attempt in version.attempts:
+            if attempt is not winner and attempt.finished_at is None:
+                self.requester.bill_open(attempt, asyncio.CancelledError())
+                attempt.finished_at = self.clock.now()
+                attempt.lost = True
+                attempt.error_type = "CancelledError"
+
+    async def hedge(self, conn: Connection, version: Version, number: int) -> Raced:
+        """The duplicate of attempt ``number``: it waits for a slot like any request."""
+        async with self.limiter.slot():
+            if version.done:  # stopped (or surplus) while the hedge waited for its slot
+                raise asyncio.CancelledError
+            request = self.requester.build_request(version, number, hedge=True)
+            await ready(conn, request)  # a hedge is a request: the key's budget counts it
+            version.hedged = True
+            attempt = Attempt(number=number, started_at=self.clock.now(), hedge=True)
+            version.attempts.append(attempt)
+            self.events.emit(VersionHedged, version=version, attempt=number)
+            stream = Stream(attempt)
+            return stream, await self.requester.request_once(conn, version, stream, request)

@@ -195,7 +195,7 @@ class _Judging:
             error=answer.error,
             output_tokens=answer.output_tokens,
             tokens_from_usage=answer.tokens_from_usage,
-            attempts=answer.attempts,
+            attempts=answer.attempt_count,
             duration_s=answer.duration_s,
             pair=pair,
             input_tokens=answer.billed_input_tokens,

@@ -1,13 +1,18 @@
-"""The IPython extension: ``%load_ext arboris_nb`` registers the ``%%arboris`` cell magic.
+"""The IPython extension: ``%load_ext arboris_nb`` registers the ``%%arboris`` magic.
 
     %%arboris -n 3 -c 2 -o chapter3
     Write chapter 3: the lantern-keeper finds the letter.
+
+    %arboris --load RUN_ID -o chapter3
 
 The cell body is the prompt. The magic displays a :class:`VersionsWidget`, schedules
 the run on the kernel's loop and returns at once (other cells run while it streams).
 ``-o NAME`` stores the widget as ``NAME_widget`` right away and the Run as ``NAME``
 when it finishes. Bad options are a ``UsageError`` naming the option and its range;
 with no API configured the offline simulated model is used, and the magic says so.
+As a line magic, ``--load RUN_ID`` reopens a stored run in the widget
+(:meth:`VersionsWidget.load`: texts, edits, retries, notes, selection, last evaluation);
+an unknown id, or a store from a newer arboris_nb, is a ``UsageError`` saying so.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .backends.base import Backend
@@ -64,15 +69,19 @@ class ArborisMagics(Magics):
     @argument("--base-url", help="OpenAI-compatible base URL (overrides OPENAI_API_BASE_URL)")
     @argument("--simulated", action="store_true", help="use the offline simulated model")
     @argument("-o", "--output", metavar="NAME", help="store the Run as NAME when it finishes")
-    @cell_magic
-    def arboris(self, line: str, cell: str) -> None:
-        """Generate versions of the cell's prompt; shows a VersionsWidget."""
+    @argument("--load", metavar="RUN_ID", help="reopen a stored run (line magic: %%arboris)")
+    @line_cell_magic
+    def arboris(self, line: str, cell: str | None = None) -> None:
+        """Generate versions of the cell's prompt, or reopen a stored run (``--load``)."""
         args = parse_argstring(self.arboris, line)
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"-o/--output must be a Python name, got {args.output!r}")
+        if cell is None or args.load is not None:
+            self._load(args, cell)
+            return
         prompt = cell.strip()
         if not prompt:
             raise UsageError("%%arboris: the cell body (the prompt) is empty")
-        if args.output is not None and not args.output.isidentifier():
-            raise UsageError(f"-o/--output must be a Python name, got {args.output!r}")
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -83,6 +92,28 @@ class ArborisMagics(Magics):
         settings = self._settings(args)
         llm = self._llm(args)
         self._start(prompt, settings, llm, args.output)
+
+    def _load(self, args: Any, cell: str | None) -> VersionsWidget:
+        """``%arboris --load RUN_ID [-o NAME]``: the stored run in a widget (and NAME)."""
+        from IPython.display import display
+
+        from .widgets import VersionsWidget
+
+        if args.load is None or (cell is not None and cell.strip()):
+            raise UsageError(
+                "%arboris takes --load RUN_ID (reopen a stored run); to generate, use "
+                "%%arboris with the prompt as the cell body"
+            )
+        llm = self._llm(args) if args.simulated or args.model or args.base_url else None
+        try:
+            widget = VersionsWidget.load(args.load, llm=llm)
+        except ConfigError as exc:  # unknown id, newer store: say so, change nothing
+            raise UsageError(str(exc)) from None
+        if args.output and self.shell is not None:
+            self.shell.user_ns[f"{args.output}_widget"] = widget
+            self.shell.user_ns[args.output] = widget.run
+        display(widget)
+        return widget
 
     def _settings(self, args: Any) -> WriterSettings:
         count = _option(parse_count, "-n/--versions", "WRITER_CHAPTER_VERSION_COUNT", args.versions)
@@ -143,4 +174,5 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
     """Called by ``%unload_ext arboris_nb``: removes the ``%%arboris`` magic."""
-    ipython.magics_manager.magics["cell"].pop("arboris", None)
+    for kind in ("cell", "line"):
+        ipython.magics_manager.magics[kind].pop("arboris", None)

@@ -61,19 +61,24 @@ class Snapshot:
 
 
 def render_run(
-    source: Any, *, selected: int | None = None, evaluation: _Judged | None = None
+    source: Any,
+    *,
+    selected: int | tuple[int, int] | None = None,
+    evaluation: _Judged | None = None,
 ) -> Snapshot:
     """The final view of a run: ``source`` is a ``Run`` or a ``VersionsWidget`` (its run,
     selection and the Compare tab's last evaluation are used unless ``selected`` /
-    ``evaluation`` are given).
+    ``evaluation`` are given). A run's linked retries (``Run.retries``) follow its
+    versions, titled ``Version 2 · retry 1`` (``selected=(2, 1)`` marks that one).
     """
     run: Run | None = getattr(source, "run", source)
     if run is None:
         return Snapshot("<p>No run yet.</p>", "<no run yet>")
     if selected is None and getattr(source, "selected", None) is not None:
-        selected = source.selected.index
+        selected = getattr(source, "selected_key", None) or source.selected.index
     evaluation = evaluation or _last_evaluation(source)
     panels = "".join(_panel(v, v.index == selected) for v in run.versions)
+    panels += _retry_panels(run, selected)
     body = [
         f"<p>{_summary(run, selected, evaluation)}</p>",
         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{panels}</div>',
@@ -91,7 +96,7 @@ def _last_evaluation(source: Any) -> _Judged | None:
     return getattr(getattr(source, "compare", None), "evaluation", None)
 
 
-def _summary(run: Run, selected: int | None, evaluation: _Judged | None) -> str:
+def _summary(run: Run, selected: int | tuple[int, int] | None, evaluation: _Judged | None) -> str:
     counts = {s: sum(v.status == s for v in run.versions) for s in ("ok", "failed", "cancelled")}
     mode = f"parallel, C={run.max_parallel_requests}" if run.parallel else "serial"
     parts = [
@@ -101,27 +106,47 @@ def _summary(run: Run, selected: int | None, evaluation: _Judged | None) -> str:
         ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing finished",
     ]
     if selected is not None:
-        parts.append(f"selected: version {selected}")
+        which = f"{selected[0]} · retry {selected[1]}" if isinstance(selected, tuple) else selected
+        parts.append(f"selected: version {which}")
     if evaluation is not None:
         parts.append(f"judge's choice: version {evaluation.best_choice}")
     return " · ".join(parts)
 
 
-def _panel(version: Version, selected: bool) -> str:
+def _retry_panels(run: Run, selected: object) -> str:
+    """Each retry's version, numbered per version it retries (as the widget's panels)."""
+    counts: dict[int, int] = {}
+    panels = []
+    for sub in run.retries:
+        if sub.parent_index is None or not sub.versions:
+            continue
+        n = counts[sub.parent_index] = counts.get(sub.parent_index, 0) + 1
+        key = (sub.parent_index, n)
+        label = f"Version {key[0]} · retry {n}"
+        panels.append(_panel(sub.versions[0], key == selected, label, "arboris-run-retry"))
+    return "".join(panels)
+
+
+def _panel(
+    version: Version,
+    selected: bool,
+    label: str | None = None,
+    css: str = "arboris-run-version",
+) -> str:
     colour = _STATUS_COLOUR.get(version.status, "#555")
     head = [
-        f"<b>Version {version.index}</b>",
+        f"<b>{_esc(label or f'Version {version.index}')}</b>",
         f'<span style="color:{colour}">{version.status}</span>',
     ]
     if version.ok:
         head.append(f"{version.output_tokens} tokens")
     head += [
-        label for flag, label in ((version.edited, "edited"), (selected, "✔ selected")) if flag
+        word for flag, word in ((version.edited, "edited"), (selected, "✔ selected")) if flag
     ]
     title = f"<p><i>{_esc(version.title)}</i></p>" if version.title else ""
     border = ";border:2px solid #1976d2" if selected else ""
     return (
-        f'<div class="arboris-run-version" style="{_PANEL}{border}">'
+        f'<div class="{css}" style="{_PANEL}{border}">'
         f"<p>{' · '.join(head)}</p>{title}{_paragraphs(_shown_text(version))}</div>"
     )
 
@@ -138,21 +163,23 @@ def _paragraphs(text: str) -> str:
     return "".join(f"<p>{_esc(line)}</p>" for line in lines)
 
 
-def metrics_table(versions: Sequence[Version]) -> str:
+def metrics_table(versions: Sequence[Version], labels: Sequence[str] | None = None) -> str:
     """The text metrics of the ok versions as an HTML table (class ``arboris-run-metrics``;
-    empty when none is ok) — for the readers' view and the widget's Compare tab."""
+    empty when none is ok) — for the readers' view and the widget's Compare tab.
+    ``labels`` name the rows (one per version, escaped; default: the version number)."""
     head = "".join(
         f"<th{_CELL}>{h}</th>"
         for h in ("version", "characters", "words", "paragraphs", "dialogue", "repeated phrases",
                   "reading time")
     )  # fmt: skip
     rows = []
-    for v in versions:
+    names = labels if labels is not None else [str(v.index) for v in versions]
+    for v, name in zip(versions, names, strict=True):
         if not v.ok:
             continue
         m = text_metrics(v.content or "")
         cells = (
-            v.index, m["chars"], m["words"], m["paragraphs"], f"{m['dialogue_share']:.0%}",
+            _esc(name), m["chars"], m["words"], m["paragraphs"], f"{m['dialogue_share']:.0%}",
             f"{m['repeated_phrase_ratio']:.0%}", f"{m['reading_min']:.1f} min",
         )  # fmt: skip
         rows.append("<tr>" + "".join(f"<td{_CELL}>{c}</td>" for c in cells) + "</tr>")

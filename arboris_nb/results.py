@@ -30,10 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .decisions import Decision
 from .textstats import TEXT_METRIC_COLUMNS, text_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .verdict import Evaluation
 
 __all__ = [
     "CANCEL_REASONS",
@@ -56,6 +59,7 @@ FINAL: frozenset[str] = frozenset({"ok", "failed", "cancelled"})
 CANCEL_REASONS = ("surplus", "stopped", "run_cancelled")
 #: Derived figures :meth:`Version.to_dict` adds with ``metrics=True``.
 VERSION_METRICS = (
+    "attempt_count",
     "queue_wait_s",
     "ttft_s",
     "duration_s",
@@ -207,39 +211,51 @@ class Version:
     tokens_from_usage: bool = False
     input_tokens: int | None = None  # the kept reply's prompt tokens, as the server said
     cached_input_tokens: int | None = None  # of those, served from the prompt cache
-    attempts: int = 0
-    attempt_log: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # every request made, hedges too
     key_id: str | None = None  # masked id of the API key that served it
     cached: bool = False  # answered by the reply cache: no request, no attempt
     partial: str | None = None  # a cancelled version's streamed text
     cancel_reason: str | None = None  # one of CANCEL_REASONS
     hedged: bool = False  # a hedge request was started for it
     hedge_won: bool = False  # ... and the hedge's text is the one kept
+    notes: str | None = None  # an editor's scene notes; a retry sends them (editor.py)
     edited: bool = field(default=False, metadata=_EDITOR)  # changed by an editor
     original_content: str | None = field(default=None, metadata=_EDITOR)  # generated text
 
     def to_dict(self, *, editor: bool = True, metrics: bool = False) -> dict[str, Any]:
-        """The fields, JSON-ready (``attempt_log`` as a list of dicts).
+        """The fields, JSON-ready (``attempts`` as a list of dicts).
 
         ``editor=False`` leaves out the editor's fields (:data:`EDITOR_FIELDS`): what
         generation produced, as a worker or the store's version row records it.
-        ``metrics=True`` adds the derived timings (:data:`VERSION_METRICS`), for reading.
+        ``metrics=True`` adds the derived figures (:data:`VERSION_METRICS`), for reading.
         """
         data = {
             f.name: getattr(self, f.name)
             for f in fields(self)
             if editor or f.name not in EDITOR_FIELDS
         }
-        data["attempt_log"] = [a.to_dict() for a in self.attempt_log]
+        data["attempts"] = [a.to_dict() for a in self.attempts]
         if metrics:
             data.update({name: getattr(self, name) for name in VERSION_METRICS})
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Version:
+        """Read :meth:`to_dict`'s shape, or an older writer's: there ``attempts`` was the
+        count (now derived: :attr:`attempt_count`) and the list was ``attempt_log``."""
         known = _known(cls, data)
-        known["attempt_log"] = [Attempt.from_dict(a) for a in data.get("attempt_log", ())]
+        attempts = data.get("attempts")
+        if not isinstance(attempts, list):
+            attempts = data.get("attempt_log") or []
+        known["attempts"] = [Attempt.from_dict(a) for a in attempts]
         return cls(**known)
+
+    @property
+    def attempt_count(self) -> int:
+        """Attempts made: 1 = the first try, 2 = one retry…; a hedge (a duplicate of a
+        slow attempt) is not one, and a cached reply or a version cancelled before it
+        started made none (0)."""
+        return sum(not a.hedge for a in self.attempts)
 
     @property
     def done(self) -> bool:
@@ -255,17 +271,17 @@ class Version:
 
     @property
     def ttft_s(self) -> float | None:
-        if self.first_token_at is None or not self.attempt_log:
+        if self.first_token_at is None or not self.attempts:
             return None
         return self.first_token_at - self._shown_attempt().started_at
 
     def _shown_attempt(self) -> Attempt:
         """The attempt whose text is shown (kept): with a hedge race, the one whose first
         token is ``first_token_at``; otherwise the last."""
-        for attempt in reversed(self.attempt_log):
+        for attempt in reversed(self.attempts):
             if attempt.first_token_at is not None and attempt.first_token_at == self.first_token_at:
                 return attempt
-        return self.attempt_log[-1]
+        return self.attempts[-1]
 
     @property
     def duration_s(self) -> float | None:
@@ -275,34 +291,34 @@ class Version:
 
     @property
     def retry_wait_s(self) -> float:
-        return sum(a.wait_s for a in self.attempt_log)
+        return sum(a.wait_s for a in self.attempts)
 
     @property
     def billed_input_tokens(self) -> int | None:
         """Input tokens billed for this version, every attempt (None: one is unknown)."""
-        return _total([a.input_tokens for a in self.attempt_log], 0)
+        return _total([a.input_tokens for a in self.attempts], 0)
 
     @property
     def billed_output_tokens(self) -> int | None:
         """Output tokens billed for this version, every attempt (None: one is unknown)."""
-        return _total([a.output_tokens for a in self.attempt_log], 0)
+        return _total([a.output_tokens for a in self.attempts], 0)
 
     @property
     def billed_cached_input_tokens(self) -> int | None:
         """Cached input tokens the server reported over every attempt (None: never said)."""
-        return _said([a.cached_input_tokens for a in self.attempt_log])
+        return _said([a.cached_input_tokens for a in self.attempts])
 
     @property
     def cost(self) -> float | None:
         """US dollars billed for this version, failed attempts included (a cached reply
         costs 0); None when the price or an attempt's usage is unknown."""
-        return _total([a.cost for a in self.attempt_log], 0.0)
+        return _total([a.cost for a in self.attempts], 0.0)
 
     @property
     def wasted_tokens(self) -> int:
         """Output tokens billed (else streamed) and not kept: every attempt's but the
         kept text's."""
-        streamed = sum(a.output_tokens or 0 for a in self.attempt_log)
+        streamed = sum(a.output_tokens or 0 for a in self.attempts)
         return max(0, streamed - (self.output_tokens if self.ok else 0))
 
     @property
@@ -310,13 +326,13 @@ class Version:
         """US dollars of the requests whose text was not kept: every attempt of a version
         that was not kept; of a kept one, its failed attempts and a losing hedge."""
         kept = self._kept_attempt()
-        return _total([a.cost for a in self.attempt_log if a is not kept], 0.0)
+        return _total([a.cost for a in self.attempts if a is not kept], 0.0)
 
     def _kept_attempt(self) -> Attempt | None:
         """The attempt whose text is the content (None unless ok, or a cached reply)."""
         if not self.ok:
             return None
-        ended_well = [a for a in self.attempt_log if a.error_type is None and not a.lost]
+        ended_well = [a for a in self.attempts if a.error_type is None and not a.lost]
         return ended_well[-1] if ended_well else None
 
     @property
@@ -341,8 +357,8 @@ class Version:
             "status": self.status,
             "kept": self.ok,
             "cancel_reason": self.cancel_reason,
-            "attempts": self.attempts,
-            "retried": self.attempts > 1,
+            "attempts": self.attempt_count,
+            "retried": self.attempt_count > 1,
             "hedged": self.hedged,
             "hedge_won": self.hedge_won,
             "queue_wait_s": self.queue_wait_s,
@@ -399,6 +415,11 @@ class Run:
     parent_index: int | None = None
     keep: int | None = None  # versions to keep (N); None: all of them
     extra_versions: int = 0  # started beyond ``keep`` (k of "keep the first N of N+k")
+    # The editor's desk (arboris_nb.decisions): the history of selections, edits, notes
+    # and evaluations, oldest first (append-only), and the retry runs of its versions,
+    # oldest first — each a linked version, the original kept.
+    decisions: list[Decision] = field(default_factory=list)
+    retries: list[Run] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -512,17 +533,59 @@ class Run:
         ``metrics=True`` adds :meth:`summary` and each version's derived timings: the
         shape the CLI's ``--json`` prints. :meth:`from_dict` reads either shape back.
         """
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "versions"}
+        nested = ("versions", "decisions", "retries")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in nested}
         if metrics:
             data.update(self.summary())
         data["versions"] = [v.to_dict(metrics=metrics) for v in self.versions]
+        data["decisions"] = [d.to_dict() for d in self.decisions]
+        data["retries"] = [r.to_dict(metrics=metrics) for r in self.retries]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Run:
         known = _known(cls, data)
         known["versions"] = [Version.from_dict(v) for v in data.get("versions", ())]
+        known["decisions"] = [Decision.from_dict(d) for d in data.get("decisions", ())]
+        known["retries"] = [Run.from_dict(r) for r in data.get("retries", ())]
         return cls(**known)
+
+    # -- the editor's desk ----------------------------------------------------------------
+    def _last(self, kind: str) -> Decision | None:
+        return next((d for d in reversed(self.decisions) if d.kind == kind), None)
+
+    @property
+    def selection(self) -> tuple[str, int] | None:
+        """``(run_id, index)`` of the version last selected (run_id: this run's, or the
+        retry run's when a retry version was chosen); None when nothing was selected."""
+        chosen = self._last("select")
+        if chosen is None or chosen.index is None:
+            return None
+        return chosen.version_run_id or self.run_id, chosen.index
+
+    @property
+    def selected_version(self) -> Version | None:
+        """The selected version (found in ``versions`` or in ``retries``), or None."""
+        selection = self.selection
+        return None if selection is None else self.find_version(*selection)
+
+    def find_version(self, run_id: str | None, index: int) -> Version | None:
+        """Version ``index`` of this run (``run_id`` None or this run's id) or of its
+        retry run ``run_id``; None when there is no such version."""
+        holder: Run | None = self
+        if run_id not in (None, self.run_id):
+            holder = next((r for r in self.retries if r.run_id == run_id), None)
+        if holder is None:
+            return None
+        return next((v for v in holder.versions if v.index == index), None)
+
+    @property
+    def evaluation(self) -> Evaluation | None:
+        """The last evaluation recorded for this run, or None."""
+        from .verdict import Evaluation  # verdict is heavier and not needed otherwise
+
+        judged = self._last("evaluate")
+        return None if judged is None else Evaluation.from_dict(judged.data)
 
     def with_serial_baseline(self, serial: Run | float) -> Run:
         """Use a measured serial run's elapsed time instead of the estimate."""
@@ -549,7 +612,7 @@ class Run:
             "speedup": self.speedup,
             "efficiency": self.efficiency,
             "ideal_s": self.ideal_s,
-            "attempts": sum(v.attempts for v in self.versions),
+            "attempt_count": sum(v.attempt_count for v in self.versions),
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
             "output_tokens": self.output_tokens,

@@ -1,8 +1,12 @@
-"""Read stored runs back: list them, rebuild a Run, export it, resume what is missing.
+"""Read stored runs back: list them, rebuild a Run, export it, resume what is missing;
+and record an editor's decisions on a run (select, notes, evaluate) as they happen.
 
 A retry of a version is stored as its own run (``<run_id>-retry-<id>``) linked to the
-version it retries: :func:`list_runs` shows it, :func:`retries_of` finds it. Edited
-versions load with the editor's text (``edited=True``, ``original_content`` = generated).
+version it retries: :func:`list_runs` shows it, :func:`retries_of` finds it, and
+:func:`load_run` puts it in ``Run.retries`` (a linked version; the original stays).
+Edited versions load with the editor's text (``edited=True``, ``original_content`` =
+generated), with their scene notes, and the run with its decisions (``Run.decisions``:
+``Run.selection``, ``Run.selected_version`` and ``Run.evaluation`` read them).
 
 Every function takes ``store=`` like the engine does (None = ``ARBORIS_STORE`` or the
 default file; a path; an open :class:`~arboris_nb.store.RunStore`).
@@ -21,15 +25,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import CacheSpec
 from .config import COUNT_RANGE, LLMConfig, WriterSettings
+from .decisions import Decision
 from .engine import Handlers, LLMArg, generate_versions
-from .errors import AllVersionsFailed, ConfigError
+from .errors import AllVersionsFailed, ConfigError, StateError
 from .limits import Limiter
 from .results import Run, Version
 from .retry import RetryPolicy
-from .store import RunRecord, RunStore, StoreSpec, open_store
+from .store import RunNotFound, RunRecord, RunStore, StoreSpec, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .verdict import Evaluation
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -39,6 +46,9 @@ __all__ = [
     "list_runs",
     "load_run",
     "missing_versions",
+    "record_evaluation",
+    "record_notes",
+    "record_selection",
     "resume",
     "resume_sync",
     "retries_of",
@@ -67,10 +77,6 @@ LIST_COLUMNS: dict[str, str] = {
     "parent_run_id": "for a retry: the run whose version it regenerated (else empty)",
     "parent_index": "for a retry: the version number it regenerated",
 }
-
-
-class RunNotFound(ConfigError):
-    """No run with this id in the store."""
 
 
 @contextmanager
@@ -150,10 +156,131 @@ def _rebuild(record: RunRecord, stored: Sequence[Version]) -> Run:
     )
 
 
+def _with_desk(store: RunStore, run: Run) -> Run:
+    """``run`` with its stored decisions and retries (each with its versions)."""
+    run.decisions = store.decisions(run.run_id)
+    run.retries = [
+        _rebuild(retry, store.get_versions(retry.run_id)) for retry in store.retries_of(run.run_id)
+    ]
+    return run
+
+
+def _load(store: RunStore, record: RunRecord) -> Run:
+    return _with_desk(store, _rebuild(record, store.get_versions(record.run_id)))
+
+
 def load_run(run_id: str, *, store: StoreSpec = None) -> Run:
-    """The stored run as a :class:`Run`; versions that never finished are ``queued``."""
+    """The stored run as a :class:`Run`: its versions (edited text, scene notes; those
+    that never finished are ``queued``), its ``decisions`` and its ``retries`` (linked
+    runs, oldest first, each with its versions) — what the editor left, to go on with."""
     with _opened(store) as opened:
-        return _rebuild(_record(opened, run_id), opened.get_versions(run_id))
+        return _load(opened, _record(opened, run_id))
+
+
+# -- decisions --------------------------------------------------------------------------
+
+
+def _run_id(run: Run | str) -> str:
+    return run if isinstance(run, str) else run.run_id
+
+
+@contextmanager
+def _maybe_opened(spec: StoreSpec) -> Iterator[RunStore | None]:
+    """Like :func:`_opened`, but None when the store is off (decisions then stay in
+    memory, as a generation with the store off does)."""
+    store, owned = open_store(spec)
+    try:
+        yield store
+    finally:
+        if owned and store is not None:
+            store.close()
+
+
+def _target(run: Run | str, index: int, holder: str | None, opened: RunStore | None) -> Version:
+    """Version ``index`` of ``run`` (of its retry run ``holder`` if given): from memory
+    for a Run, else from the store."""
+    if isinstance(run, Run):
+        version = run.find_version(holder, index)
+    else:
+        if opened is None:
+            raise ConfigError(
+                "the run store is off (ARBORIS_STORE=off): give the Run, not its id, "
+                "or set ARBORIS_STORE / pass store=PATH"
+            )
+        for run_id in (run, holder or run):  # both must exist: RunNotFound names the missing
+            _record(opened, run_id)
+        stored = opened.get_versions(holder or run)
+        version = next((v for v in stored if v.index == index), None)
+    if version is None:
+        raise ConfigError(f"there is no version {index} in run {holder or _run_id(run)}")
+    return version
+
+
+def _remember(run: Run | str, decision: Decision) -> Decision:
+    """Append ``decision`` to ``run.decisions`` when ``run`` is a Run; return it."""
+    if isinstance(run, Run):
+        run.decisions.append(decision)
+    return decision
+
+
+def record_selection(
+    run: Run | str, index: int, *, version_run_id: str | None = None, store: StoreSpec = None
+) -> Decision:
+    """Record that the editor chose version ``index`` (of the retry run
+    ``version_run_id`` if given); ``Run.selection`` is then this choice. Earlier choices
+    stay in the history. A version that is not ok is refused (:class:`StateError`).
+
+    ``run`` is a Run (the decision is also appended to ``run.decisions``) or a stored
+    run's id. ``store`` as for ``generate_versions``; False records in memory only."""
+    decision = Decision.now("select", index, version_run_id=version_run_id)
+    with _maybe_opened(store) as opened:
+        version = _target(run, index, version_run_id, opened)
+        if not version.ok:
+            raise StateError(
+                f"version {index} of run {version_run_id or _run_id(run)} is "
+                f"{version.status}: only an ok version can be selected; retry it or "
+                "select another"
+            )
+        if opened is not None:
+            opened.save_decision(_run_id(run), decision)
+    return _remember(run, decision)
+
+
+def record_evaluation(
+    run: Run | str, evaluation: Evaluation, *, store: StoreSpec = None
+) -> Decision:
+    """Record an evaluation of ``run`` (``Evaluation.to_dict()``: verdict, context,
+    criteria and the judge's requests); ``Run.evaluation`` is then this one."""
+    decision = Decision.now("evaluate", data=evaluation.to_dict())
+    with _maybe_opened(store) as opened:
+        if opened is not None:
+            opened.save_decision(_run_id(run), decision)
+    return _remember(run, decision)
+
+
+def record_notes(
+    run: Run | str,
+    index: int,
+    notes: str | None,
+    *,
+    version_run_id: str | None = None,
+    store: StoreSpec = None,
+) -> Decision:
+    """Keep scene notes with version ``index`` (of the retry run ``version_run_id`` if
+    given): its ``notes`` column in the store and a "notes" decision; with a Run, also the
+    version's ``notes`` and ``run.decisions``. "" or None clears them. A retry of the
+    version sends them (:func:`arboris_nb.editor.retry_version`)."""
+    text = notes if notes and notes.strip() else None
+    data = {"notes": text or ""}
+    decision = Decision.now("notes", index, version_run_id=version_run_id, data=data)
+    with _maybe_opened(store) as opened:
+        version = _target(run, index, version_run_id, opened)
+        if opened is not None:
+            decision = opened.save_notes(version_run_id or _run_id(run), index, text)
+    if isinstance(run, Run):
+        version.notes = text
+        run.decisions.append(decision)
+    return decision
 
 
 def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
@@ -174,8 +301,19 @@ def _as_json(record: RunRecord, run: Run) -> str:
         "run": head,
         "metrics": run.summary(),
         "versions": [v.to_dict(metrics=True) for v in run.versions],
+        "selection": _selection_dict(run),
+        "decisions": [d.to_dict() for d in run.decisions],
+        "retries": [r.to_dict(metrics=True) for r in run.retries],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def _selection_dict(run: Run) -> dict[str, Any] | None:
+    if run.selection is None:
+        return None
+    run_id, index = run.selection
+    version = run.selected_version
+    return {"run_id": run_id, "index": index, "edited": bool(version and version.edited)}
 
 
 def _as_csv(run: Run) -> str:
@@ -193,7 +331,39 @@ def _retry_line(record: RunRecord) -> list[str]:
     return [f"- retry of run {record.parent_run_id}, version {record.parent_index}"]
 
 
-def _as_markdown(record: RunRecord, run: Run) -> str:
+def _version_label(run: Run, run_id: str, index: int) -> str:
+    """ "version 2", or "version 2 (retry run <id>)" for a retry's version."""
+    return f"version {index}" + ("" if run_id == run.run_id else f" (retry run {run_id})")
+
+
+def _version_md(v: Version, heading: str) -> list[str]:
+    title = f" — {v.title}" if v.title else ""
+    notes = (", from cache" if v.cached else "") + (", edited" if v.edited else "")
+    lines = [f"## {heading}{title} ({v.status}{notes})", ""]
+    if v.summary:
+        lines += [f"> {v.summary}", ""]
+    if v.notes:
+        lines += [f"Scene notes: {v.notes}", ""]
+    return [*lines, v.display_text() or "(no result stored)", ""]
+
+
+def _versions_md(run: Run, all_versions: bool) -> list[str]:
+    """The selected version (default), else every version with the retries."""
+    selected = run.selected_version
+    if selected is not None and not all_versions:
+        run_id, index = run.selection or (run.run_id, selected.index)
+        label = _version_label(run, run_id, index)
+        edited = ", edited" if selected.edited else ""
+        return [f"Selected: {label}{edited}.", "", *_version_md(selected, f"Selected {label}")]
+    head = [] if selected is not None else ["No version selected: all versions follow.", ""]
+    lines = [line for v in run.versions for line in _version_md(v, f"Version {v.index}")]
+    for retry in run.retries:
+        for v in retry.versions:
+            lines += _version_md(v, f"Retry of version {v.index} (run {retry.run_id})")
+    return head + lines
+
+
+def _as_markdown(record: RunRecord, run: Run, all_versions: bool = False) -> str:
     created = _utc(record.created_at)
     elapsed = "-" if record.elapsed_s is None else f"{record.elapsed_s:.2f} s"
     lines = [
@@ -218,14 +388,7 @@ def _as_markdown(record: RunRecord, run: Run) -> str:
             "```",
             "",
         ]
-    for v in run.versions:
-        title = f" — {v.title}" if v.title else ""
-        notes = (", from cache" if v.cached else "") + (", edited" if v.edited else "")
-        lines += [f"## Version {v.index}{title} ({v.status}{notes})", ""]
-        if v.summary:
-            lines += [f"> {v.summary}", ""]
-        lines += [v.display_text() or "(no result stored)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _versions_md(run, all_versions))
 
 
 def export_run(
@@ -233,24 +396,29 @@ def export_run(
     format: ExportFormat = "json",
     path: str | Path | None = None,
     *,
+    all_versions: bool = False,
     store: StoreSpec = None,
 ) -> str:
-    """A stored run as JSON (everything, with attempt logs), CSV (one row per version,
-    the ``Run.to_frame`` columns plus cached/title/content) or Markdown (for reading).
+    """A stored run as JSON (everything: attempt logs, the selection, decisions and
+    retries), CSV (one row per version, the ``Run.to_frame`` columns plus
+    cached/title/content) or Markdown (for reading).
 
+    Markdown holds the run's head and the selected version — its edited text if it was
+    edited, saying which version it is and that it was edited; ``all_versions=True`` (or
+    no selection, which it says) puts every version and every retry instead.
     Returns the text; also writes it to ``path`` when given.
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     with _opened(store) as opened:
         record = _record(opened, run_id)
-        run = _rebuild(record, opened.get_versions(run_id))
+        run = _load(opened, record)
     if format == "json":
         text = _as_json(record, run)
     elif format == "csv":
         text = _as_csv(run)
     else:
-        text = _as_markdown(record, run)
+        text = _as_markdown(record, run, all_versions)
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text
@@ -296,10 +464,11 @@ async def resume(
     """
     with _opened(store) as opened:
         record = _record(opened, run_id)
-        kept = [v for v in opened.get_versions(run_id) if v.ok and v.index in record.indices]
+        stored = opened.get_versions(run_id)
+        kept = [v for v in stored if v.ok and v.index in record.indices]
         todo = [i for i in record.indices if i not in {v.index for v in kept}]
         if not todo:
-            return _rebuild(record, kept)
+            return _with_desk(opened, _rebuild(record, kept))
         session = await generate_versions(
             record.messages,
             settings=settings or _resume_settings(record, todo),
@@ -315,7 +484,10 @@ async def resume(
             store=opened,
             cache=cache,
         )
-    merged = _rebuild(record, [*kept, *session.versions])
+        notes = {v.index: v.notes for v in stored if v.notes}  # the store kept them
+        for version in session.versions:
+            version.notes = notes.get(version.index)
+        merged = _with_desk(opened, _rebuild(record, [*kept, *session.versions]))
     merged.elapsed_s = (record.elapsed_s or 0.0) + (session.elapsed_s or 0.0)
     if raise_on_all_failed and all(v.status == "failed" for v in merged.versions):
         raise AllVersionsFailed(merged)

@@ -17,10 +17,14 @@ commits. ``FULL`` would add an fsync per version (~2 ms measured) on the event l
 No API key is ever written: versions carry only the masked ``key_id``.
 
 Editor work is kept apart from what the model produced: an edit fills
-``versions.edited_content`` (``content`` stays the generated text), and a retry is its own
-run whose row names the run and version it retries (``parent_run_id``, ``parent_index``).
+``versions.edited_content`` (``content`` stays the generated text), scene notes fill
+``versions.notes``, and a retry is its own run whose row names the run and version it
+retries (``parent_run_id``, ``parent_index``). Every selection, edit, note and evaluation
+is also a row of ``decisions`` (append-only, so each edited text stays in the history),
+kept on the run the editor works on — the parent run when the version is a retry's.
 
-Schema version 4 (``PRAGMA user_version``; older files are migrated when opened; the
+Schema version 6 (``PRAGMA user_version``; older files are migrated when opened; a file
+from a newer arboris_nb is refused with :class:`StoreTooNew` and left untouched; the
 migrations and the version columns are in :mod:`arboris_nb._schema`)::
 
     runs(run_id PK, project, chapter, created_at, updated_at, mode, version_count,
@@ -29,8 +33,9 @@ migrations and the version columns are in :mod:`arboris_nb._schema`)::
          extra_versions)
     versions(run_id, idx, <one column per generated Version field: status, content,
              title, summary, error, error_type, queued_at, started_at, first_token_at,
-             finished_at, output_tokens, tokens_from_usage, attempts, attempt_log JSON,
-             key_id, cached …>, session, written_at, edited_content; PK (run_id, idx))
+             finished_at, output_tokens, tokens_from_usage, attempts JSON, key_id,
+             cached, notes …>, session, written_at, edited_content; PK (run_id, idx))
+    decisions(run_id, seq, at, kind, idx, version_run_id, data JSON; PK (run_id, seq))
     cache(key PK, reply JSON, model, created_at)          -- see arboris_nb.cache
     book_jobs(job_id PK, project, created_at, spec JSON)  -- see arboris_nb.queue.records
     book_units(job_id, chapter, version, state, worker, requests, updated_at)
@@ -38,16 +43,13 @@ migrations and the version columns are in :mod:`arboris_nb._schema`)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +61,10 @@ from ._schema import (
     version_from_row,
     version_row,
 )
+from ._sqlite import SQLiteFile
 from .backends.base import Message
 from .config import store_setting
+from .decisions import Decision, DecisionKind
 from .errors import ConfigError
 from .events import (
     Event,
@@ -75,17 +79,49 @@ from .results import Run, Version
 
 __all__ = [
     "SCHEMA_VERSION",
+    "RunNotFound",
     "RunRecord",
     "RunRecorder",
     "RunStore",
     "StoreSpec",
+    "StoreTooNew",
     "open_recorder",
     "open_store",
 ]
 
 log = logging.getLogger("arboris_nb")
 
-_BUSY_TIMEOUT_MS = 30_000  # queue workers may wait on each other's commits
+_HEADER_USER_VERSION = slice(60, 64)  # SQLite file header: user_version, big-endian
+
+
+class RunNotFound(ConfigError):
+    """No run with this id in the store."""
+
+
+class StoreTooNew(ConfigError):
+    """The run store was written by a newer arboris_nb (a schema this code does not know).
+    The file is not changed; ``found`` and ``supported`` are the two schema numbers."""
+
+    def __init__(self, path: Path, found: int) -> None:
+        super().__init__(
+            f"the run store {path} has schema version {found}, newer than {SCHEMA_VERSION}, "
+            "the newest this arboris_nb knows: upgrade arboris_nb to open it (the file "
+            "was not changed)"
+        )
+        self.path, self.found, self.supported = path, found, SCHEMA_VERSION
+
+
+def _file_schema(path: Path) -> int | None:
+    """The schema number in an existing file's header, read without opening it as a
+    database (which could write to it); None for a missing or not-yet-initialised file."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return int.from_bytes(header[_HEADER_USER_VERSION], "big")
 
 
 @dataclass
@@ -131,20 +167,27 @@ def _limit_value(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-class RunStore:
+class RunStore(SQLiteFile):
     """One SQLite file holding runs, versions and (optionally) the reply cache.
 
     Safe to share between threads (one connection per thread) and processes (WAL,
-    busy timeout, ``BEGIN IMMEDIATE`` writes); a forked child opens its own connection.
+    busy timeout, ``BEGIN IMMEDIATE`` writes); a forked child opens its own connection
+    (:class:`~arboris_nb._sqlite.SQLiteFile`). Why runs, versions and the editor's
+    decisions stay in one class (a little over 300 lines): their writes share
+    transactions — an edit writes the version and its decision in one commit — and
+    each method is one statement or two.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser()
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        super().__init__(path)
+        found = _file_schema(self.path)
+        if found is not None and found > SCHEMA_VERSION:  # before any write to the file
+            raise StoreTooNew(self.path, found)
         try:
             self._migrate()
+        except StoreTooNew:  # newer since the header was read (another process upgraded)
+            self.close()
+            raise
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConfigError(
@@ -160,52 +203,6 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- connections ---------------------------------------------------------------------
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use, re-opened after a fork)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=_BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,  # explicit BEGIN IMMEDIATE … COMMIT below
-            check_same_thread=False,  # so close() may close every thread's connection
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self._local.conn, self._local.pid = conn, os.getpid()
-        with self._lock:
-            self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so two
-        writers wait on the busy timeout instead of failing on a lock upgrade."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def close(self) -> None:
-        """Close every connection this object opened (in this process)."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):  # closed twice, or inherited by a fork
-                conn.close()
-        self._local = threading.local()
-
     def _migrate(self) -> None:
         conn = self.connection()
         current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -214,10 +211,7 @@ class RunStore:
         with self.transaction() as tx:  # re-read under the write lock: another process
             current = tx.execute("PRAGMA user_version").fetchone()[0]  # may have migrated
             if current > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the run store {self.path} has schema version {current}; this "
-                    f"arboris_nb reads up to {SCHEMA_VERSION} (upgrade arboris_nb)"
-                )
+                raise StoreTooNew(self.path, current)
             for number in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
@@ -309,7 +303,8 @@ class RunStore:
         row = {"run_id": run_id, **version_row(version), "session": session}
         row["written_at"] = time.time()
         columns = ", ".join(row)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in ("run_id", "idx"))
+        kept = ("run_id", "idx", "notes")  # an editor's notes survive a resume's rewrite
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in kept)
         with self.transaction() as tx:
             cursor = tx.execute(
                 f"INSERT INTO versions ({columns}) VALUES ({', '.join('?' * len(row))}) "
@@ -343,8 +338,11 @@ class RunStore:
             )
         return status
 
-    def save_edit(self, run_id: str, index: int, text: str) -> None:
-        """Store an editor's text for an ok version (one commit); the generated text stays.
+    def save_edit(self, run_id: str, index: int, text: str) -> Decision:
+        """Store an editor's text for an ok version of run ``run_id`` (the run holding it:
+        a retry's id for a retry version) and record an "edit" decision holding the text,
+        in one commit; the generated text stays, and so does every earlier edit (in the
+        decisions). Returns the decision.
 
         Raises :class:`ConfigError` when the version is not stored or not ok.
         """
@@ -363,11 +361,74 @@ class RunStore:
                 "WHERE run_id = ? AND idx = ?",
                 (text, time.time(), run_id, index),
             )
-            tx.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id))
+            return self._decide(tx, run_id, "edit", index, {"text": text})
+
+    def save_notes(self, run_id: str, index: int, notes: str | None) -> Decision:
+        """Set the scene notes of version ``index`` of run ``run_id`` (the run holding
+        it; "" or None clears them) and record a "notes" decision, in one commit.
+
+        Raises :class:`ConfigError` when the version is not stored.
+        """
+        text = notes if notes and notes.strip() else None
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                "UPDATE versions SET notes = ? WHERE run_id = ? AND idx = ?",
+                (text, run_id, index),
+            )
+            if cursor.rowcount == 0:
+                raise ConfigError(
+                    f"run {run_id} version {index} is not stored in the run store "
+                    f"{self.path}; notes can be kept only with a stored version"
+                )
+            return self._decide(tx, run_id, "notes", index, {"notes": text or ""})
+
+    def save_decision(self, run_id: str, decision: Decision) -> None:
+        """Append ``decision`` to run ``run_id``'s history (one commit)."""
+        with self.transaction() as tx:
+            if tx.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFound(f"no run {run_id!r} in the run store {self.path}")
+            self._append(tx, run_id, decision)
+
+    def _decide(
+        self,
+        tx: sqlite3.Connection,
+        holder: str,
+        kind: DecisionKind,
+        index: int,
+        data: dict[str, Any],
+    ) -> Decision:
+        """Record what an editor did to version ``index`` of run ``holder``: on the run
+        it retries when ``holder`` is a retry (where the editor's history is), else on
+        ``holder`` itself."""
+        row = tx.execute("SELECT parent_run_id FROM runs WHERE run_id = ?", (holder,)).fetchone()
+        parent = row["parent_run_id"] if row is not None else None
+        decision = Decision.now(kind, index, version_run_id=holder if parent else None, data=data)
+        self._append(tx, parent or holder, decision)
+        return decision
+
+    def _append(self, tx: sqlite3.Connection, run_id: str, decision: Decision) -> None:
+        seq = tx.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+        tx.execute(
+            "INSERT INTO decisions (run_id, seq, at, kind, idx, version_run_id, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                seq,
+                decision.at,
+                decision.kind,
+                decision.index,
+                decision.version_run_id,
+                json.dumps(decision.data, ensure_ascii=False),
+            ),
+        )
+        tx.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id))
 
     def delete_run(self, run_id: str) -> bool:
         """Remove a run and its versions; False when there was no such run."""
         with self.transaction() as tx:
+            tx.execute("DELETE FROM decisions WHERE run_id = ?", (run_id,))
             tx.execute("DELETE FROM versions WHERE run_id = ?", (run_id,))
             return tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
 
@@ -410,6 +471,22 @@ class RunStore:
             "SELECT * FROM versions WHERE run_id = ? ORDER BY idx", (run_id,)
         )
         return [version_from_row(row) for row in rows]
+
+    def decisions(self, run_id: str) -> list[Decision]:
+        """Run ``run_id``'s decisions, oldest first."""
+        rows = self.connection().execute(
+            "SELECT * FROM decisions WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [
+            Decision(
+                kind=row["kind"],
+                at=row["at"],
+                index=row["idx"],
+                version_run_id=row["version_run_id"],
+                data=json.loads(row["data"]),
+            )
+            for row in rows
+        ]
 
     def _record(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -94,12 +94,12 @@ async def measure(args: argparse.Namespace, attempts: int) -> dict[str, Any]:
         "ok": len(ok),
         "requests": stats["requests"],
         "fault_share": faults / stats["requests"],
-        "mean_attempts": sum(v.attempts for v in versions) / len(versions),
-        "retried": sum(v.attempts > 1 for v in versions),
+        "mean_attempts": sum(v.attempt_count for v in versions) / len(versions),
+        "retried": sum(v.attempt_count > 1 for v in versions),
         "429_retries": followed,
         "early": early,
         "lost": not (
-            accounted and intact and stats["requests"] == sum(v.attempts for v in versions)
+            accounted and intact and stats["requests"] == sum(v.attempt_count for v in versions)
         ),
     }
 

@@ -98,7 +98,7 @@ async def test_unknown_model_fails_that_version_and_keeps_the_others() -> None:
         )
     assert [v.status for v in run.versions] == ["ok", "failed", "ok"]
     failed = run.versions[1]
-    assert failed.attempts == 1 and "OPENAI_MODEL_NAME" in (failed.error or "")
+    assert failed.attempt_count == 1 and "OPENAI_MODEL_NAME" in (failed.error or "")
     assert run.versions[0].content and run.versions[2].content
 
 
@@ -115,7 +115,7 @@ async def test_unreachable_base_url_fails_after_retries_with_a_clear_message() -
             retry=RetryPolicy(base_delay_s=0.01, seed=1),
         )
     for v in caught.value.run.versions:
-        assert v.error_type == "ConnectionFailed" and v.attempts == 3
+        assert v.error_type == "ConnectionFailed" and v.attempt_count == 3
         assert url in (v.error or "") and "OPENAI_API_BASE_URL" in (v.error or "")
     assert "OPENAI_API_BASE_URL" in str(caught.value)
 

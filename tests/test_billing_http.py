@@ -43,7 +43,7 @@ def assert_billed_as_the_server_counted(run: Run, stats: dict[str, Any]) -> None
     assert run.output_tokens == stats["completion_tokens"]
     assert run.cached_input_tokens == stats["cached_prompt_tokens"]
     # And the same, request by request, from the attempts' own counts.
-    attempts = [a for v in run.versions for a in v.attempt_log]
+    attempts = [a for v in run.versions for a in v.attempts]
     assert sum(a.input_tokens or 0 for a in attempts) == stats["prompt_tokens"]
 
 
@@ -63,9 +63,9 @@ async def test_the_run_is_billed_what_the_server_counted(fanout: str) -> None:
         stats = server.stats(log=False)
     assert [v.status for v in run.versions] == ["ok"] * 3
     assert_billed_as_the_server_counted(run, stats)
-    refused = next(v for v in run.versions if v.attempt_log[0].status_code == 429)
-    assert refused.attempt_log[0].input_tokens == 0  # a refused request costs nothing
-    assert refused.attempt_log[0].cost == 0.0
+    refused = next(v for v in run.versions if v.attempts[0].status_code == 429)
+    assert refused.attempts[0].input_tokens == 0  # a refused request costs nothing
+    assert refused.attempts[0].cost == 0.0
     assert run.cost == pytest.approx(
         (stats["prompt_tokens"] * 2.0 + stats["completion_tokens"] * 8.0) / 1e6
     )
@@ -106,7 +106,7 @@ async def test_a_cut_stream_is_billed_an_estimate_that_matches_the_server() -> N
         )
         stats = server.stats()
     assert [e["outcome"] for e in stats["log"]] == ["disconnect", "ok"]
-    cut, kept = run.versions[0].attempt_log
+    cut, kept = run.versions[0].attempts
     # openai 3.x reports a cut mid-stream as a dropped connection.
     assert (cut.error_type, cut.usage_estimated, kept.usage_estimated) == (
         "ConnectionFailed",
@@ -149,13 +149,13 @@ async def test_a_server_refusing_n_is_remembered_per_model_and_said_once(
         stats = server.stats()
     for run in (first, second, other_model):
         assert all(v.ok for v in run.versions)
-    refusal = first.versions[0].attempt_log[0]
+    refusal = first.versions[0].attempts[0]
     assert (refusal.error_type, refusal.status_code, refusal.input_tokens) == (
         "FanoutRefused",
         400,
         0,
     )
-    assert [v.attempts for v in second.versions] == [1, 1, 1]  # not asked with n again
+    assert [v.attempt_count for v in second.versions] == [1, 1, 1]  # not asked with n again
     assert [e["choices"] for e in stats["log"]] == [3, 1, 1, 1, 1, 1, 1, 2, 1, 1]
     said = [r for r in caplog.records if "refused n > 1" in r.getMessage()]
     assert len(said) == 2  # once for each model
@@ -176,7 +176,7 @@ async def test_usage_is_stored_and_framed(tmp_path: Any) -> None:
     loaded = load_run(run.run_id, store=store)
     assert [v.input_tokens for v in loaded.versions] == [300, 300]
     assert loaded.cost == pytest.approx(run.cost)
-    assert loaded.versions[0].attempt_log[0].choices == 2
+    assert loaded.versions[0].attempts[0].choices == 2
     versions = recorder.versions_frame()
     assert versions["input_tokens"].tolist() == [300, 300]
     assert versions["cost"].sum() == pytest.approx(run.cost)
@@ -267,7 +267,7 @@ async def test_a_book_job_shows_its_cost_so_far_and_projected() -> None:
 
 def test_the_projection_adds_the_mean_finished_unit_for_each_unit_left() -> None:
     def stored(status: str, cost: float | None) -> Version:
-        return Version(index=1, status=status, attempt_log=[Attempt(1, 0.0, 1.0, cost=cost)])  # type: ignore[arg-type]
+        return Version(index=1, status=status, attempts=[Attempt(1, 0.0, 1.0, cost=cost)])  # type: ignore[arg-type]
 
     units = [stored("ok", 0.10), stored("failed", 0.20), stored("cancelled", 0.05)]
     spent, projected = _projection(units, 6)

@@ -311,9 +311,9 @@ def test_workers_without_the_notebooks_store(
         for v in versions:
             unit = (f"{job.job_id}-ch{chapter}", v.index)
             if (chapter, v.index) in killed:  # cut short by the kill, then done once more
-                assert v.attempts <= paid[unit] <= v.attempts + 1, unit
+                assert v.attempt_count <= paid[unit] <= v.attempt_count + 1, unit
             else:  # paid for exactly the attempts its result shows
-                assert paid[unit] == v.attempts, unit
+                assert paid[unit] == v.attempt_count, unit
 
     frame = job.frame()
     assert list(frame["status"]) == ["ok"] * 9

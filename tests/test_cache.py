@@ -50,8 +50,8 @@ def assert_served_from_cache(first: Run, second: Run) -> None:
         assert cached.output_tokens == fresh.output_tokens
         # Marked honestly: no request, no attempt, no timings that could pass as one.
         assert cached.cached and cached.key_id is None
-        assert cached.attempts == 0
-        assert cached.attempt_log == []
+        assert cached.attempt_count == 0
+        assert cached.attempts == []
         assert cached.duration_s is None
         assert cached.ttft_s is None
         assert cached.queue_wait_s is None
@@ -82,7 +82,7 @@ async def test_second_identical_run_is_served_from_the_cache(tmp_path: Path) -> 
     assert_served_from_cache(first, second)
     # A cached version adds nothing to the timing metrics.
     assert second.avg_per_version_s is None
-    assert second.summary()["attempts"] == 0
+    assert second.summary()["attempt_count"] == 0
     cache.close()
 
 

@@ -85,10 +85,11 @@ def test_json_output_has_the_contract_keys(tmp_path: Path) -> None:
         "duration_s",
         "output_tokens",
         "attempts",
+        "attempt_count",
     }
     assert [v["index"] for v in data["versions"]] == [1, 2, 3]
     # Versions are Version.to_dict(metrics=True): every field, so they read back as Versions.
-    assert {"attempt_log", "cached", "key_id", "title"} <= set(data["versions"][0])
+    assert {"attempts", "cached", "key_id", "title"} <= set(data["versions"][0])
     back = Run.from_dict(data)
     assert [v.content for v in back.versions] == [v["content"] for v in data["versions"]]
     assert "v1/3 done" in result.stderr  # live progress goes to stderr
@@ -169,7 +170,7 @@ def test_all_failed_exits_3_with_json_and_advice_and_no_key(tmp_path: Path) -> N
     data = json.loads(result.stdout)
     assert data["failed"] == 2 and data["ok"] == 0
     assert all(v["status"] == "failed" and v["content"] is None for v in data["versions"])
-    assert all(v["attempts"] == 3 for v in data["versions"])  # connection errors are retried
+    assert all(v["attempt_count"] == 3 for v in data["versions"])  # connection errors are retried
     assert "Check the network and the API configuration" in result.stderr
     assert SENTINEL not in result.stdout + result.stderr
 

@@ -56,7 +56,7 @@ def shown(widget: widgets.HTML) -> str:
     return text_of(widget.value)
 
 
-def panel_note(w: VersionsWidget, index: int) -> str:
+def panel_note(w: VersionsWidget, index: int | tuple[int, int]) -> str:
     """What the note under panel ``index``'s buttons says."""
     return text_of(w.panel(index).note)
 
@@ -313,34 +313,31 @@ async def test_judge_text_is_escaped_in_the_pairwise_verdict(tmp_path: Path) -> 
 
 # -- stale state (issue #11 item 7) --------------------------------------------------------
 @pytest.mark.looptime
-async def test_a_retry_drops_the_verdict_and_diffs_of_the_retried_version(
+async def test_a_retry_keeps_the_verdict_and_an_edit_drops_what_described_it(
     tmp_path: Path,
 ) -> None:
     w = make(tmp_path, simulated_judge(**FAST))  # type: ignore[arg-type]
     await w.generate("p")
     await w.evaluate()
     assert "Best: version" in shown(w.compare.output)
-    await w.retry(2, "shorter")
+    await w.retry(2, "shorter")  # a new, linked version: the judged texts are unchanged
+    assert w.compare.evaluation is not None and "Best: version" in shown(w.compare.output)
+    w.edit(3, "An edited third version.")  # an edit changes a judged text
     assert w.compare.evaluation is None and w.compare.output.value == ""
     assert shown(w.compare.note) == (
-        "Version 2 changed, so what was shown here was dropped: press Evaluate for a new verdict."
+        "Version 3 changed, so what was shown here was dropped: press Evaluate for a new verdict."
     )
 
-    w.compare.diff_a.value, w.compare.diff_b.value = 1, 3
-    w.compare.diff_button.click()
-    diff_1_3 = w.compare.output.value
-    assert "Version 1 → Version 3" in shown(w.compare.output)
-    await w.retry(2)  # the diff shown is not about version 2: it stays
-    assert w.compare.output.value == diff_1_3
-
-    w.diff(1, 2)
-    await w.retry(2)
+    w.diff(1, (2, 1))
+    diff = w.compare.output.value
+    assert "Version 1 → Version 2 · retry 1" in shown(w.compare.output)
+    w.edit(3, "Edited again.")  # the diff shown is not about version 3: it stays
+    assert w.compare.output.value == diff
+    w.edit((2, 1), "An edited retry.")  # an edit of a diffed text drops the diff
     assert w.compare.output.value == ""
-    assert shown(w.compare.note).endswith("press Diff again.")
-
-    await w.evaluate()
-    w.edit(3, "An edited third version.")  # an edit changes a judged text too
-    assert w.compare.evaluation is None and w.compare.output.value == ""
+    assert shown(w.compare.note) == (
+        "Version 2 · retry 1 changed, so what was shown here was dropped: press Diff again."
+    )
 
 
 @pytest.mark.looptime
@@ -373,16 +370,22 @@ async def test_the_diff_choices_survive_evaluate_and_retry(tmp_path: Path) -> No
 
 
 @pytest.mark.looptime
-async def test_a_choice_that_is_no_longer_done_falls_back(tmp_path: Path) -> None:
+async def test_a_retry_is_offered_in_a_and_b_once_done_and_the_choices_stay(
+    tmp_path: Path,
+) -> None:
     llm = SimulatedLLM(**FAST, fail_versions=[3])  # type: ignore[arg-type]
     w = make(tmp_path, llm)
     await w.generate("p")
     assert [label for label, _ in w.compare.diff_b.options] == ["Version 1", "Version 2"]
     w.compare.diff_a.value, w.compare.diff_b.value = 2, 1
-    llm.fail_versions = [2]
-    await w.retry(2)  # version 2 fails now: A falls back, B keeps version 1 apart from it
-    assert [label for label, _ in w.compare.diff_a.options] == ["Version 1"]
-    assert (w.compare.diff_a.value, w.compare.diff_b.value) == (1, 1)
+    await w.retry(3)  # version 3 fails again: its retry is not done, nothing new to offer
+    assert w.panel((3, 1)).status == "failed"
+    assert [label for label, _ in w.compare.diff_a.options] == ["Version 1", "Version 2"]
+    llm.fail_versions = []
+    await w.retry(3)
+    labels = [label for label, _ in w.compare.diff_a.options]
+    assert labels == ["Version 1", "Version 2", "Version 3 · retry 2"]
+    assert (w.compare.diff_a.value, w.compare.diff_b.value) == (2, 1)
 
 
 # -- errors in words (issue #11 item 9, issue #12 wrong-state errors) --------------------
@@ -412,7 +415,7 @@ async def test_action_errors_say_what_to_do_where_the_action_started(tmp_path: P
     w.generate_button.click()
     assert shown(w.message) == "A run is already in progress: press Stop or wait for it to end"
     await retry
-    assert panel_note(w, 1) == "Regenerated: done."
+    assert panel_note(w, (1, 1)) == "Retry of version 1: done."
 
     for text in (note, panel_note(w, 2), panel_note(w, 3), shown(w.message)):
         assert not re.search(r"Error\b|action failed|Traceback", text), text
@@ -431,6 +434,7 @@ async def test_a_failing_retry_ends_its_busy_state_and_says_why_on_the_panel(
         f"Retry failed: cannot open the run store {tmp_path} (ARBORIS_STORE)"
     )
     assert not w.busy and not w.panel(2).retry_button.disabled
+    assert [p.key for p in w.panels] == [1, 2, 3]  # the retry never began: no panel for it
 
 
 @pytest.mark.looptime

@@ -61,10 +61,11 @@ async def test_retry_of_an_ok_version_is_stored_as_a_linked_run(
     )
     before = [v.content for v in run.versions]
     new = await retry_version(run, 2, "Write", instruction="more rain", llm=llm, store=path)
-    # In memory the new version takes the old one's place.
-    assert run.versions[1] is new and new.ok and new.index == 2
-    assert new.content != before[1]
-    assert [run.versions[0].content, run.versions[2].content] == [before[0], before[2]]
+    # In memory the new version is a linked one: the original keeps its place.
+    assert new.ok and new.index == 2 and new.content != before[1]
+    assert [v.content for v in run.versions] == before
+    assert [r.versions for r in run.retries] == [[new]]
+    assert run.retries[0].parent_run_id == run.run_id and run.retries[0].parent_index == 2
     request = llm.calls[-1]
     retry_id = request.run_id
     assert re.fullmatch(rf"{run.run_id}-retry-[0-9a-f]{{12}}", retry_id)
@@ -97,7 +98,7 @@ async def test_retry_with_the_store_off_stores_nothing(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite3"
     run = await generate_versions("Write", settings=WriterSettings(2), llm=fast(), store=path)
     new = await retry_version(run, 1, "Write", llm=fast(), store=False)
-    assert run.versions[0] is new and new.ok
+    assert run.retries[0].versions == [new] and new.ok and run.versions[0] is not new
     assert list(list_runs(store=path)["run_id"]) == [run.run_id]
 
 
@@ -158,8 +159,8 @@ async def test_an_edit_after_a_retry_goes_to_the_retry_run(tmp_path: Path) -> No
     path = tmp_path / "runs.sqlite3"
     run = await generate_versions("Write", settings=WriterSettings(2), llm=fast(), store=path)
     original = run.versions[1].content
-    await retry_version(run, 2, "Write", instruction="again", llm=fast(), store=path)
-    edit_version(run.versions[1], "Edited retry.", run=run, store=path)
+    new = await retry_version(run, 2, "Write", instruction="again", llm=fast(), store=path)
+    edit_version(new, "Edited retry.", run=run, store=path)
     retry_id = retries_of(run.run_id, store=path)["run_id"][0]
     assert load_run(retry_id, store=path).versions[0].content == "Edited retry."
     parent = load_run(run.run_id, store=path).versions[1]

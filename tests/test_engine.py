@@ -107,7 +107,7 @@ async def test_one_failing_version_never_stops_the_others() -> None:
     assert failed.content is None
     assert failed.error_type == "AuthError" and "version 2" in (failed.error or "")
     assert failed.display_text().startswith("Generation failed: ")
-    assert failed.attempts == 1  # an auth error is not retried
+    assert failed.attempt_count == 1  # an auth error is not retried
     assert run.elapsed_s == pytest.approx(L)
 
 
@@ -127,13 +127,13 @@ async def test_transient_failures_are_retried_and_recorded() -> None:
     retry = RetryPolicy(attempts=6, base_delay_s=1.0, jitter=0.0)
     run = await generate_versions("p", settings=settings(6, c=6), llm=llm, retry=retry)
     assert all(v.ok for v in run.versions)
-    retried = [v for v in run.versions if v.attempts > 1]
+    retried = [v for v in run.versions if v.attempt_count > 1]
     assert retried, "with fail_rate=0.5 some version must need a retry"
     for v in retried:
-        assert [a.number for a in v.attempt_log] == list(range(1, v.attempts + 1))
-        assert all(a.error_type == "ServerError" for a in v.attempt_log[:-1])
-        assert v.attempt_log[-1].error_type is None
-        assert v.retry_wait_s == pytest.approx(sum(2**i for i in range(v.attempts - 1)))
+        assert [a.number for a in v.attempts] == list(range(1, v.attempt_count + 1))
+        assert all(a.error_type == "ServerError" for a in v.attempts[:-1])
+        assert v.attempts[-1].error_type is None
+        assert v.retry_wait_s == pytest.approx(sum(2**i for i in range(v.attempt_count - 1)))
     frame = run.to_frame()
     assert frame.loc[frame["attempts"] > 1, "retried"].all()
     assert not frame.loc[frame["attempts"] == 1, "retried"].any()
@@ -260,7 +260,7 @@ async def test_stall_is_abandoned_and_retried_without_mixing_text() -> None:
     )
     (version,) = run.versions
     assert version.content == "clean text"
-    assert version.attempts == 2 and version.attempt_log[0].error_type == "BackendTimeout"
+    assert version.attempt_count == 2 and version.attempts[0].error_type == "BackendTimeout"
     assert run.elapsed_s == pytest.approx(5.0 + 1.0 + 1 / 200)  # stall, backoff, 1 more token
 
 

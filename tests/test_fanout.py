@@ -100,7 +100,7 @@ async def test_one_request_bills_the_prompt_once_and_writes_the_same_versions() 
     assert shared.output_tokens == apart.output_tokens
     # Each version carries its share; the shares add up to the request's usage.
     assert [v.input_tokens for v in shared.versions] == [4, 4, 3]
-    assert all(v.attempt_log[0].choices == 3 for v in shared.versions)
+    assert all(v.attempts[0].choices == 3 for v in shared.versions)
     assert shared.cost == pytest.approx(
         (PROMPT_TOKENS * 2.0 + shared.output_tokens * 8.0) / 1e6  # type: ignore[operator]
     )
@@ -144,8 +144,8 @@ async def test_a_choice_that_ends_badly_gets_its_own_request() -> None:
     events: list[Event] = []
     run = await generate_versions(PROMPT, settings=fan(), llm=llm, on_event=events.append)
     assert [v.status for v in run.versions] == ["ok", "ok", "ok"]
-    assert [v.attempts for v in run.versions] == [1, 2, 1]
-    first, second = run.versions[1].attempt_log
+    assert [v.attempt_count for v in run.versions] == [1, 2, 1]
+    first, second = run.versions[1].attempts
     assert (first.error_type, first.choices, second.choices) == ("ServerError", 3, 1)
     assert [(c.n, c.version_index, c.attempt) for c in llm.calls] == [(3, 1, 1), (1, 2, 2)]
     # The request itself was fine: no retry wait before asking again.
@@ -161,7 +161,7 @@ async def test_failure_stays_per_version() -> None:
         PROMPT, settings=fan(), llm=model(fail_versions={3}), raise_on_all_failed=False
     )
     assert [v.status for v in run.versions] == ["ok", "ok", "failed"]
-    assert run.versions[2].attempts == 3  # the shared request, then its own retries
+    assert run.versions[2].attempt_count == 3  # the shared request, then its own retries
 
 
 @pytest.mark.looptime
@@ -176,7 +176,7 @@ async def test_cancel_keeps_the_choices_that_ended() -> None:
     assert [v.status for v in run.versions] == ["ok", "cancelled", "cancelled"]
     assert run.versions[0].content == "a b"
     # Cut before the usage came: billed the chunks streamed, labelled an estimate.
-    attempts = [v.attempt_log[0] for v in run.versions]
+    attempts = [v.attempts[0] for v in run.versions]
     assert all(a.usage_estimated for a in attempts)
     assert [a.output_tokens for a in attempts] == [2, 5, 5]
     assert attempts[1].error_type == "CancelledError"

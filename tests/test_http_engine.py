@@ -53,5 +53,5 @@ async def test_a_rejected_version_leaves_the_others_ok() -> None:
         )
     assert [v.status for v in run.versions] == ["ok", "failed", "ok"]
     failed = run.versions[1]
-    assert failed.error_type == "BadRequest" and failed.attempts == 1
+    assert failed.error_type == "BadRequest" and failed.attempt_count == 1
     assert "HTTP 400" in (failed.error or "")

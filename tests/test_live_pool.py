@@ -112,7 +112,7 @@ async def test_a_surplus_version_keeps_its_partial_text_and_counts_as_waste() ->
     extra = run.versions[3]
     assert extra.status == "cancelled" and extra.cancel_reason == "surplus"
     assert extra.partial is not None and extra.partial.startswith("k k")
-    streamed = extra.attempt_log[0].output_tokens
+    streamed = extra.attempts[0].output_tokens
     assert streamed == extra.output_tokens == len(extra.partial.split())
     assert streamed in (9, 10)  # tokens at 1.0, 1.1 … 1.9 s; the last ties with the finish
     assert extra.wasted_tokens == streamed
@@ -184,7 +184,7 @@ async def test_stopping_a_queued_version_sends_no_request() -> None:
     assert handle.run.versions[2].status == "cancelled"  # at once, not at the next step
     run = await handle
     assert [c.version_index for c in llm.calls] == [1, 2]
-    assert run.versions[2].attempts == 0 and run.versions[2].partial is None
+    assert run.versions[2].attempt_count == 0 and run.versions[2].partial is None
     assert run.elapsed_s == pytest.approx(L)
 
 
@@ -326,8 +326,8 @@ async def test_a_hedge_beats_a_straggler_and_the_loser_is_cancelled() -> None:
     assert run.elapsed_s == pytest.approx(1.5 + L)
     version = run.versions[1]
     assert version.ok and version.hedged and version.hedge_won
-    assert version.attempts == 1  # a hedge is not a retry
-    primary, hedge = version.attempt_log
+    assert version.attempt_count == 1  # a hedge is not a retry
+    primary, hedge = version.attempts
     assert primary.lost and primary.finished_at == pytest.approx(1.5 + L)
     assert hedge.hedge and not hedge.lost
     assert version.ttft_s == pytest.approx(1.0)  # of the hedge, whose text was kept
@@ -348,7 +348,7 @@ async def test_when_the_original_wins_the_hedge_is_cancelled_and_its_tokens_coun
     # Its hedge starts at 1.2 s and would end at 3.1 s: it loses, cancelled at 2.85 s.
     run = await one_slow_version(1.5, hedge_after_s=1.2)
     version = run.versions[0]
-    primary, hedge = version.attempt_log
+    primary, hedge = version.attempts
     assert version.ok and version.hedged and not version.hedge_won
     assert run.elapsed_s == pytest.approx(2.85)
     assert hedge.lost and hedge.finished_at == pytest.approx(2.85)
@@ -371,7 +371,7 @@ async def test_a_losing_hedge_is_billed_and_its_cost_is_waste() -> None:
         prices={"simulated": price},
     )
     version = run.versions[0]
-    primary, hedge = version.attempt_log
+    primary, hedge = version.attempts
     assert not primary.usage_estimated and primary.output_tokens == 10  # the server's usage
     prompt = primary.input_tokens
     assert prompt is not None and prompt > 0
@@ -393,7 +393,7 @@ async def test_a_surplus_version_is_billed_before_the_store_hears_it_was_cancell
 
     def on_event(event: Event) -> None:
         if isinstance(event, VersionCancelled):  # what a subscriber (the store) sees
-            billed_when_cancelled.append(event.version.attempt_log[-1].cost)
+            billed_when_cancelled.append(event.version.attempts[-1].cost)
 
     run = await generate_versions(
         "p",
@@ -404,7 +404,7 @@ async def test_a_surplus_version_is_billed_before_the_store_hears_it_was_cancell
         on_event=on_event,
     )
     extra = run.versions[3]
-    attempt = extra.attempt_log[0]
+    attempt = extra.attempts[0]
     prompt = run.versions[0].input_tokens
     assert prompt is not None
     assert attempt.usage_estimated and attempt.output_tokens == extra.output_tokens
@@ -429,7 +429,7 @@ async def test_when_the_hedge_wins_what_the_original_streamed_is_waste() -> None
     # (from 1.45 s) is done at 3.35 s, when the original has sent 7 tokens (2.0 … 3.2 s).
     run = await one_slow_version(2.0, hedge_after_s=1.45)
     version = run.versions[0]
-    primary, _ = version.attempt_log
+    primary, _ = version.attempts
     assert version.hedge_won and primary.lost
     assert run.elapsed_s == pytest.approx(3.35)
     assert primary.output_tokens == 7 and version.wasted_tokens == 7
@@ -441,7 +441,7 @@ async def test_a_hedge_never_exceeds_the_limit_and_waits_for_a_slot() -> None:
     counted = Concurrency(model(stragglers={2}))
     run = await hedged(counted, 3, c=3, hedge_after_s=1.5)
     assert counted.peak == 3
-    hedge = run.versions[1].attempt_log[1]
+    hedge = run.versions[1].attempts[1]
     assert hedge.hedge and hedge.started_at == pytest.approx(L)  # when version 1 finished
     assert run.elapsed_s == pytest.approx(2 * L)
 
@@ -453,8 +453,8 @@ async def test_a_version_is_hedged_at_most_once_even_across_retries() -> None:
     llm = model(straggler_rate=1.0, straggler_factor=3.0)
     run = await hedged(llm, hedge_after_s=0.5, stall_s=2.5)
     version = run.versions[0]
-    assert version.status == "failed" and version.attempts == 3
-    assert [(a.number, a.hedge, a.error_type) for a in version.attempt_log] == [
+    assert version.status == "failed" and version.attempt_count == 3
+    assert [(a.number, a.hedge, a.error_type) for a in version.attempts] == [
         (1, False, "BackendTimeout"),
         (1, True, "BackendTimeout"),
         (2, False, "BackendTimeout"),
@@ -482,7 +482,7 @@ async def test_stopping_a_hedged_version_cancels_both_requests() -> None:
     assert counted.now == 0
     run = await handle
     assert run.versions[0].status == "cancelled"
-    assert all(a.finished_at == pytest.approx(1.2) for a in run.versions[0].attempt_log)
+    assert all(a.finished_at == pytest.approx(1.2) for a in run.versions[0].attempts)
 
 
 @pytest.mark.looptime
@@ -490,7 +490,7 @@ async def test_the_hedge_delay_follows_the_runs_own_ttft_quantile() -> None:
     # Five versions, the fifth a straggler: once three first tokens are seen (all at 1 s),
     # the 0.9 quantile is 1 s and the straggler is hedged then — no fixed delay needed.
     run = await hedged(model(stragglers={5}), 5, c=6, hedge_quantile=0.9)
-    hedge = run.versions[4].attempt_log[1]
+    hedge = run.versions[4].attempts[1]
     assert hedge.hedge and hedge.started_at == pytest.approx(1.0)
     assert run.elapsed_s == pytest.approx(1.0 + L)
 

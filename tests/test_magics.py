@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-from arboris_nb import Run, SimulatedLLM, VersionsWidget
+from arboris_nb import Run, SimulatedLLM, VersionsWidget, WriterSettings, simulated_judge
 
 
 @pytest.fixture(scope="module")
@@ -111,4 +111,24 @@ def test_unload_removes_the_magic(shell: InteractiveShell) -> None:
     assert "arboris" in shell.magics_manager.magics["cell"]
     shell.run_line_magic("unload_ext", "arboris_nb")
     assert "arboris" not in shell.magics_manager.magics["cell"]
+    assert "arboris" not in shell.magics_manager.magics["line"]
     shell.run_line_magic("load_ext", "arboris_nb")  # the fixture unloads it again
+
+
+@pytest.mark.looptime
+async def test_load_reopens_a_stored_run_and_an_unknown_id_is_a_usage_error(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = VersionsWidget(llm=simulated_judge(), settings=WriterSettings(version_count=2))
+    run = await w.generate("p")  # stored in the test's ARBORIS_STORE
+    w.select(2)
+    result = shell.run_cell(f"%arboris --load {run.run_id} -o ch")
+    assert result.success, result.error_in_exec
+    loaded = shell.user_ns["ch_widget"]
+    assert loaded.selected_key == 2 and shell.user_ns["ch"].run_id == run.run_id
+    assert [p.text for p in loaded.panels] == [v.content for v in run.versions]
+    assert "VersionsWidget(versions=2, model='simulated')" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no run 'nope' in the run store"):
+        shell.run_line_magic("arboris", "--load nope")
+    with pytest.raises(UsageError, match="takes --load RUN_ID"):
+        shell.run_line_magic("arboris", "-n 2")

@@ -359,7 +359,7 @@ async def test_behind_a_litellm_proxy_the_retry_waits_the_providers_second(
     )
     (version,) = run.versions
     assert version.ok
-    first = version.attempt_log[0]
+    first = version.attempts[0]
     assert (first.status_code, first.retry_after_s) == (429, 1.0)
-    second = version.attempt_log[1]
+    second = version.attempts[1]
     assert second.started_at - (first.finished_at or 0.0) >= 1.0

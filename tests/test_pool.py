@@ -81,7 +81,7 @@ async def test_a_rate_limited_key_cools_down_and_is_skipped() -> None:
     assert ("3", "1", b, 200) in log
     assert all(key == b for ver, _, key, _ in log[1:] if ver != "1")
     assert [v.status for v in result.versions] == ["ok"] * 3
-    assert result.versions[0].attempts == 2
+    assert result.versions[0].attempt_count == 2
 
 
 def served_by_url(url: str) -> list[tuple[str, str, str | None, int]]:
@@ -100,7 +100,7 @@ async def test_a_refused_key_fails_over_at_once_and_stays_benched() -> None:
         log = served_by_url(url)
     a, b = mask_key(KEY_A), mask_key(KEY_B)
     assert [v.status for v in result.versions] == ["ok"] * 4
-    assert [v.attempts for v in result.versions] == [1] * 4  # failover is not a retry
+    assert [v.attempt_count for v in result.versions] == [1] * 4  # failover is not a retry
     assert {v.key_id for v in result.versions} == {b}
     assert [status for _, _, key, status in log if key == a] == [401]
     assert pool.status()[0]["auth_failed"] is True
@@ -115,7 +115,8 @@ async def test_every_key_refused_is_one_clear_error(mock: MockServer) -> None:
     message = str(caught.value)
     assert "OPENAI_API_KEYS" in message or "OPENAI_API_KEY" in message
     assert KEY_A not in message and KEY_B not in message
-    assert all(v.error_type == "AuthError" and v.attempts == 1 for v in caught.value.run.versions)
+    versions = caught.value.run.versions
+    assert all(v.error_type == "AuthError" and v.attempt_count == 1 for v in versions)
 
 
 async def test_endpoint_pool_least_busy_spreads_over_servers() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
+from arboris_nb.decisions import Decision
 from arboris_nb.results import (
     EDITOR_FIELDS,
     FINAL,
@@ -33,8 +34,7 @@ def full_version() -> Version:
         tokens_from_usage=True,
         input_tokens=40,
         cached_input_tokens=8,
-        attempts=2,
-        attempt_log=[
+        attempts=[
             Attempt(1, 1.0, 1.2, "StreamInterrupted", None, 0.3, 0.25, 40, None, 5, True),
             Attempt(
                 2,
@@ -53,6 +53,7 @@ def full_version() -> Version:
         cancel_reason="surplus",
         hedged=True,
         hedge_won=True,
+        notes="more rain; she hesitates at the door",
         edited=True,
         original_content="generated",
     )
@@ -68,7 +69,7 @@ def test_a_version_survives_json_both_ways() -> None:
     version = full_version()
     text = json.dumps(version.to_dict())
     assert Version.from_dict(json.loads(text)) == version
-    assert isinstance(version.to_dict()["attempt_log"][0], dict)
+    assert isinstance(version.to_dict()["attempts"][0], dict)
 
 
 def test_editor_false_leaves_out_the_editors_fields() -> None:
@@ -83,6 +84,7 @@ def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
     version = full_version()
     data = version.to_dict(metrics=True)
     assert {name: data[name] for name in VERSION_METRICS} == {
+        "attempt_count": 2,  # the hedge duplicates attempt 2: it is not one
         "queue_wait_s": 0.5,
         "ttft_s": 0.0,  # the kept attempt started at 1.5, its first token too
         "duration_s": 2.0,
@@ -97,8 +99,26 @@ def test_metrics_are_added_for_reading_and_ignored_when_read_back() -> None:
 
 def test_unknown_keys_from_a_newer_writer_are_ignored() -> None:
     data = {**full_version().to_dict(), "usage_cost_usd": 0.02}
-    data["attempt_log"][0]["region"] = "eu"
+    data["attempts"][0]["region"] = "eu"
     assert Version.from_dict(data) == full_version()
+
+
+def test_a_dict_from_before_the_rename_reads_back() -> None:
+    # Stored Redis records and exported JSON from earlier versions: "attempts" was the
+    # count and "attempt_log" the list.
+    old = full_version().to_dict(metrics=True)
+    old["attempt_log"], old["attempts"] = old["attempts"], 2
+    del old["attempt_count"]
+    back = Version.from_dict(old)
+    assert back == full_version()
+    assert (back.attempt_count, [a.hedge for a in back.attempts]) == (2, [False, False, True])
+    assert Version.from_dict({"index": 1, "attempts": 0}).attempts == []
+
+
+def test_the_attempt_count_leaves_out_hedges() -> None:
+    hedged = Version(1, attempts=[Attempt(1, 0.0), Attempt(1, 0.5, hedge=True)])
+    assert hedged.attempt_count == 1
+    assert Version(1).attempt_count == 0  # cached, or cancelled before it started
 
 
 def test_a_run_round_trips_with_its_versions() -> None:
@@ -116,6 +136,11 @@ def test_a_run_round_trips_with_its_versions() -> None:
         parent_index=3,
         keep=1,
         extra_versions=1,
+        decisions=[
+            Decision("notes", 1.0, 2, None, {"notes": "n"}),
+            Decision("select", 2.0, 2, "r1-retry-1", {}),
+        ],
+        retries=[Run("r1-retry-1", [full_version()], parent_run_id="r1", parent_index=2)],
     )
     plain = json.loads(json.dumps(run.to_dict()))
     assert Run.from_dict(plain) == run

@@ -218,7 +218,7 @@ async def test_list_and_export(tmp_path: Path) -> None:
     document = json.loads(export_run(b.run_id, "json", store=path))
     assert document["run"]["run_id"] == b.run_id
     assert [v["status"] for v in document["versions"]] == ["failed", "ok"]
-    assert len(document["versions"][0]["attempt_log"]) == 3
+    assert len(document["versions"][0]["attempts"]) == 3
 
     out = tmp_path / "b.csv"
     text = export_run(b.run_id, "csv", out, store=path)

@@ -74,15 +74,15 @@ async def test_transient_statuses_are_retried_and_recorded(status: int, error_ty
         log = log_of(server)
     (version,) = run.versions
     assert version.status == "ok"
-    assert version.attempts == 2
-    first = version.attempt_log[0]
+    assert version.attempt_count == 2
+    first = version.attempts[0]
     assert (first.status_code, first.error_type) == (status, error_type)
     assert first.wait_s > 0
     assert [(e["attempt"], e["status"]) for e in log] == [("1", status), ("2", 200)]
     row = run.to_frame().iloc[0]
     assert (row["attempts"], bool(row["retried"])) == (2, True)
     assert row["retry_wait_s"] == pytest.approx(first.wait_s)
-    assert run.summary()["attempts"] == 2
+    assert run.summary()["attempt_count"] == 2
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ async def test_client_errors_are_not_retried_and_say_what_to_fix(status: int, ad
         log = log_of(server)
     (version,) = run.versions
     assert version.status == "failed"
-    assert version.attempts == 1
+    assert version.attempt_count == 1
     assert len(log) == 1
     assert f"HTTP {status}" in (version.error or "")
     assert advice in (version.error or "")
@@ -114,8 +114,8 @@ async def test_attempts_are_configurable_and_all_recorded() -> None:
         run = await generate(url, retry=RetryPolicy(attempts=4, base_delay_s=0.01, seed=1))
     (version,) = run.versions
     assert version.status == "failed"
-    assert [a.status_code for a in version.attempt_log] == [500] * 4
-    assert [a.wait_s > 0 for a in version.attempt_log] == [True, True, True, False]
+    assert [a.status_code for a in version.attempts] == [500] * 4
+    assert [a.wait_s > 0 for a in version.attempts] == [True, True, True, False]
     assert version.error_type == "ServerError"
 
 
@@ -125,7 +125,7 @@ async def test_default_policy_makes_three_attempts() -> None:
     with server as url:
         run = await generate(url, retry=RetryPolicy(base_delay_s=0.01, seed=1))
         assert len(log_of_url(url)) == 3
-    assert run.versions[0].attempts == 3
+    assert run.versions[0].attempt_count == 3
 
 
 async def wait_until_idle(server: MockServer, within_s: float = 5.0) -> None:
@@ -154,8 +154,8 @@ async def test_read_timeouts_are_retried() -> None:
         await wait_until_idle(server)
     (version,) = run.versions
     assert version.status == "failed"
-    assert version.attempts == 3
-    assert {a.error_type for a in version.attempt_log} == {"BackendTimeout"}
+    assert version.attempt_count == 3
+    assert {a.error_type for a in version.attempts} == {"BackendTimeout"}
     assert stats["requests"] == 3
 
 
@@ -174,10 +174,10 @@ async def test_mid_stream_disconnects_are_retried_without_mixing_text() -> None:
     assert [v.content for v in run.versions] == [v.content for v in reference.versions]
     for entry in cut:
         version = run.versions[int(entry["version"]) - 1]
-        assert version.attempts > int(entry["attempt"])
-        failed = version.attempt_log[int(entry["attempt"]) - 1]
+        assert version.attempt_count > int(entry["attempt"])
+        failed = version.attempts[int(entry["attempt"]) - 1]
         assert failed.error_type in {"StreamInterrupted", "ConnectionFailed"}
-    assert sum(v.attempts for v in run.versions) == len(log)
+    assert sum(v.attempt_count for v in run.versions) == len(log)
 
 
 # -- Retry-After and slots (real HTTP) ----------------------------------------------------
@@ -191,7 +191,7 @@ async def test_retry_never_comes_before_retry_after() -> None:
     assert [e["status"] for e in log] == [429, 429, 200]
     for before, after in itertools.pairwise(log):
         assert after["arrival_s"] - before["end_s"] >= 0.4
-    assert [a.retry_after_s for a in run.versions[0].attempt_log[:2]] == [0.4, 0.4]
+    assert [a.retry_after_s for a in run.versions[0].attempts[:2]] == [0.4, 0.4]
 
 
 async def test_a_waiting_retry_holds_no_slot_and_the_gate_holds_everyone() -> None:
@@ -286,7 +286,7 @@ async def test_retry_waits_exactly_retry_after_on_the_fake_clock() -> None:
     run = await generate_versions("p", settings=settings(), llm=backend, retry=policy)
     (v,) = run.versions
     assert [round(t - t0, 6) for _, _, t in backend.starts] == [0.0, 8.0]
-    assert v.attempt_log[0].wait_s == 7.0
+    assert v.attempts[0].wait_s == 7.0
     assert v.retry_wait_s == 7.0
     assert v.duration_s == pytest.approx(8.1)
 
@@ -298,10 +298,10 @@ async def test_stall_abandons_an_attempt_and_keeps_no_partial_text() -> None:
     run = await generate_versions("p", settings=settings(), llm=backend, retry=policy)
     (v,) = run.versions
     assert v.content == "clean text."
-    first = v.attempt_log[0]
+    first = v.attempts[0]
     assert first.error_type == "BackendTimeout"
     assert first.finished_at == pytest.approx(1.1)  # last token at 0.1 s, then 1 s of silence
-    assert v.attempt_log[1].started_at == pytest.approx(1.6)
+    assert v.attempts[1].started_at == pytest.approx(1.6)
     assert v.ttft_s == pytest.approx(0.1)  # of the kept attempt, not the abandoned one
 
 
@@ -316,7 +316,7 @@ async def test_deadline_caps_the_whole_version() -> None:
     assert v.status == "failed" and v.error_type == "BackendTimeout"
     assert "deadline of 3 s" in (v.error or "")
     assert v.finished_at == pytest.approx(3.0)
-    assert v.attempts == 1
+    assert v.attempt_count == 1
 
 
 @pytest.mark.looptime
@@ -328,7 +328,7 @@ async def test_no_retry_is_started_that_the_deadline_would_cut() -> None:
         "p", settings=settings(), llm=backend, retry=policy, raise_on_all_failed=False
     )
     (v,) = run.versions
-    assert v.attempts == 1
+    assert v.attempt_count == 1
     assert v.finished_at == pytest.approx(1.0)
     assert "RetryPolicy.deadline_s" in (v.error or "") and "HTTP 429" in (v.error or "")
 
@@ -342,7 +342,7 @@ async def test_a_clean_version_is_not_reported_as_retried() -> None:
     frame = run.to_frame()
     assert frame["retried"].any() and not frame["retried"].all()
     for row, v in zip(frame.itertuples(), run.versions, strict=True):
-        assert row.retried == (len(v.attempt_log) > 1) == (row.attempts > 1)
+        assert row.retried == (len(v.attempts) > 1) == (row.attempts > 1)
         assert (row.retry_wait_s > 0) == row.retried
     calls = {(c.version_index, c.attempt) for c in llm_.calls}
     assert len(calls) == int(frame["attempts"].sum())

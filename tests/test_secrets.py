@@ -48,7 +48,7 @@ def everything_about(run: Run) -> list[object]:
     return [
         run,
         run.versions,
-        [v.attempt_log for v in run.versions],
+        [v.attempts for v in run.versions],
         frame.to_csv(),
         frame.to_string(),
         json.dumps(run.summary(), default=str),

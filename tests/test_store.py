@@ -146,9 +146,10 @@ def test_a_version_2_store_written_by_the_old_code_is_migrated(tmp_path: Path) -
         assert (first.content, first.edited) == ("An edited text.", True)
         assert first.original_content and first.original_content.startswith("Version 1.")
         assert [v.key_id for v in run.versions] == ["simulated"] * 3
+        assert [v.attempt_count for v in run.versions] == [1, 1, 3]
         # The key id "cache" became the field of its own.
         cached = load_run("oldcached", store=store).versions
-        assert [(v.cached, v.key_id, v.attempts) for v in cached] == [(True, None, 0)] * 2
+        assert [(v.cached, v.key_id, v.attempt_count) for v in cached] == [(True, None, 0)] * 2
         assert not any(v.cached for v in run.versions)
         assert retries_of("oldrun", 2, store=store)["parent_index"].tolist() == [2]
         # The book job written before its tables were migrations reads and resumes.
@@ -157,6 +158,44 @@ def test_a_version_2_store_written_by_the_old_code_is_migrated(tmp_path: Path) -
         (raw,) = rows(path, "SELECT cached, key_id FROM versions WHERE run_id = 'oldcached' "
                       "AND idx = 1")  # fmt: skip
         assert tuple(raw) == (1, None)
+
+
+def test_a_version_4_store_reads_its_attempts_from_the_old_columns(tmp_path: Path) -> None:
+    # Schema 4 kept the count in an INTEGER "attempts" and the list in "attempt_log".
+    from arboris_nb._schema import MIGRATIONS
+
+    path = tmp_path / "runs.sqlite3"
+    old = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:  # the DDL of schema 4 (migrations never change)
+        old.executescript(script)
+    old.execute(
+        "INSERT INTO runs (run_id, created_at, updated_at, mode, version_count, indices, "
+        "max_parallel_requests, messages, status) "
+        "VALUES ('r4', 0, 0, 'parallel', 2, '[1, 2]', '3', '[]', 'complete')"
+    )
+    retried = [
+        {"number": 1, "started_at": 0.0, "finished_at": 0.5, "error_type": "ServerError"},
+        {"number": 2, "started_at": 1.0, "finished_at": 2.0},
+        {"number": 2, "started_at": 1.4, "finished_at": 2.0, "hedge": True, "lost": True},
+    ]
+    old.executemany(
+        "INSERT INTO versions (run_id, idx, status, content, attempts, attempt_log, "
+        "written_at) VALUES ('r4', ?, 'ok', 'text', ?, ?, 0)",
+        [(1, 2, json.dumps(retried)), (2, 0, "[]")],
+    )
+    old.execute("PRAGMA user_version = 4")
+    old.commit()
+    old.close()
+
+    with RunStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        first, cached = store.get_versions("r4")
+    assert [(a.number, a.hedge) for a in first.attempts] == [(1, False), (2, False), (2, True)]
+    assert (first.attempt_count, first.retry_wait_s, first.hedged) == (2, 0.0, False)
+    assert (cached.attempts, cached.attempt_count) == ([], 0)
+    assert "attempt_log" not in columns(path, "versions")
+    (row,) = rows(path, "SELECT attempts FROM versions WHERE idx = 1")
+    assert len(json.loads(row["attempts"])) == 3
 
 
 def test_a_field_without_a_column_gets_one_when_the_store_opens(tmp_path: Path) -> None:
@@ -270,14 +309,14 @@ async def test_run_row_records_the_request_and_the_outcome(tmp_path: Path) -> No
     assert failed["status"] == "failed"
     assert failed["content"] is None
     assert failed["error_type"] == "ServerError"
-    log = json.loads(failed["attempt_log"])
+    log = json.loads(failed["attempts"])
     assert [a["number"] for a in log] == [1, 2, 3]
     assert all(a["error_type"] == "ServerError" for a in log)
 
     ok = rows(path, "SELECT * FROM versions WHERE idx = 1")[0]
     assert ok["content"] == run.versions[0].content
     assert ok["key_id"] == "simulated"
-    assert ok["attempts"] == 1
+    assert len(json.loads(ok["attempts"])) == 1
     assert ok["finished_at"] == pytest.approx(run.versions[0].finished_at)
 
 

@@ -83,7 +83,7 @@ async def test_hedged_request_beats_a_straggler_over_http() -> None:
     assert version.ok and version.hedged and version.hedge_won
     # Done long before the straggler's first token (at 0.05 × 20 = 1 s after it started).
     assert version.duration_s is not None and version.duration_s < 0.05 * 20
-    primary, hedge = version.attempt_log
+    primary, hedge = version.attempts
     assert primary.lost and not hedge.lost and hedge.hedge
     assert [e["outcome"] for e in log] == ["client_closed", "ok"]  # the loser was cancelled
 

@@ -514,11 +514,12 @@ async def test_select_edit_diff_evaluate_export_and_retry(tmp_path: Path) -> Non
     old = run.versions[1].content
     w.panel(2).instruction.value = "make it rain"
     w.panel(2).retry_button.click()
-    job = next(iter(w._jobs))
-    new = await job
-    assert w.run is run and run.versions[1] is new and new.content != old
-    assert w.panel(2).text == new.content and w.panel(2).status == "done"
-    assert w.selected is None and w.panel(2).badges == ()  # the chosen text is gone
+    new = await w._retrying[(2, 1)]
+    # The retry is a new, linked version in a panel of its own; the original stays chosen.
+    assert w.run is run and run.versions[1].content == old and new.content != old
+    assert w.panel((2, 1)).text == new.content and w.panel((2, 1)).status == "done"
+    assert w.panel(2).text == old and w.selected is run.versions[1]
+    assert w.panel(2).badges == ("selected",)
     assert judge.calls[-1].messages[-1] == {"role": "user", "content": "make it rain"}
     # The store keeps both: the original run as it was, the retry as a run linked to it.
     assert load_run(run.run_id).versions[1].content == old
@@ -527,20 +528,22 @@ async def test_select_edit_diff_evaluate_export_and_retry(tmp_path: Path) -> Non
 
 
 @pytest.mark.looptime
-async def test_a_stopped_retry_shows_the_kept_text_again() -> None:
+async def test_a_stopped_retry_keeps_the_original_untouched() -> None:
     w = make(n=2)
     run = await w.generate("p")
     old = run.versions[1]
     task = w.retry(2)
-    await asyncio.sleep(0.1)  # the retry streams: the panel shows the new attempt
-    assert w.panel(2).status == "running" and w.panel(2).version is not old
+    await asyncio.sleep(0.1)  # the retry streams in its own panel; the original is as it was
+    assert w.panel((2, 1)).status == "running"
+    assert (w.panel(2).status, w.panel(2).text) == ("done", old.content)
     w.stop_button.click()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # Nothing generated is lost: the run keeps the old version, and the panel shows it.
+    # Nothing generated is lost: the run keeps the old version, and its panel shows it.
     assert run.versions[1] is old and w.panel(2).version is old
     assert (w.panel(2).status, w.panel(2).text) == ("done", old.content)
     assert w.panel(2).note == "Retry cancelled: the previous text is kept."
+    assert w.panel((2, 1)).status == "cancelled"
     assert not w.busy and not w.panel(2).retry_button.disabled
 
 

@@ -96,9 +96,10 @@ async def test_stop_on_a_panel_being_retried_stops_the_retry() -> None:
     kept = run.versions[1].content
     w.retry(2)
     await asyncio.sleep(0.1)
-    assert w.panel(2).status == "running"
-    w.panel(2).stop_button.click()
+    assert w.panel((2, 1)).status == "running" and w.panel(2).status == "done"
+    w.panel((2, 1)).stop_button.click()
     await asyncio.sleep(0.1)
+    assert w.panel((2, 1)).status == "cancelled" and not w.busy
     assert w.panel(2).status == "done" and w.panel(2).text == kept
     assert "Retry cancelled" in w.panel(2).note
 

@@ -329,7 +329,7 @@ def _version_row(rec: _Record, v: Version) -> dict[str, Any]:
         "kept": v.ok,
         "cancel_reason": v.cancel_reason,
         "hedged": v.hedged,
-        "attempts": v.attempts,
+        "attempts": v.attempt_count,
         "queued_s": v.queued_at,
         "queue_wait_s": v.queue_wait_s,
         "ttft_s": v.ttft_s,
@@ -370,7 +370,7 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         serial, source = (sum(durations) if durations else None), "estimated"
     # An adaptive limit has no fixed C, so no ideal to compare with. N: the versions kept.
     ideal = None if rec.setting == "auto" else metrics.ideal_time(run.keep_count, rec.c, mean)
-    attempts = [a for v in run.versions for a in v.attempt_log]
+    attempts = [a for v in run.versions for a in v.attempts]
     refused = sum(a.status_code == 429 for a in attempts)
     ttft = metrics.percentiles(v.ttft_s for v in ok)
     dur = metrics.percentiles(durations)
@@ -383,7 +383,7 @@ def _run_row(rec: _Record, measured_serial: float | None) -> dict[str, Any]:
         "hedges": sum(v.hedged for v in run.versions),
         "wasted_tokens": sum(v.wasted_tokens for v in run.versions),
         "wasted_cost": run.pool_summary()["wasted_cost"],
-        "attempts": sum(v.attempts for v in run.versions),
+        "attempts": sum(v.attempt_count for v in run.versions),
         "rate_limited": refused,
         "share_429": _ratio(refused, len(attempts)) if attempts else 0.0,
         "elapsed_s": elapsed,

@@ -37,7 +37,7 @@ def limit_trace(run: Run, limits: Sequence[tuple[float, int]] = ()) -> list[Trac
     """The trace of ``run``: one point per limit move, attempt start and attempt end."""
     moments: list[tuple[float, int, int]] = [(t, _LIMIT, value) for t, value in limits]
     for version in run.versions:
-        for attempt in version.attempt_log:
+        for attempt in version.attempts:
             moments.append((attempt.started_at, _START, 0))
             if attempt.finished_at is not None:
                 kind = _INSTANT_END if attempt.finished_at <= attempt.started_at else _END

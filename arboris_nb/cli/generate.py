@@ -121,8 +121,8 @@ def run_json(run: Run) -> dict[str, Any]:
     run_id, project, chapter, mode, version_count, max_parallel_requests, elapsed_s, ok,
     failed, input_tokens, output_tokens and cost (billed, every attempt; null when
     unknown) and versions, each with index, status, content, error, queue_wait_s, ttft_s,
-    duration_s, input_tokens, output_tokens, cost and attempts (and every other Version
-    field)."""
+    duration_s, input_tokens, output_tokens, cost, attempt_count and attempts (the list
+    of each request made, as ``Attempt.to_dict()``), and every other Version field."""
     return run.to_dict(metrics=True)
 
 

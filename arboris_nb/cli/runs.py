@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--limit", type=_positive("--limit"), default=20, help="default 20")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
 
-    show = actions.add_parser("show", help="one run: its versions and metrics")
+    show = actions.add_parser(
+        "show", help="one run: its versions, metrics, selection, evaluation and retries"
+    )
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print the full JSON export")
 
@@ -34,6 +36,12 @@ def register(subparsers: Any) -> None:
     export.add_argument("run_id")
     export.add_argument("--format", choices=("json", "csv", "md"), default="json")
     export.add_argument("--out", type=Path, metavar="PATH", help="file to write (default: stdout)")
+    export.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_versions",
+        help="md: every version and retry (default: the selected version, edited text)",
+    )
 
     resume = actions.add_parser("resume", help="generate the versions a run is missing")
     resume.add_argument("run_id")
@@ -90,18 +98,72 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     run = load_run(args.run_id, store=args.store)
     for v in run.versions:
-        label = "cached" if v.cached else f"{v.attempts} attempt(s)"
-        print(f"--- version {v.index} ({v.status}, {label}) ---")
-        print(v.display_text() or "(no result stored)")
-        print()
+        _print_version(f"version {v.index}", v)
+    for retry in run.retries:
+        for v in retry.versions:
+            _print_version(f"retry of version {v.index}, run {retry.run_id}", v)
     print(format_summary(run))
+    for line in _desk_lines(run):
+        print(line)
     return 0
+
+
+def _print_version(heading: str, v: Any) -> None:
+    label = "cached" if v.cached else f"{v.attempt_count} attempt(s)"
+    edited = ", edited" if v.edited else ""
+    print(f"--- {heading} ({v.status}, {label}{edited}) ---")
+    if v.notes:
+        print(f"[scene notes: {v.notes}]")
+    print(v.display_text() or "(no result stored)")
+    print()
+
+
+def _desk_lines(run: Any) -> list[str]:
+    """The editor's state of ``run``: the selection, the last evaluation, the retries."""
+    lines = [f"selection: {_selection_text(run)}"]
+    evaluation = run.evaluation
+    if evaluation is None:
+        lines.append("evaluation: none")
+    else:
+        lines.append(f"evaluation: {_evaluation_text(evaluation)}")
+    lines.append(f"retries: {len(run.retries) or 'none'}")
+    for retry in run.retries:
+        outcome = ", ".join(
+            f"{v.status}" + (" (edited)" if v.edited else "") for v in retry.versions
+        )
+        lines.append(f"  {retry.run_id}: retry of version {retry.parent_index}: {outcome}")
+    return lines
+
+
+def _selection_text(run: Any) -> str:
+    if run.selection is None:
+        return "none"
+    run_id, index = run.selection
+    where = "" if run_id == run.run_id else f" of retry run {run_id}"
+    version = run.selected_version
+    edited = ", edited" if version is not None and version.edited else ""
+    return f"version {index}{where}{edited}"
+
+
+def _evaluation_text(evaluation: Any) -> str:
+    parts = [f"best version {evaluation.best_choice}", f"mode {evaluation.mode}"]
+    if evaluation.wins:
+        total = 2 * (len(evaluation.wins) - 1)
+        wins = ", ".join(f"v{i} {w:g}/{total}" for i, w in sorted(evaluation.wins.items()))
+        parts.append(f"wins {wins}")
+    if len(evaluation.ranking) > 1:
+        parts.append("ranking " + " > ".join(f"v{i}" for i in evaluation.ranking))
+    if evaluation.agreement is not None:
+        parts.append(f"agreement {evaluation.agreement:.0%}")
+    return " · ".join(parts) + f" — {evaluation.reason}"
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..runs import export_run
 
-    text = export_run(args.run_id, args.format, args.out, store=args.store)
+    text = export_run(
+        args.run_id, args.format, args.out, all_versions=args.all_versions, store=args.store
+    )
     if args.out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:

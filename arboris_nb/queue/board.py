@@ -184,7 +184,8 @@ class Board:
             "submission": submission,
             "result": result_id,
         }
-        return await self._write(chapter, version.index, unit, result, attempts=version.attempts)
+        attempts = version.attempt_count
+        return await self._write(chapter, version.index, unit, result, attempts=attempts)
 
     async def _write(
         self,

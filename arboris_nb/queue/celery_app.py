@@ -158,7 +158,7 @@ async def execute_unit(payload: dict[str, Any], *, worker: str) -> dict[str, Any
                 submission=submission,
                 elapsed_s=result.finished_at or 0.0,
             )
-        return {"status": result.status, "requested": True, "attempts": result.attempts}
+        return {"status": result.status, "requested": True, "attempt_count": result.attempt_count}
     finally:
         await client.aclose()
         if owned and store is not None:

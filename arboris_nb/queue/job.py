@@ -448,7 +448,7 @@ def _frame_row(job_id: str, unit: dict[str, Any], v: Version | None) -> dict[str
         "chapter": unit["chapter"],
         "version": unit["version"],
         "status": unit["state"],
-        "attempts": v.attempts if v else 0,
+        "attempts": v.attempt_count if v else 0,
         "requests": unit["requests"],
         "duration_s": v.duration_s if v else None,
         "ttft_s": v.ttft_s if v else None,

@@ -204,12 +204,12 @@ async def run_unit(
     except asyncio.CancelledError:
         made = None if handle is None else handle.run.versions[0]
         state = made.status if made is not None and made.ok else "cancelled"
-        requests = made.attempts if made is not None else 0
+        requests = made.attempt_count if made is not None else 0
         note(state, requests=requests)
         raise
     except Exception:
         note("failed")
         raise
     result = run.versions[0]
-    note(result.status, requests=result.attempts)
+    note(result.status, requests=result.attempt_count)
     return result

@@ -6,6 +6,10 @@ panel transition (the panels own their state), streamed text goes to the
 loop iteration in which some version changed state — never per token. It never times,
 retries or limits anything; elapsed times come from the events' own clock. A version
 added to the running run (``RunHandle.add_versions``) gets its panel when it is queued.
+
+A retry is a run of its own whose version is linked to one of the run's: it gets a new
+panel after that version's (:meth:`PanelBoard.add_retry`), and its events reach only
+that panel (:meth:`PanelBoard.follow`); the progress line counts the run's own versions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .. import _messages
 from ..console import run_bill
 from ..events import (
     Event,
+    EventHandler,
     RunFinished,
     RunStarted,
     TokenDelta,
@@ -30,17 +35,19 @@ from ..events import (
     VersionRetrying,
     VersionStarted,
 )
-from ..results import Run
+from ..results import Run, Version
+from .desk import VersionKey
 from .panels import VersionPanel
 from .progress import RunProgress
 from .stream import DeltaStream
 
 __all__ = ["PanelBoard"]
 
-Select = Callable[[int], object]
-Retry = Callable[[int, str], object]
-Save = Callable[[int, str], object]
-Stop = Callable[[int], object]
+Select = Callable[[VersionKey], object]
+Retry = Callable[[VersionKey, str, str], object]
+Save = Callable[[VersionKey, str], object]
+Stop = Callable[[VersionKey], object]
+Notes = Callable[[VersionKey, str], object]
 
 
 class PanelBoard:
@@ -51,8 +58,8 @@ class PanelBoard:
         self.progress = RunProgress()
         self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="8px", width="100%"))
         self.grid.add_class("arboris-panels")
-        self.panels: dict[int, VersionPanel] = {}
-        self._actions: tuple[Select, Retry, Save, Stop] | None = None
+        self.panels: dict[VersionKey, VersionPanel] = {}
+        self._actions: tuple[Select, Retry, Save, Stop, Notes] | None = None
         self._live: set[int] = set()  # id() of runs between RunStarted and RunFinished
         self._t0: float | None = None  # loop time at which the latest run started
         self._elapsed = 0.0  # the latest finished run's elapsed seconds
@@ -61,17 +68,17 @@ class PanelBoard:
         self._make_panels(n)
         self._render_progress()
 
-    def on(self, *, select: Select, retry: Retry, save: Save, stop: Stop) -> None:
+    def on(self, *, select: Select, retry: Retry, save: Save, stop: Stop, notes: Notes) -> None:
         """Wire every panel's buttons (now, after a resize, on a panel added) to the
         owner's actions."""
-        self._actions = (select, retry, save, stop)
+        self._actions = (select, retry, save, stop, notes)
         for panel in self.panels.values():
             self._wire(panel)
 
     def _wire(self, panel: VersionPanel) -> None:
         if self._actions is not None:
-            select, retry, save, stop = self._actions
-            panel.on(select=select, retry=retry, save=save, stop=stop)
+            select, retry, save, stop, notes = self._actions
+            panel.on(select=select, retry=retry, save=save, stop=stop, notes=notes)
 
     @property
     def live(self) -> bool:
@@ -88,11 +95,53 @@ class PanelBoard:
     def start(self, n: int, run: Run | None = None) -> None:
         """A run is about to start: ``n`` panels, all queued (``run``: its bill is shown)."""
         self._elapsed, self._t0, self._run = 0.0, None, run
-        if n != len(self.panels):
+        if n != len(self._own()) or len(self._own()) != len(self.panels):
             self._make_panels(n)
         for panel in self.panels.values():
             panel.queued()
         self._render_progress()
+
+    def show(self, run: Run, retries: dict[tuple[int, int], Run], lang: str = "en") -> None:
+        """A stored run, as it ended: one panel per version, then each retry's after the
+        version it retries (the engine sends no events for it)."""
+        self._elapsed, self._t0, self._run = run.elapsed_s or 0.0, None, run
+        self._make_panels(0)
+        for version in run.versions:
+            self._shown(self._add_panel(version.index), version, lang)
+            for key in sorted(k for k in retries if k[0] == version.index):
+                self._shown(self._add_panel(*key), retries[key].versions[0], lang)
+        self._render_progress()
+
+    def _shown(self, panel: VersionPanel, version: Version, lang: str) -> None:
+        panel.finished(version, lang)
+        panel.show_notes(version.notes)
+
+    def add_retry(self, index: int, n: int) -> VersionPanel:
+        """A new panel for retry ``n`` of version ``index``, queued, after its version."""
+        panel = self._add_panel(index, n)
+        panel.queued()
+        return panel
+
+    def drop(self, key: VersionKey) -> None:
+        """Take a retry's panel away (its run never began: nothing to show)."""
+        panel = self.panels.pop(key, None)
+        if panel is not None:
+            panel.view.close()
+            self._lay_out()
+
+    def follow(self, panel: VersionPanel) -> EventHandler:
+        """A subscriber that shows one retry's events on ``panel`` (and nowhere else)."""
+
+        def on_retry_event(event: Event) -> None:
+            if isinstance(event, TokenDelta):
+                nbytes, first = panel.append(event.text, event.t)
+                self.stream.push(panel, nbytes, urgent=first)
+            elif isinstance(event, VersionEvent):
+                self._show_event(panel, event)
+            elif isinstance(event, RunFinished):
+                self.stream.flush()
+
+        return on_retry_event
 
     def abandon(self) -> None:
         """The run could not start (e.g. its client did not open): back to idle."""
@@ -130,6 +179,10 @@ class PanelBoard:
             panel = self._add_panel(event.version.index)  # added to the running run
         if panel is None:
             return
+        self._show_event(panel, event)
+        self._progress_soon()
+
+    def _show_event(self, panel: VersionPanel, event: VersionEvent) -> None:
         version = event.version
         if isinstance(event, VersionQueued):
             panel.queued(version)
@@ -139,9 +192,12 @@ class PanelBoard:
             panel.retrying(version, event.attempt, event.error, event.delay_s, event.t)
         elif isinstance(event, VersionFinished | VersionFailed | VersionCancelled):
             panel.finished(version, _messages.lang())
-        self._progress_soon()
 
     # -- drawing -------------------------------------------------------------------------
+    def _own(self) -> list[VersionPanel]:
+        """The panels of the run's own versions (not its retries)."""
+        return [p for k, p in self.panels.items() if isinstance(k, int)]
+
     def _make_panels(self, n: int) -> None:
         for panel in self.panels.values():
             panel.view.close()
@@ -150,15 +206,18 @@ class PanelBoard:
             self._wire(panel)
         self._lay_out()
 
-    def _add_panel(self, index: int) -> VersionPanel:
-        panel = self.panels[index] = VersionPanel(index, self.stream.channel)
+    def _add_panel(self, index: int, retry: int | None = None) -> VersionPanel:
+        panel = VersionPanel(index, self.stream.channel, retry=retry)
+        self.panels[panel.key] = panel
         self._wire(panel)
         self._lay_out()
         return panel
 
     def _lay_out(self) -> None:
+        """Each retry right after the version it retries; three panels side by side."""
+        self.panels = dict(sorted(self.panels.items(), key=lambda item: _order(item[0])))
         columns = min(len(self.panels), 3)  # side by side; wraps beyond three
-        self.grid.layout.grid_template_columns = f"repeat({columns}, minmax(0, 1fr))"
+        self.grid.layout.grid_template_columns = f"repeat({max(columns, 1)}, minmax(0, 1fr))"
         self.grid.children = [p.box for p in self.panels.values()]
 
     def _progress_soon(self) -> None:
@@ -169,9 +228,13 @@ class PanelBoard:
 
     def _render_progress(self) -> None:
         self._progress_due = False
-        statuses = [p.outcome for p in self.panels.values()]
+        statuses = [p.outcome for p in self._own()]
         live = self.live
         bill = run_bill(self._run) if self._run is not None else None
         self.progress.show(
             statuses, self.clock() if live else self._elapsed, live=live, bill=bill or ""
         )
+
+
+def _order(key: VersionKey) -> tuple[int, int]:
+    return key if isinstance(key, tuple) else (key, 0)

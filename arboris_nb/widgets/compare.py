@@ -1,4 +1,5 @@
-"""The Compare tab of :class:`~arboris_nb.widgets.VersionsWidget`: Diff, Evaluate, Export.
+"""The Compare tab of :class:`~arboris_nb.widgets.VersionsWidget`: metrics, Diff,
+Evaluate, Export.
 
 The tab reads the run and the selection from the widget that holds it (its *host*) and
 calls the plain functions of :mod:`arboris_nb.editor`; what it adds is what a person
@@ -6,11 +7,20 @@ sees: the diff or verdict shown (``output``, CSS class ``arboris-compare``), a n
 (``note``, ``arboris-compare-note``) that says what happened or what to do, the file name
 that follows the selection, and the Evaluate task with its busy state.
 
+At the top, a small table of each done version's text metrics (``metrics``, CSS class
+``arboris-compare-metrics``; :func:`~arboris_nb.render.metrics_table`: characters — a CJK
+character counts one —, words, paragraphs, dialogue share, repeated phrases, reading
+time), one row per version shown, retries included; redrawn when a version ends, is
+retried or edited. Versions are named by the desk's keys (``2``, ``(2, 1)`` for retry 1
+of version 2; :mod:`~arboris_nb.widgets.desk`), so Diff and Export work on retries too;
+Evaluate judges the run's own done versions.
+
 Rules the tab keeps (issue #11):
 
 * Every failure of Diff, Evaluate or Export ends its busy state and shows here, in words.
-* What is shown describes the versions as they are: a retry or an edit of a version drops a
-  verdict (it judged every version) or a diff of that version.
+* What is shown describes the versions as they are: an edit of a version drops a verdict
+  (it judged every version) or a diff of that version; a retry adds a version and keeps
+  both.
 * A run that ends or a retry keeps the Diff choices A and B when they are still done.
 * Evaluate judges by what the tab's form says: the mode (all at once or pairwise), the
   criteria (one per line) and the chapter's context (a collapsible area: blueprint,
@@ -18,8 +28,11 @@ Rules the tab keeps (issue #11):
   sections ``chapter_messages`` writes; any other prompt is the goal); what the editor
   typed in a field the prompt does not carry stays.
 * Export writes the selected version (or ``index=``) under *its* name,
-  ``chapter-<c>-v<i>.md`` (``run-<id>-v<i>.md`` without a chapter), unless the user typed a
-  name; a bare name goes to the export folder; the note shows the full path.
+  ``chapter-<c>-v<i>.md`` (``run-<id>-v<i>.md`` without a chapter; ``…-v<i>-retry<n>.md``
+  for a retry), unless the user typed a name; a bare name goes to the export folder; the
+  note shows the full path.
+* A verdict is stored with the run as it arrives (the host's ``on_verdict``); a reopened
+  run shows its last one (:meth:`CompareTab.show_evaluation`).
 """
 
 from __future__ import annotations
@@ -39,9 +52,11 @@ from ..errors import StateError
 from ..judge import MODES, check_mode, judge_requests
 from ..judge_prompts import DEFAULT_CRITERIA
 from ..prompts import ChapterContext
+from ..render import metrics_table
 from ..results import Run, Version
 from ..retry import RetryPolicy
-from .actions import act, note_html, report, require_run, running_loop, version_of, wait_error
+from .actions import act, note_html, report, require_run, running_loop, wait_error
+from .desk import Desk, VersionKey, key_label
 
 __all__ = ["CompareHost", "CompareTab", "EvaluateForm", "export_name"]
 
@@ -67,15 +82,20 @@ class CompareHost(Protocol):
     def retry_policy(self) -> RetryPolicy | None: ...
     @property
     def export_dir(self) -> Path: ...
+    @property
+    def desk(self) -> Desk: ...
+    @property
+    def selected_key(self) -> VersionKey | None: ...
 
 
-def export_name(run: Run | None, version: Version) -> str:
+def export_name(run: Run | None, version: Version, key: VersionKey | None = None) -> str:
     """The file name a version is exported under unless the user typed one."""
     if run is not None and run.chapter is not None:
         stem = f"chapter-{run.chapter}"
     else:
         stem = f"run-{run.run_id if run else 'none'}"
-    return f"{stem}-v{version.index}.md"
+    retry = f"-retry{key[1]}" if isinstance(key, tuple) else ""
+    return f"{stem}-v{version.index}{retry}.md"
 
 
 class EvaluateForm:
@@ -165,12 +185,19 @@ def _field(description: str, placeholder: str) -> widgets.Textarea:
 class CompareTab:
     """Diff two done versions, Evaluate them with the judge model, Export the chosen one."""
 
-    def __init__(self, host: CompareHost, *, on_busy: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        host: CompareHost,
+        *,
+        on_busy: Callable[[], None],
+        on_verdict: Callable[[editor.Evaluation], None] = lambda _e: None,
+    ) -> None:
         self._host = host
         self._on_busy = on_busy  # the host re-syncs its buttons when Evaluate starts/ends
+        self._on_verdict = on_verdict  # the host stores a verdict as it arrives
         self.evaluation: editor.Evaluation | None = None
         self.task: asyncio.Task[editor.Evaluation] | None = None
-        self._describes: frozenset[int] = frozenset()  # versions the output is about
+        self._describes: frozenset[VersionKey] = frozenset()  # versions the output is about
         self._changes = 0  # counts version changes, so a late verdict knows it is stale
         self._suggested: str | None = None  # the file name we filled in (not the user)
         self.diff_a = widgets.Dropdown(description="A", options=[])
@@ -186,9 +213,12 @@ class CompareTab:
         self.note.add_class("arboris-compare-note")
         self.output = widgets.HTML()
         self.output.add_class("arboris-compare")
+        self.metrics = widgets.HTML()
+        self.metrics.add_class("arboris-compare-metrics")
         self._wire()
         self.box = widgets.VBox(
             [
+                self.metrics,
                 widgets.HBox([self.diff_a, self.diff_b, self.diff_button]),
                 widgets.HBox([self.evaluate_button, self.form.box]),
                 widgets.HBox([self.export_path, self.export_button]),
@@ -211,20 +241,22 @@ class CompareTab:
         """True while an evaluation runs."""
         return self.task is not None and not self.task.done()
 
-    def diff(self, a: int | None, b: int | None) -> str:
+    def diff(self, a: VersionKey | None, b: VersionKey | None) -> str:
         """Word-level diff of versions ``a`` → ``b`` as escaped HTML, also shown."""
-        run = self._host.run
-        if run is not None and (a is None or b is None):
+        require_run(self._host.run)
+        if a is None or b is None:
             raise StateError("Diff needs two done versions: wait until two are done")
-        left, right = version_of(run, a or 0), version_of(run, b or 0)
-        for version in (left, right):
+        desk = self._host.desk
+        left, right = desk.version(a), desk.version(b)
+        for key, version in ((a, left), (b, right)):
             if not version.ok or version.content is None:
                 raise StateError(
-                    f"Version {version.index} is {version.status}: Diff compares done "
+                    f"{key_label(key)} is {version.status}: Diff compares done "
                     "versions, choose two in A and B"
                 )
         body = editor.diff_html(left.content or "", right.content or "")
-        self._show(f"<p><b>Version {a} → Version {b}</b></p>{body}", {left.index, right.index})
+        title = f"{key_label(a)} → {key_label(b)}"
+        self._show(f"<p><b>{title}</b></p>{body}", {a, b})
         return body
 
     def evaluate(
@@ -259,13 +291,14 @@ class CompareTab:
         self._on_busy()
         return self.task
 
-    def export(self, path: str | Path | None = None, *, index: int | None = None) -> Path:
+    def export(self, path: str | Path | None = None, *, index: VersionKey | None = None) -> Path:
         """Write the selected version (or ``index``) to Markdown; return its full path."""
         run = self._host.run
-        version = self._to_export(run, index)
-        target = self._target(path, run, version)
+        key = self._to_export(run, index)
+        version = self._host.desk.version(key)
+        target = self._target(path, run, version, key)
         written = editor.export_markdown(version, target, run=run).absolute()
-        self._say(note_html(f"Exported version {version.index} to {written}"))
+        self._say(note_html(f"Exported {key_label(key).lower()} to {written}"))
         return written
 
     def cancel(self) -> None:
@@ -282,6 +315,7 @@ class CompareTab:
         self._changes += 1
         self._show("", set())
         self._say("")
+        self.metrics.value = ""
         for dropdown in (self.diff_a, self.diff_b):
             dropdown.options = []
         if self.export_path.value == self._suggested:  # a name the user typed stays
@@ -289,9 +323,12 @@ class CompareTab:
         self._suggested = None
 
     def refresh(self, run: Run) -> None:
-        """Offer the done versions in A and B, keeping the choices that are still done."""
-        indices = [v.index for v in run.ok]
-        options = [(f"Version {i}", i) for i in indices]
+        """Redraw the metrics; offer the done versions in A and B, keeping the choices
+        that are still done."""
+        shown = [(k, label, v) for k, label, v in self._host.desk.labelled() if v.ok]
+        self._show_metrics(shown)
+        indices = [k for k, _, _ in shown]
+        options = [(label, k) for k, label, _ in shown]
         if list(self.diff_a.options) == options:
             return  # unchanged: keep the user's choices, send nothing
         a, b = self.diff_a.value, self.diff_b.value
@@ -304,17 +341,27 @@ class CompareTab:
         self.diff_a.value = a
         self.diff_b.value = b if b in indices and b != a else others[0]
 
-    def follow_selection(self, version: Version) -> None:
+    def follow_selection(self, version: Version, key: VersionKey | None = None) -> None:
         """The selection changed: the file name follows it unless the user typed one."""
-        name = export_name(self._host.run, version)
+        name = export_name(self._host.run, version, key)
         if self.export_path.value.strip() in ("", self._suggested):
             self.export_path.value = name
         self._suggested = name
 
-    def versions_changed(self, indices: Collection[int]) -> None:
-        """Versions were retried or edited: drop what described their old text."""
+    def show_evaluation(self, evaluation: editor.Evaluation) -> None:
+        """A stored verdict (a reopened run): shown, and its mode, criteria and context
+        fill the form, so Evaluate asks again the same way."""
+        self.evaluation = evaluation
+        self.form.fill(evaluation.context, criteria=evaluation.criteria, mode=evaluation.mode)
+        run = self._host.run
+        self._show(evaluation.to_html(), {v.index for v in run.versions} if run else set())
+
+    def versions_changed(self, indices: Collection[VersionKey]) -> None:
+        """Versions were edited: drop what described their old text."""
         self._changes += 1
-        changed = ", ".join(str(i) for i in sorted(indices))
+        if self._host.run is not None:
+            self._show_metrics([x for x in self._host.desk.labelled() if x[2].ok])
+        changed = ", ".join(key_label(k).removeprefix("Version ") for k in indices)
         had_verdict, self.evaluation = self.evaluation is not None, None
         if not self._describes & set(indices) and not had_verdict:
             return
@@ -338,6 +385,7 @@ class CompareTab:
         try:
             evaluation = await coro
             if changes == self._changes:
+                self._on_verdict(evaluation)  # stored first: shown only once it is kept
                 self.evaluation = evaluation
                 self._show(evaluation.to_html(), {v.index for v in run.versions})
                 self._say("")
@@ -357,26 +405,33 @@ class CompareTab:
             task.exception()
         self._on_busy()
 
-    def _to_export(self, run: Run | None, index: int | None) -> Version:
-        if index is not None or run is None:
-            return version_of(run, index or 0)
-        selected = self._host.selected
-        if selected is None:
+    def _to_export(self, run: Run | None, index: VersionKey | None) -> VersionKey:
+        require_run(run)
+        if index is not None:
+            return index
+        key = self._host.selected_key
+        if key is None or self._host.selected is None:
             raise StateError(
                 "Select a version first: click Select on the panel you want to export "
                 "(or pass index=)"
             )
-        return selected
+        return key
 
-    def _target(self, path: str | Path | None, run: Run | None, version: Version) -> Path:
+    def _target(
+        self, path: str | Path | None, run: Run | None, version: Version, key: VersionKey
+    ) -> Path:
         typed = str(path) if path is not None else self.export_path.value.strip()
         if not typed or (path is None and typed == self._suggested):
-            return self._host.export_dir / export_name(run, version)
+            return self._host.export_dir / export_name(run, version, key)
         target = Path(typed).expanduser()
         bare = not target.is_absolute() and target.parent == Path(".")
         return self._host.export_dir / target if bare else target
 
-    def _show(self, value: str, describes: Collection[int]) -> None:
+    def _show_metrics(self, shown: list[tuple[VersionKey, str, Version]]) -> None:
+        labels = [label.removeprefix("Version ") for _, label, _ in shown]
+        self.metrics.value = metrics_table([v for _, _, v in shown], labels)
+
+    def _show(self, value: str, describes: Collection[VersionKey]) -> None:
         self.output.value = value
         self._describes = frozenset(describes)
 

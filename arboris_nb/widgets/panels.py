@@ -31,6 +31,7 @@ import traitlets
 from ..console import version_bill
 from ..results import Version
 from .actions import note_html
+from .desk import VersionKey, key_label
 
 __all__ = ["STATUS_WORDS", "PanelView", "VersionPanel", "status_word"]
 
@@ -93,12 +94,16 @@ class VersionPanel:
     What it shows is public and read-only: :attr:`status` (a word of
     :data:`STATUS_WORDS`), :attr:`title`, :attr:`stats`, :attr:`badges`, :attr:`note`
     (escaped HTML) and :attr:`text` (exactly the text the browser has been sent).
+    ``retry=n`` makes it the panel of retry n of version ``index`` (a linked version,
+    :attr:`key` ``(index, n)``; CSS classes ``arboris-retry-panel``,
+    ``arboris-panel-<index>-retry-<n>``). :attr:`notes` is its scene-notes field.
     """
 
-    def __init__(self, index: int, channel: widgets.Widget) -> None:
+    def __init__(self, index: int, channel: widgets.Widget, *, retry: int | None = None) -> None:
         self.index = index
+        self.key: VersionKey = index if retry is None else (index, retry)
         self.version: Version | None = None
-        self.view = PanelView(index=index, channel=channel, title=f"Version {index}")
+        self.view = PanelView(index=index, channel=channel, title=key_label(self.key))
         self.view.on_msg(self._on_front_end)
         self._attempt = 0
         self._sent: list[str] = []  # the attempt's text the browser has
@@ -121,6 +126,13 @@ class VersionPanel:
             description="Wide", tooltip="Give this panel the full width"
         )
         self.instruction = widgets.Text(placeholder="extra instruction for Retry (optional)")
+        self.notes = widgets.Textarea(
+            placeholder="scene notes: kept with this version, sent with Retry",
+            rows=2,
+            continuous_update=False,  # stored when the field loses focus, not per key
+            layout=widgets.Layout(width="auto"),
+        )
+        self.notes.add_class("arboris-panel-notes")
         self.editor = widgets.Textarea(layout=widgets.Layout(width="100%", height="16em"))
         self.save_button = widgets.Button(description="Save", button_style="primary")
         self.cancel_button = widgets.Button(description="Cancel")
@@ -141,11 +153,15 @@ class VersionPanel:
         self.note_view = widgets.HTML()  # the outcome of this panel's last action, in words
         self.note_view.add_class("arboris-panel-note")
         self.box = widgets.VBox(
-            [self.view, self.edit_box, actions, self.note_view, self.instruction],
+            [self.view, self.edit_box, actions, self.note_view, self.instruction, self.notes],
             layout=widgets.Layout(border="1px solid #ddd", padding="4px", min_width="0"),
         )
         self.box.add_class("arboris-panel")
-        self.box.add_class(f"arboris-panel-{self.index}")
+        if isinstance(self.key, tuple):
+            self.box.add_class("arboris-retry-panel")
+            self.box.add_class(f"arboris-panel-{self.index}-retry-{self.key[1]}")
+        else:
+            self.box.add_class(f"arboris-panel-{self.index}")
         self.cancel_button.on_click(lambda _b: self.close_editor())
         self.edit_button.on_click(lambda _b: self.open_editor())
         self.wide_button.observe(self._widen, "value")
@@ -186,6 +202,7 @@ class VersionPanel:
     def queued(self, version: Version | None = None) -> None:
         self.version, self._attempt = version, 0
         self._selected = self._edited = False
+        self.notes.value = ""
         self.show_note("")  # a new run or a retry: the last action's outcome is history
         self._show("queued", placeholder="Waiting for a free slot…", restart=True)
 
@@ -224,7 +241,7 @@ class VersionPanel:
     def finished(self, version: Version, lang: str = "en") -> None:
         """Done, failed or cancelled: the final text replaces the streamed one. A cancelled
         version shows what it had written, and the note says why it stopped."""
-        self.version = version
+        self.version, self._edited = version, version.edited
         word = status_word(version.status)
         placeholder = "Stopped before it finished." if word == "cancelled" else ""
         text = version.display_text(lang) or (version.partial or "" if word == "cancelled" else "")
@@ -273,7 +290,7 @@ class VersionPanel:
 
     def _title(self) -> str:
         version = self.version
-        title = f"Version {self.index}"
+        title = key_label(self.key)
         return title + (f" · {version.title}" if version is not None and version.title else "")
 
     def _badges(self) -> list[str]:
@@ -350,16 +367,31 @@ class VersionPanel:
     def on(
         self,
         *,
-        select: Callable[[int], object],
-        retry: Callable[[int, str], object],
-        save: Callable[[int, str], object],
-        stop: Callable[[int], object],
+        select: Callable[[VersionKey], object],
+        retry: Callable[[VersionKey, str, str], object],
+        save: Callable[[VersionKey, str], object],
+        stop: Callable[[VersionKey], object],
+        notes: Callable[[VersionKey, str], object],
     ) -> None:
-        """Wire the buttons to the owner's actions (called with this panel's index)."""
-        self.select_button.on_click(lambda _b: select(self.index))
-        self.stop_button.on_click(lambda _b: stop(self.index))
-        self.retry_button.on_click(lambda _b: retry(self.index, self.instruction.value))
-        self.save_button.on_click(lambda _b: save(self.index, self.editor.value))
+        """Wire the buttons to the owner's actions (called with this panel's key); the
+        notes field calls ``notes`` when the person leaves it with a change."""
+        self.select_button.on_click(lambda _b: select(self.key))
+        self.stop_button.on_click(lambda _b: stop(self.key))
+        self.retry_button.on_click(
+            lambda _b: retry(self.key, self.instruction.value, self.notes.value)
+        )
+        self.save_button.on_click(lambda _b: save(self.key, self.editor.value))
+        self.notes.observe(lambda change: self._notes_changed(notes, change["new"]), "value")
+
+    def _notes_changed(self, notes: Callable[[VersionKey, str], object], text: str) -> None:
+        """Only a change to what the version holds is stored (not a load showing it)."""
+        held = (self.version.notes if self.version is not None else None) or ""
+        if self.version is not None and text != held:
+            notes(self.key, text)
+
+    def show_notes(self, text: str | None) -> None:
+        """Show the version's stored notes (nothing is stored again)."""
+        self.notes.value = text or ""
 
 
 def _cancelled_note(version: Version) -> str:

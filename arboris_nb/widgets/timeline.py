@@ -29,7 +29,7 @@ def phases(version: Version, now: float) -> list[tuple[str, float, float]]:
     spans: list[tuple[str, float, float]] = []
     start = version.started_at
     spans.append(("queue", version.queued_at, start if start is not None else end))
-    log = version.attempt_log
+    log = version.attempts
     for attempt in log[:-1]:  # earlier attempts all failed, then waited
         stop = attempt.finished_at if attempt.finished_at is not None else end
         spans.append(("failed attempt", attempt.started_at, stop))

@@ -6,15 +6,23 @@ CSS classes (stable; the browser test finds the widget by them):
     arboris-progress       the progress line: bar coloured by outcome, "1 ok · 2 cancelled of 3"
     arboris-message        status line (errors, notes)
     arboris-panels         the grid of panels
-    arboris-panel          one version's panel (also arboris-panel-<index>)
+    arboris-panel          one version's panel (also arboris-panel-<index>; a retry's:
+                           arboris-retry-panel and arboris-panel-<index>-retry-<n>)
     arboris-panel-header   its header; inside it:
     arboris-status         the status word, exactly one of
                            idle queued running retrying done failed cancelled
     arboris-panel-text     the panel body (the version's text)
     arboris-panel-note     the note under the panel's buttons (its last action, in words)
+    arboris-panel-notes    the panel's scene-notes field (stored, sent with Retry)
 Buttons: Generate, Stop, +1; per panel Select, Retry, Edit (Save, Cancel), Stop, Wide; Compare tab
-(``compare.py``): Diff, Evaluate, Export. An action's error shows where it was started —
-the status line, the panel's note, or the Compare tab's note — in words (``actions.py``).
+(``compare.py``): metrics table, Diff, Evaluate, Export. An action's error shows where it
+was started — the status line, the panel's note, or the Compare tab's note — in words
+(``actions.py``).
+
+The editor's desk (``desk.py``): a Retry adds a *linked* version in a new panel after the
+one it retries (``w.panel((2, 1))`` is retry 1 of version 2), the original stays; Select,
+Evaluate and scene notes are stored as they happen; :meth:`VersionsWidget.load` reopens a
+stored run with all of that.
 
 The live part — panels, progress line, streaming — is a :class:`PanelBoard` subscribed to
 the engine's events; panel header and text are drawn in the browser by an anywidget that
@@ -35,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,13 +54,16 @@ from ..backends.base import Backend, Message
 from ..config import COUNT_RANGE, EXTRA_RANGE, LLMConfig, WriterSettings
 from ..engine import start_versions
 from ..errors import ConfigError, StateError
-from ..events import Event, LimitChanged, RunFinished, RunStarted
-from ..prompts import as_messages
+from ..events import Event, EventHandler, LimitChanged, RunFinished, RunStarted
+from ..prompts import ChapterContext, as_messages
 from ..results import FRAME_COLUMNS, Run, Version
 from ..retry import RetryPolicy
-from .actions import act, report, running_loop, version_of, wait_error
+from ..store import StoreSpec
+from .actions import act, report, running_loop, wait_error
 from .board import PanelBoard
 from .compare import CompareTab
+from .desk import Desk, VersionKey, key_label, loaded_summary, parse_key
+from .linked import RetryLinks
 from .panels import VersionPanel
 from .stream import DeltaStream
 from .timeline import timeline_html
@@ -60,7 +71,6 @@ from .timeline import timeline_html
 if TYPE_CHECKING:  # pandas is heavy; imported when a frame is asked for
     import pandas as pd
 
-    from ..events import EventHandler
     from ..handle import RunHandle
 
 __all__ = ["VersionsWidget"]
@@ -86,9 +96,16 @@ class VersionsWidget:
     showing a status word, stats, text and a note (:class:`VersionPanel`); ``w.compare``
     is the Compare tab (:class:`~arboris_nb.widgets.compare.CompareTab`).
 
-    Size: this class holds the controls, the run's task, the retry jobs and the editor
-    actions' wiring; everything live — panels and their transitions, progress, streaming
-    — is :class:`PanelBoard` and what it owns; Diff, Evaluate and Export are the tab's.
+    ``store`` is where runs, edits and decisions go (None: ``ARBORIS_STORE``; a path, a
+    ``RunStore``, or False: memory only). Versions are named by number, or ``(i, n)`` for
+    retry n of version i (:mod:`~arboris_nb.widgets.desk`).
+
+    Size: over 300 lines because it is the one public surface of the editor — each public
+    method is a short docstring'd delegation — and holds the controls, the run's task and
+    the jobs' wiring. Everything else lives apart: panels, progress and streaming in
+    :class:`PanelBoard`; Diff, Evaluate, Export and metrics in the Compare tab; which
+    versions are shown, the stored decisions and reopening in the desk (``desk.py``); how
+    a retry becomes a linked panel in :class:`~arboris_nb.widgets.linked.RetryLinks`.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class VersionsWidget:
         judge: LLMConfig | Backend | None = None,
         stream: DeltaStream | None = None,
         export_dir: str | Path = ".",
+        store: StoreSpec = None,
     ) -> None:
         self.llm, note = _default_llm(llm)
         self.judge = judge or self.llm
@@ -112,18 +130,22 @@ class VersionsWidget:
         self.task: asyncio.Task[Run] | None = None
         self._handle: RunHandle | None = None
         self._messages: list[Message] = []
-        self._selected: int | None = None
+        self.store = store
+        self.desk = Desk(store)
+        self._selected: VersionKey | None = None
         self._jobs: set[asyncio.Task[Any]] = set()  # strong refs to action tasks
         self._timeline_timer: asyncio.TimerHandle | None = None
         self.board = PanelBoard(self.settings.version_count, stream)
-        # What hears a run's events (the main run's and a retry's): the board first.
+        self.links = RetryLinks(self.board, self.desk, self._refresh_data)
+        # What hears a run's events (a retry's have their own: RetryLinks): the board first.
         self._subscribers: list[EventHandler] = [self.board.on_event, self._on_run_event]
-        self._retrying: dict[int, asyncio.Task[Version]] = {}  # a panel's running retry
+        self._retrying: dict[VersionKey, asyncio.Task[Version]] = {}  # a retry panel's job
         self.board.on(
             select=self._select_clicked,
             retry=self._retry_clicked,
             save=self._save,
             stop=self._stop_clicked,
+            notes=self._notes_changed,
         )
         self._build(prompt)
         if note:
@@ -186,7 +208,9 @@ class VersionsWidget:
         self.root.add_class("arboris-versions")
 
     def _build_tabs(self) -> widgets.Tab:
-        self.compare = CompareTab(self, on_busy=self._sync_busy)
+        self.compare = CompareTab(
+            self, on_busy=self._sync_busy, on_verdict=lambda e: self.desk.record_evaluation(e)
+        )
         self.timeline = widgets.HTML(timeline_html(None))
         self.table = widgets.HTML()
         return widgets.Tab(
@@ -204,20 +228,44 @@ class VersionsWidget:
         return bundle
 
     def __repr__(self) -> str:
-        return f"VersionsWidget(versions={len(self.panels)}, model={self._model_name()!r})"
+        own = sum(isinstance(p.key, int) for p in self.panels)
+        retries = len(self.panels) - own
+        linked = f", retries={retries}" if retries else ""
+        return f"VersionsWidget(versions={own}{linked}, model={self._model_name()!r})"
 
     # -- public API ------------------------------------------------------------------------
     @property
     def panels(self) -> tuple[VersionPanel, ...]:
-        """One panel per version, in order (what each shows: status, stats, text, note…)."""
+        """One panel per version, in order, each retry right after the version it retried
+        (what each shows: status, stats, text, note, scene notes…)."""
         return tuple(self.board.panels.values())
 
-    def panel(self, index: int) -> VersionPanel:
-        """The panel of version ``index`` (1-based)."""
+    def panel(self, index: VersionKey) -> VersionPanel:
+        """The panel of version ``index`` (1-based), or ``(i, n)``: retry n of version i."""
         try:
-            return self.board.panels[index]
+            return self.board.panels[parse_key(index)]
         except KeyError:
             raise ConfigError(f"there is no panel {index} (1 to {len(self.panels)})") from None
+
+    @classmethod
+    def load(
+        cls,
+        run_id: str,
+        *,
+        store: StoreSpec = None,
+        llm: LLMConfig | Backend | None = None,
+        **options: Any,
+    ) -> VersionsWidget:
+        """Reopen a stored run: final texts, edits, retries (linked panels), scene notes,
+        the selection and the last evaluation, as they were stored; the editor goes on
+        (select, retry, edit, diff, evaluate, export) and stores against the same run.
+
+        An unknown id is :class:`~arboris_nb.runs.RunNotFound` (a ConfigError), a store
+        from a newer arboris_nb is refused: nothing stored changes. ``options`` are the
+        constructor's (``judge=``, ``retry=``, ``export_dir=``…)."""
+        from .desk import open_desk  # the load path lives with the desk
+
+        return open_desk(cls, run_id, store=store, llm=llm, **options)
 
     @property
     def busy(self) -> bool:
@@ -230,8 +278,13 @@ class VersionsWidget:
         """The version marked with Select (None if none, or if it is no longer ok)."""
         if self.run is None or self._selected is None:
             return None
-        found = [v for v in self.run.versions if v.index == self._selected and v.ok]
-        return found[0] if found else None
+        version = self.desk.version(self._selected)
+        return version if version.ok else None
+
+    @property
+    def selected_key(self) -> VersionKey | None:
+        """The key of the selected version (``2`` or ``(2, 1)``), None if none."""
+        return self._selected if self.selected is not None else None
 
     def frame(self) -> pd.DataFrame:
         """The last run's DataFrame (``Run.to_frame``); empty before the first run."""
@@ -270,6 +323,7 @@ class VersionsWidget:
             on_event=self._subscribers,
             retry=self.retry_policy,
             raise_on_all_failed=False,
+            store=self.store,
         )
         # The run's first event comes when the loop next runs: the panels are reset first.
         self._messages, self.settings, self._handle = messages, settings, handle
@@ -298,74 +352,100 @@ class VersionsWidget:
         handle = self._live_handle("+1 adds a version to a running run")
         return handle.add_versions(k)
 
-    def stop_version(self, index: int) -> bool:
-        """Stop version ``index`` only (its panel's **Stop**); the others go on. A version
-        being regenerated by Retry stops that retry (the previous text is kept)."""
-        job = self._retrying.get(index)
+    def stop_version(self, index: VersionKey) -> bool:
+        """Stop version ``index`` only (its panel's **Stop**); the others go on. A retry's
+        panel stops that retry (the version it retries is untouched)."""
+        key = parse_key(index)
+        job = self._retrying.get(key)
         if job is not None and not job.done():
             return job.cancel()
-        handle = self._live_handle(f"Version {index} is not running")
-        return handle.cancel_version(index)
+        if isinstance(key, tuple):
+            raise StateError(f"{key_label(key)} is not running")
+        return self._live_handle(f"{key_label(key)} is not running").cancel_version(key)
 
-    def select(self, index: int) -> Version:
-        """Mark version ``index`` as the chosen one (only a done version can be chosen)."""
-        version = self._version(index)
+    def select(self, index: VersionKey) -> Version:
+        """Mark version ``index`` as the chosen one (only a done version can be chosen);
+        the choice is stored with the run (``Run.selection``)."""
+        key = parse_key(index)
+        version = self._version(key)
         if not version.ok:
             raise StateError(
-                f"Version {index} is {version.status}: only a done version can be selected"
+                f"{key_label(key)} is {version.status}: only a done version can be selected"
                 + ("; press Retry on its panel first" if version.done else "; wait for it")
             )
-        self._selected = index
-        for panel in self.panels:
-            panel.mark_selected(panel.index == index)
-        self.compare.follow_selection(version)
+        self.desk.record_selection(key)  # stored first: a refusal changes nothing shown
+        self._mark_selected(key)
         return version
 
-    def retry(self, index: int, instruction: str | None = None) -> asyncio.Task[Version]:
-        """Regenerate one version (with an optional extra instruction); returns its task.
-
-        The new version replaces the old one here; the store keeps both (the retry is a
-        run of its own, linked to this one: ``arboris_nb.runs.retries_of(run_id)``)."""
+    def retry(
+        self, index: VersionKey, instruction: str | None = None, *, notes: str | None = None
+    ) -> asyncio.Task[Version]:
+        """Write a new version of version ``index`` (with an optional instruction and scene
+        notes); returns its task. The new version is *linked*: a new panel after the
+        original, which stays as it is (text, edits, selection). ``notes`` default to the
+        version's own. Stored as a run of its own linked to this one."""
         loop = running_loop("VersionsWidget.retry()")
-        self._version(index)  # refuses an unknown index (or no run) now, not in the task
+        key = parse_key(index)
+        version = self._version(key)  # refuses an unknown index (or no run) now
         if self.run is None or self.busy:
             raise wait_error("Retry")
-        if self._selected == index:
-            self._selected = None
+        parent = key if isinstance(key, int) else key[0]
+        panel = self.links.open(parent)
         coro = editor.retry_version(
             self.run,
-            index,
+            parent,
             self._messages,
             instruction=instruction,
+            notes=notes if notes is not None else version.notes,
             llm=self._llm_for_run(),
             settings=self.settings,
             retry=self.retry_policy,
-            on_event=self._subscribers,
+            on_event=self.links.subscribers(panel),
+            store=self.store,
         )
-        task = self._start_job(loop, coro, "Retry", self._after_retry, self.panel(index))
-        self._retrying[index] = task
+        job = self.links.run(coro, panel)
+        task = self._start_job(loop, job, "Retry", self.links.ended(panel), self.panel(key))
+        self._retrying[panel.key] = task
         return task
 
-    def edit(self, index: int, text: str) -> Version:
+    def edit(self, index: VersionKey, text: str) -> Version:
         """Replace version ``index``'s text with ``text`` and mark the panel edited.
 
         The edit is saved to the run store (the generated text is kept there too)."""
-        version = editor.edit_version(self._version(index), text, run=self.run)
-        self.panel(index).mark_edited(version)
-        self.compare.versions_changed([index])
-        self._say(f"Saved your edit of version {index}.")
+        key = parse_key(index)
+        version = editor.edit_version(self._version(key), text, run=self.run, store=self.store)
+        self.panel(key).mark_edited(version)
+        self.compare.versions_changed([key])
+        self._say(f"Saved your edit of {key_label(key).lower()}.")
         self._refresh_data()
         return version
 
-    def diff(self, a: int, b: int) -> str:
+    def set_notes(self, index: VersionKey, notes: str) -> Version:
+        """Keep scene notes with version ``index`` (stored; sent with its next Retry)."""
+        key = parse_key(index)
+        self.desk.record_notes(key, notes)
+        panel = self.panel(key)
+        panel.show_notes(notes)
+        panel.show_note(html.escape("✓ notes saved"))
+        return self._version(key)
+
+    def diff(self, a: VersionKey, b: VersionKey) -> str:
         """Word-level diff of versions ``a`` → ``b`` as escaped HTML, also shown."""
-        return self.compare.diff(a, b)
+        return self.compare.diff(parse_key(a), parse_key(b))
 
-    def evaluate(self) -> asyncio.Task[editor.Evaluation]:
-        """Ask the judge model to compare the done versions; returns the task."""
-        return self.compare.evaluate()
+    def evaluate(
+        self,
+        *,
+        context: ChapterContext | None = None,
+        criteria: Collection[str] | None = None,
+        mode: str | None = None,
+    ) -> asyncio.Task[editor.Evaluation]:
+        """Ask the judge model to compare the run's done versions; returns the task. The
+        Compare tab's form says how (``context``, ``criteria``, ``mode`` given here are
+        written into it first); the verdict is stored with the run."""
+        return self.compare.evaluate(context=context, criteria=criteria, mode=mode)
 
-    def export(self, path: str | Path | None = None, *, index: int | None = None) -> Path:
+    def export(self, path: str | Path | None = None, *, index: VersionKey | None = None) -> Path:
         """Write the selected version (or ``index``) to Markdown; return its full path.
 
         The name follows the selection (``chapter-5-v2.md``) unless one is given or typed
@@ -424,35 +504,18 @@ class VersionsWidget:
         then: Callable[[T], None],
         panel: VersionPanel,
     ) -> T:
-        """Run a panel's job; its outcome, error or cancellation shows on that panel."""
+        """Run a panel's job; its error or cancellation shows on that panel (the one
+        whose button started it), its outcome where ``then`` shows it."""
         try:
             result = await coro
             then(result)
         except asyncio.CancelledError:
-            self._show_kept(panel)
             panel.show_note(html.escape(f"{what} cancelled: the previous text is kept."))
             raise
         except Exception as exc:
             report(exc, what, panel.show_note)
             raise
         return result
-
-    def _after_retry(self, version: Version) -> None:
-        panel = self.panel(version.index)
-        if version.status == "cancelled":  # editor.retry_version kept the old version
-            self._show_kept(panel)
-            panel.show_note(html.escape("Retry cancelled: the previous text is kept."))
-            return
-        word = "done" if version.ok else version.status
-        panel.show_note(html.escape(f"Regenerated: {word}."))
-        self.compare.versions_changed([version.index])
-
-    def _show_kept(self, panel: VersionPanel) -> None:
-        """A cancelled retry left the run's version in place: the panel shows it again."""
-        versions = self.run.versions if self.run is not None else []
-        kept = next((v for v in versions if v.index == panel.index), None)
-        if kept is not None and panel.version is not kept:
-            panel.finished(kept, _messages.lang())
 
     # -- events (the widget is a subscriber; it never times or retries anything) --------
     def _on_run_event(self, event: Event) -> None:
@@ -496,10 +559,34 @@ class VersionsWidget:
     def _reset(self, run: Run) -> None:
         """A new run (every version queued) replaces what was shown."""
         self.run, self._selected = run, None
+        self.desk.reset(run)
         self._limits = []
         self.message.value = ""
         self.compare.reset(_goal(self._messages))
         self.board.start(run.version_count, run)
+
+    def _show_stored(self, run: Run, messages: list[Message]) -> None:
+        """A reopened run as it was stored: panels (retries linked, notes, edits), the
+        selection, the last evaluation, the metrics; a run's messages for Retry."""
+        self._messages, self.prompt.value = messages, _goal(messages) or ""
+        self.run, self._handle, self.task = run, None, None
+        self.desk.reset(run)
+        self.compare.reset(_goal(messages))
+        self.board.show(run, self.desk.retries, _messages.lang())
+        selected = self.desk.key_of(run.selection)
+        self._mark_selected(selected)
+        if run.evaluation is not None:
+            self.compare.show_evaluation(run.evaluation)
+        self._refresh_data()
+        self._sync_busy()
+        self._say(loaded_summary(run, self.desk, selected))
+
+    def _mark_selected(self, key: VersionKey | None) -> None:
+        self._selected = key
+        for panel in self.panels:
+            panel.mark_selected(panel.key == key)
+        if key is not None:
+            self.compare.follow_selection(self._version(key), key)
 
     def _sync_busy(self) -> None:
         busy = self.busy
@@ -534,8 +621,8 @@ class VersionsWidget:
             return self.llm.with_(model=model)
         return self.llm
 
-    def _version(self, index: int) -> Version:
-        return version_of(self.run, index)
+    def _version(self, index: VersionKey) -> Version:
+        return self.desk.version(index)
 
     def _say(self, text: str) -> None:
         self.message.value = html.escape(text)
@@ -543,23 +630,31 @@ class VersionsWidget:
     def _show_message(self, value: str) -> None:
         self.message.value = value
 
-    def _panel_act(self, index: int, action: Callable[[], object], name: str) -> None:
+    def _panel_act(self, index: VersionKey, action: Callable[[], object], name: str) -> None:
         """A panel button's action; its error shows on that panel, in words."""
         panel = self.panel(index)
         panel.show_note("")
         act(action, name, panel.show_note)
 
-    def _select_clicked(self, index: int) -> None:
+    def _select_clicked(self, index: VersionKey) -> None:
         self._panel_act(index, lambda: self.select(index), "Select")
 
-    def _stop_clicked(self, index: int) -> None:
+    def _stop_clicked(self, index: VersionKey) -> None:
         self._panel_act(index, lambda: self.stop_version(index), "Stop")
 
-    def _retry_clicked(self, index: int, instruction: str) -> None:
-        self._panel_act(index, lambda: self.retry(index, instruction or None), "Retry")
+    def _retry_clicked(self, index: VersionKey, instruction: str, notes: str) -> None:
+        def retry() -> None:
+            if notes != (self._version(index).notes or ""):
+                self.set_notes(index, notes)  # what is sent is also what is kept
+            self.retry(index, instruction or None, notes=notes or None)
 
-    def _save(self, index: int, text: str) -> None:
+        self._panel_act(index, retry, "Retry")
+
+    def _save(self, index: VersionKey, text: str) -> None:
         self._panel_act(index, lambda: self.edit(index, text), "Save")
+
+    def _notes_changed(self, index: VersionKey, notes: str) -> None:
+        self._panel_act(index, lambda: self.set_notes(index, notes), "Notes")
 
 
 def _goal(messages: Sequence[Message]) -> str | None:

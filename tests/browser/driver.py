@@ -2,8 +2,9 @@
 ``benchmarks/widget_wire.py``.
 
 A temporary notebook displays one widget per language (``SimulatedLLM(lang=...)``), one
-with a stuck version and an extra one (the live pool), and a probe whose model replies
-with an HTML/JS payload (awaited in its cell). ``Wire``
+with a stuck version and an extra one (the live pool), a stored run reopened with
+``VersionsWidget.load`` (the editor's desk), and a probe whose model replies with an
+HTML/JS payload (awaited in its cell). ``Wire``
 counts the bytes of every frame the page receives on kernel websockets, so
 :func:`measure_run` can divide what pressing Generate cost on the wire by the
 characters that streamed, and read the first token's delay that ``panel.js`` records
@@ -80,6 +81,22 @@ pool = VersionsWidget(llm=stuck, prompt="Write chapter 4.",
 pool.root.add_class("arboris-pool")
 display(pool)
 """
+# The editor's desk: a Chinese run generated, selected, edited, retried with scene notes
+# and evaluated, then reopened from the store with VersionsWidget.load (issue #13).
+DESK_CELL = """
+from arboris_nb import simulated_judge
+writer = simulated_judge(lang="zh", ttft_s=0.01, tokens_per_s=2000, output_tokens=60)
+first = VersionsWidget(llm=writer, settings=WriterSettings(version_count=3))
+run = await first.generate("写第五章：姐妹俩一起读信。")
+first.select(2)
+first.edit(2, "「你先读，」姐姐说。\\n\\n妹妹把信举到灯下。")
+first.set_notes(2, "姐姐早就读过这封信。")
+await first.retry(2, "结尾停在一个问题上。")
+await first.evaluate()
+desk = VersionsWidget.load(run.run_id, llm=writer)
+desk.root.add_class("arboris-desk")
+display(desk)
+"""
 # A one-version widget whose model replies with PAYLOAD, awaited in its cell.
 PROBE_CELL = f"""
 probe = VersionsWidget(
@@ -125,6 +142,7 @@ def write_notebook(root: Path, runs: dict[str, tuple[int, float]]) -> None:
     for lang, (tokens, rate) in runs.items():
         cells.append(WIDGET_CELL.format(lang=lang, tokens=tokens, rate=rate, prompt=PROMPTS[lang]))
     cells.append(POOL_CELL.strip())
+    cells.append(DESK_CELL.strip())
     cells.append(PROBE_CELL.strip())
     book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}

@@ -8,7 +8,10 @@ streams text *while* versions run, the body follows the tail unless the reader s
 up, every panel ends ``done``; Select marks one; Wide widens one panel; a panel's Stop
 stops that version while the others go on; Stop cancels a run within a second and the
 progress line counts the outcomes apart; with one extra version a stuck one does not hold
-the run, and **+1** adds a panel mid-run; model output is shown as text and never
+the run, and **+1** adds a panel mid-run; a reopened run (``VersionsWidget.load``) shows
+its retry as a linked panel, the selection, the scene notes and the Compare tab's metrics
+table, Select on the retry moves the mark, notes typed on a panel are saved and its Retry
+adds a linked panel; model output is shown as text and never
 executed; the page logs no errors.
 
 It also measures the streaming cost on the kernel's websocket (every frame received
@@ -150,6 +153,9 @@ def _check_select(page: Page, selector: str) -> None:
     panel = page.locator(f"{selector} .arboris-panel").nth(1)
     panel.get_by_role("button", name="Select", exact=True).click()
     panel.locator(".arboris-badge", has_text="selected").wait_for(timeout=5_000)
+    # The badge (the panel view's model) and the button (its own model) are two messages:
+    # on a busy machine the second may land a moment later.
+    panel.locator("button:disabled", has_text="Select").wait_for(timeout=5_000)
     assert panel.get_by_role("button", name="Select", exact=True).is_disabled()
 
 
@@ -239,6 +245,49 @@ def _check_pool(page: Page) -> None:
     assert final["progress"].startswith("4 ok · 1 surplus of 5"), final["progress"]
 
 
+def _check_desk(page: Page) -> None:
+    """The reopened desk: 3 versions + the retry of 2 right after it, version 2 selected
+    and edited, its notes in the field, the metrics table; Select on the retry moves it."""
+    selector = ".arboris-desk"
+    desk = page.locator(selector)
+    desk.scroll_into_view_if_needed()
+    assert state(page, selector)["statuses"] == ["done"] * 4
+    titles = desk.locator(".arboris-panel .arboris-title").all_inner_texts()
+    assert [t.split(" · ")[0:2] for t in titles][2] == ["Version 2", "retry 1"], titles
+    retry = desk.locator(".arboris-retry-panel")
+    assert retry.count() == 1 and "arboris-panel-2-retry-1" in (retry.get_attribute("class") or "")
+    second = desk.locator(".arboris-panel-2")
+    assert set(second.locator(".arboris-badge").all_inner_texts()) == {"selected", "edited"}
+    assert second.locator(".arboris-panel-notes textarea").input_value() == "姐姐早就读过这封信。"
+    rows = desk.locator(".arboris-compare-metrics tr")
+    assert rows.count() == 5, rows.all_inner_texts()  # the header + 4 versions
+    assert "2 · retry 1" in rows.nth(3).inner_text()
+    retry.get_by_role("button", name="Select", exact=True).click()
+    page.wait_for_function(
+        "(s) => [...document.querySelectorAll(s + ' .arboris-retry-panel .arboris-badge')]"
+        ".some(b => b.textContent === 'selected')",
+        arg=selector,
+        timeout=5_000,
+    )
+    assert "selected" not in second.locator(".arboris-badge").all_inner_texts()
+    # Scene notes typed on version 1 are kept when the field is left, and Retry adds a
+    # linked panel after version 1 while version 1 stays.
+    first = desk.locator(".arboris-panel-1")
+    notes = first.locator(".arboris-panel-notes textarea")
+    notes.fill("雨夜，她不敢开门。")
+    notes.blur()
+    first.locator(".arboris-panel-note", has_text="notes saved").wait_for(timeout=5_000)
+    first.get_by_role("button", name="Retry", exact=True).click()
+    page.wait_for_function(
+        "(s) => document.querySelector(s + ' .arboris-panel-1-retry-1 .arboris-status')"
+        "?.textContent.trim() === 'done'",
+        arg=selector,
+        timeout=10_000,
+    )
+    assert state(page, selector)["statuses"] == ["done"] * 5
+    assert notes.input_value() == "雨夜，她不敢开门。"
+
+
 def _screenshot(page: Page, selector: str, name: str) -> None:
     widget = page.locator(selector)
     widget.scroll_into_view_if_needed()
@@ -268,6 +317,9 @@ def test_live_widget_in_the_browser(lab: Lab, page: Page) -> None:
     _check_wide(page, ".arboris-en")
     _check_stop(page, ".arboris-en")
     _check_pool(page)
+    _screenshot(page, ".arboris-desk .arboris-panels", f"desk-{lab.front_end}.png")
+    _screenshot(page, ".arboris-desk .arboris-compare-metrics", f"desk-metrics-{lab.front_end}.png")
+    _check_desk(page)
 
     report = {"front_end": lab.front_end, **measured}
     (ARTIFACTS / f"wire-{lab.front_end}.json").write_text(json.dumps(report, indent=2))
