@@ -51,6 +51,12 @@ disconnects) are not load signals here; the retry policy handles them. The Retry
 *gate* — no version sends before a 429's Retry-After ends — is kept per API key by the
 backend's pacing budget (:mod:`arboris_nb.pacing`), so it holds under any limiter.
 
+* **memory per endpoint** (TCP's per-destination metrics, Linux ``tcp_metrics``) — what
+  a limiter learned (:meth:`learned`: the safe limit and the ceiling) outlives it:
+  ``max_parallel_requests="auto"`` stores it per endpoint as it goes and the next run
+  on that endpoint starts from it (:meth:`resume`) instead of slow-starting into a cap
+  already found; see :mod:`arboris_nb.limit_memory` (expiry, opting out).
+
 The limiter is shareable across runs (pass the same object as ``limiter=``) and records
 its limit over time in ``history``. ``observe()`` must be called inside the attempt's
 ``slot()`` (the engine does): that is how it knows when the attempt was admitted.
@@ -68,6 +74,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .limit_memory import Learned
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,6 +154,12 @@ class AdaptiveLimit:
         self.history: list[tuple[float, int]] = []
         self.rate_limited = 0  # 429s observed
         self.decreases = 0  # congestion events (429 or latency)
+        self.warm = False  # started from what an earlier run learned (resume)
+        #: Called with :meth:`learned` whenever it changes (the endpoint memory).
+        self.on_learn: Callable[[Learned], None] | None = None
+        self._good: int | None = None  # the highest level a clean round held
+        self._congested = False  # a 429 congestion event happened
+        self._reported: Learned | None = None
 
     def __repr__(self) -> str:
         return (
@@ -175,6 +188,33 @@ class AdaptiveLimit:
         costs one 429 and every slot idle for its Retry-After, so rarer when that is long."""
         idle_share = self._limit * self._probe_idle / self._duration if self._duration else 0.0
         return math.ceil(self.probe_every * self._probe_scale * (1.0 + idle_share))
+
+    def learned(self) -> Learned | None:
+        """What this limiter knows about its endpoint (None before a clean round)."""
+        if self._good is None:
+            return None
+        return Learned(
+            limit=self._good,
+            ceiling=self._ceiling,
+            probe_scale=self._probe_scale,
+            probe_idle_s=self._probe_idle,
+            congested=self._congested,
+        )
+
+    def resume(self, learned: Learned) -> None:
+        """Start from what an earlier limiter learned (before the first request): at its
+        safe limit, below its ceiling, which is probed as rarely as it was. With no
+        ceiling known, slow start goes on above the safe limit."""
+        start = learned.limit
+        if learned.ceiling is not None:
+            start = min(start, learned.ceiling - 1)
+            self._ceiling = learned.ceiling
+            self._probe_scale, self._probe_idle = learned.probe_scale, learned.probe_idle_s
+            self._slow_start = False  # TCP: above ssthresh, one step per round trip
+        self._limit = max(self.min, min(self.max, start))
+        self._good = self._limit
+        self.warm = True
+        self._reported = self.learned()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -221,12 +261,30 @@ class AdaptiveLimit:
             self._clean += 1
             if self._episode and self._clean >= self._limit:
                 self._end_episode()
+            self._note_good()
             inflated = ttft_s is not None and self._latency_inflated(ttft_s)
             if inflated and new_event:
                 self._decrease(self._target(math.floor(self._limit * self.backoff)))
             elif not inflated:
                 self._on_success()
         self._retry_after = None
+        self._report()
+
+    def _note_good(self) -> None:
+        """A success with ``n`` requests in flight, after ``n`` clean in a row: ``n`` held."""
+        if self._episode or not self._saturated():
+            return
+        held = min(self._clean, self._in_flight)
+        if self._good is None or held > self._good:
+            self._good = held
+
+    def _report(self) -> None:
+        if self.on_learn is None:
+            return
+        learned = self.learned()
+        if learned is not None and learned != self._reported:
+            self._reported = learned
+            self.on_learn(learned)
 
     # -- the control law ---------------------------------------------------------------
     def _admitted(self) -> float:
@@ -246,6 +304,7 @@ class AdaptiveLimit:
                 self._ceiling = max(self._limit + 1, min(self._ceiling, others + 1))
             return
         self._event_floor = max(self.min, self._limit // 2)
+        self._congested = True
         target = self._target(min(others, math.floor(self._limit * self.backoff)))
         if self._episode:  # the same episode goes on: cut, learn nothing about the cap
             self._decrease(target)
@@ -258,6 +317,8 @@ class AdaptiveLimit:
         self._ceiling = max(self.min, min(self._limit, others + 1))
         self._decrease(target)
         self._recover_to = self._limit  # TCP's ssthresh: the level after the first cut
+        if self._good is not None:  # no longer proven: the server refused at this level
+            self._good = min(self._good, self._limit)
 
     def _target(self, value: int) -> int:
         """A decrease: at least one step, at most halving (TCP never cuts more)."""

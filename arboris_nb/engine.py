@@ -25,6 +25,7 @@ from .config import LLMConfig, WriterSettings, load_api_keys, load_env
 from .errors import ConfigError
 from .events import EventHandler
 from .handle import RunHandle
+from .limit_memory import endpoint_key
 from .limits import Limiter, make_limiter
 from .pricing import Price, PriceSpec, price_for, price_table
 from .prompts import as_messages
@@ -146,7 +147,8 @@ def start_versions(
     settings = settings or WriterSettings.from_env()
     messages = as_messages(prompt)
     backend = resolve_backend(llm)
-    limiter = limiter or make_limiter(settings.max_parallel_requests)
+    endpoint = endpoint_key(backend)  # auto starts from what it learned there (limit_memory)
+    limiter = limiter or make_limiter(settings.max_parallel_requests, endpoint=endpoint)
     temperature, max_tokens = _sampling(llm)
     price = resolve_price(llm, backend, prices)
     run = _new_run(settings, limiter, backend, indices, run_id, project, chapter)

@@ -5,7 +5,11 @@
 interleaved (repeat by repeat) so slow drift in the server spreads over all settings
 rather than biasing one. Benchmarks go beyond the editor's 1–10 range: ``indices=`` sets N
 and a ``FixedLimit(c)`` sets C, so any N ≥ 1 and C ≥ 1 work. ``"auto"`` is one more point:
-each of its runs gets a fresh adaptive limit, as ``max_parallel_requests="auto"`` does.
+each of its runs gets a fresh adaptive limit, as ``max_parallel_requests="auto"`` does —
+which starts from what earlier runs on the same endpoint learned
+(:mod:`arboris_nb.limit_memory`). So the runs frame and the table say, in ``auto_start``,
+whether an ``auto`` run started ``cold`` (nothing known: the first run on an endpoint) or
+``warm``, and the two are never averaged together.
 
 :meth:`SweepResult.recommendation` names the fixed C to use: the best throughput among
 the limits whose runs had fewer than 5 % of their requests answered 429.
@@ -22,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from ..backends.base import Backend, Message
 from ..cache import CacheSpec
 from ..config import COUNT_RANGE, LLMConfig, WriterSettings
-from ..engine import generate_versions
+from ..engine import generate_versions, resolve_backend
 from ..errors import ConfigError
 from ..events import EventHandler
+from ..limit_memory import endpoint_key
 from ..limits import AUTO_INITIAL, FixedLimit, Limiter, make_limiter
 from ..results import Run
 from ..retry import RetryPolicy
@@ -59,8 +64,10 @@ class Recommendation:
     versions: int
     versions_per_s: float
     share_429: float
-    auto_versions_per_s: float | None = None  # the ``auto`` runs, if the sweep had them
+    auto_versions_per_s: float | None = None  # the cold ``auto`` runs, if the sweep had them
     auto_share_429: float | None = None
+    auto_warm_versions_per_s: float | None = None  # the warm ones (started from memory)
+    auto_warm_share_429: float | None = None
 
     def __str__(self) -> str:
         text = (
@@ -68,12 +75,15 @@ class Recommendation:
             f"({self.versions_per_s:.2f} versions/s at N={self.versions}, "
             f"{self.share_429:.1%} of requests answered 429)"
         )
-        if self.auto_versions_per_s is not None and self.auto_share_429 is not None:
-            ratio = self.auto_versions_per_s / self.versions_per_s
-            text += (
-                f"; auto: {self.auto_versions_per_s:.2f} versions/s ({ratio:.2f} of it), "
-                f"{self.auto_share_429:.1%} answered 429"
-            )
+        for start, speed, share in (
+            ("cold", self.auto_versions_per_s, self.auto_share_429),
+            ("warm", self.auto_warm_versions_per_s, self.auto_warm_share_429),
+        ):
+            if speed is not None and share is not None:
+                text += (
+                    f"; auto {start}: {speed:.2f} versions/s "
+                    f"({speed / self.versions_per_s:.2f} of it), {share:.1%} answered 429"
+                )
         return text
 
 
@@ -83,6 +93,8 @@ class SweepResult:
 
     recorder: Recorder
     runs_list: list[Run] = field(default_factory=list)
+    #: run id → "cold" or "warm", for the ``auto`` runs
+    auto_starts: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def versions(self) -> pd.DataFrame:
@@ -91,13 +103,18 @@ class SweepResult:
 
     @cached_property
     def runs(self) -> pd.DataFrame:
-        """One row per run (see ``RUNS_COLUMNS``)."""
-        return self.recorder.runs_frame()
+        """One row per run (see ``RUNS_COLUMNS``), plus ``auto_start``: ``cold`` or
+        ``warm`` for an ``auto`` run, empty for a fixed limit."""
+        frame = self.recorder.runs_frame()
+        frame["auto_start"] = frame["run_id"].map(self.auto_starts).fillna("")
+        return frame
 
     def table(self) -> pd.DataFrame:
         """Per (mode, N, C): runs, failures and mean ± std of the wall time, with the ideal,
-        the throughput and the share of requests answered 429 (serial first, auto last)."""
-        grouped = self.runs.groupby(["mode", "version_count", "max_parallel_requests"], sort=False)
+        the throughput and the share of requests answered 429 (serial first, auto last,
+        its cold runs apart from its warm ones)."""
+        keys = ["mode", "version_count", "max_parallel_requests", "auto_start"]
+        grouped = self.runs.groupby(keys, sort=False)
         table = grouped.agg(
             runs=("run_id", "count"),
             failed=("failed", "sum"),
@@ -111,8 +128,8 @@ class SweepResult:
         )
         table = table.reset_index()
         order = [
-            (mode != "serial", n, c == "auto", c if isinstance(c, int) else 0)
-            for mode, n, c in table[["mode", "version_count", "max_parallel_requests"]].values
+            (mode != "serial", n, c == "auto", c if isinstance(c, int) else 0, start)
+            for mode, n, c, start in table[keys].values
         ]
         ranks = sorted(range(len(order)), key=order.__getitem__)
         return table.iloc[ranks].reset_index(drop=True)
@@ -127,6 +144,7 @@ class SweepResult:
         n = int(parallel["version_count"].max())
         rows = parallel[parallel["version_count"] == n]
         auto = rows[rows["max_parallel_requests"] == "auto"]
+        cold, warm = auto[auto["auto_start"] == "cold"], auto[auto["auto_start"] == "warm"]
         fixed = rows[
             (rows["max_parallel_requests"] != "auto") & (rows["share_429"] < max_share_429)
         ]
@@ -139,8 +157,10 @@ class SweepResult:
             versions=n,
             versions_per_s=float(best["versions_per_s"]),
             share_429=float(best["share_429"]),
-            auto_versions_per_s=_number(auto["versions_per_s"]),
-            auto_share_429=_number(auto["share_429"]),
+            auto_versions_per_s=_number(cold["versions_per_s"]),
+            auto_share_429=_number(cold["share_429"]),
+            auto_warm_versions_per_s=_number(warm["versions_per_s"]),
+            auto_warm_share_429=_number(warm["share_429"]),
         )
 
 
@@ -199,7 +219,8 @@ async def _one(
     on_event: EventHandler | None,
     store: StoreSpec,
     cache: CacheSpec,
-) -> Run:
+) -> tuple[Run, str | None]:
+    """One run of the sweep, and for ``auto`` whether it started cold or warm."""
     high = COUNT_RANGE[1]
     # The settings only carry the mode; N and C come from indices= and the limiter, which
     # have no upper bound (the 1–10 range is the editor's, not the engine's).
@@ -209,9 +230,13 @@ async def _one(
         max_parallel_requests=min(step.c, high) if isinstance(step.c, int) else step.c,
     )
     limiter: Limiter | None = None
-    if step.parallel:  # "auto": a fresh adaptive limit per run, as the setting makes
-        limiter = FixedLimit(step.c) if isinstance(step.c, int) else make_limiter(step.c)
-    return await generate_versions(
+    start = None
+    if step.parallel and isinstance(step.c, int):
+        limiter = FixedLimit(step.c)
+    elif step.parallel:  # "auto": a fresh adaptive limit per run, as the setting makes
+        limiter = make_limiter(step.c, endpoint=endpoint_key(resolve_backend(llm)))
+        start = "warm" if getattr(limiter, "warm", False) else "cold"
+    run = await generate_versions(
         prompt,
         settings=settings,
         llm=llm,
@@ -223,6 +248,7 @@ async def _one(
         store=store,
         cache=cache,
     )
+    return run, start
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -280,10 +306,12 @@ async def sweep(
             handler = recorder.label(label, repeat=step.repeat, concurrency=fixed)
             if before_run is not None:
                 before_run()
-            run = await _one(
+            run, start = await _one(
                 prompt, step, llm=llm, retry=retry, on_event=handler, store=store, cache=cache
             )
             result.runs_list.append(run)
+            if start is not None:
+                result.auto_starts[run.run_id] = start
             bar.update()
     finally:
         bar.close()

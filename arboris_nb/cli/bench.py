@@ -3,8 +3,9 @@
 ``--mock`` starts :class:`~arboris_nb.mockserver.MockServer` in this process and goes
 through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole client path;
 ``--mock-…`` flags give it any of the four provider behaviours (docs/mockserver.md).
-``auto`` in ``--concurrency`` is one more sweep point (a fresh adaptive limit per run);
-after the table, the recommended fixed limit is printed. With ``--mock`` every run starts
+``auto`` in ``--concurrency`` is one more sweep point (a fresh adaptive limit per run,
+starting from what the earlier ``auto`` runs learned of the endpoint: the table shows its
+first, ``cold`` run apart from the ``warm`` ones); after the table, the recommended fixed limit is printed. With ``--mock`` every run starts
 on a reset mock (budgets full, no window open) and a forgotten client budget: a sweep point
 must not inherit the rate budget an earlier one spent. A real API cannot be reset; its
 runs share the account's budget (interleaving spreads that over the settings).
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import LLMConfig
 from ..errors import ConfigError
+from ..limit_memory import ENV_VAR
 from ._api import add_api_flags, config_from_args
 from .serve_mock import add_behaviour_flags, behaviour_fields
 
@@ -47,6 +49,7 @@ JSON_KEYS = (
     "wall_over_ideal",
     "serial_source",
     "share_429",
+    "auto_start",
 )
 
 
@@ -157,7 +160,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="PNG",
         help="save the wall-time/efficiency plot; with auto swept, the limit trace of the "
-        "last auto run (and the wall-time plot as PNG-concurrency.png)",
+        "first (cold) auto run, of the last warm one as PNG-warm.png, and the wall-time "
+        "plot as PNG-concurrency.png",
     )
     p.add_argument("--json", action="store_true", help="print the run summaries as JSON")
     mock = p.add_argument_group("mock server (with --mock)")
@@ -230,7 +234,9 @@ def _llm(args: argparse.Namespace) -> Iterator[tuple[LLMConfig, Callable[[], Non
 
         print(
             "mock server: reset before every run (budgets full, no window open, the "
-            "client's budget forgotten), so no run inherits what an earlier one spent",
+            "client's budget forgotten), so no run inherits what an earlier one spent; "
+            "auto's memory of the endpoint is NOT reset (that is what it is for): its first "
+            f"run starts cold, later ones warm ({ENV_VAR}=off: all cold)",
             file=sys.stderr,
         )
         yield config, fresh
@@ -284,9 +290,16 @@ def _plot(result: SweepResult, path: Path) -> None:
     if (fixed["mode"] == "parallel").any():
         plot_concurrency(fixed).savefig(beside, dpi=110)
         print(f"wall time against the limit: {beside}", file=sys.stderr)
-    if has_auto:
-        plot_limit(result.recorder.limits_frame()).savefig(path, dpi=110)
-        print(f"limit trace of the last auto run: {path}", file=sys.stderr)
+    if not has_auto:
+        return
+    limits = result.recorder.limits_frame()
+    auto = runs[runs["max_parallel_requests"] == "auto"]
+    for start, out in (("cold", path), ("warm", path.with_name(f"{path.stem}-warm{path.suffix}"))):
+        ids = auto.loc[auto["auto_start"] == start, "run_id"]
+        if len(ids):  # the first cold run, the last warm one
+            run_id = ids.iloc[0] if start == "cold" else ids.iloc[-1]
+            plot_limit(limits, run_id=run_id).savefig(out, dpi=110)
+            print(f"limit trace of the {start} auto run {run_id}: {out}", file=sys.stderr)
 
 
 def _report(result: SweepResult, args: argparse.Namespace) -> None:
