@@ -190,11 +190,12 @@ class AdaptiveLimit:
         return math.ceil(self.probe_every * self._probe_scale * (1.0 + idle_share))
 
     def learned(self) -> Learned | None:
-        """What this limiter knows about its endpoint (None before a clean round)."""
-        if self._good is None:
+        """What this limiter knows about its endpoint: the highest level a clean round
+        held, else the level a 429 cut it to (None before either)."""
+        if self._good is None and not self._congested:
             return None
         return Learned(
-            limit=self._good,
+            limit=self._limit if self._good is None else self._good,
             ceiling=self._ceiling,
             probe_scale=self._probe_scale,
             probe_idle_s=self._probe_idle,

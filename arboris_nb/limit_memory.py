@@ -155,8 +155,12 @@ def memory_enabled() -> bool:
 
 def endpoint_key(backend: Any) -> str | None:
     """``base URL|model|masked key#digest`` for an OpenAI backend, the members' keys
-    for a pool, ``simulated|model`` for the simulated one; None for other backends
-    (whose limits are not remembered). Never contains the key."""
+    for a pool, ``simulated|model`` for the simulated one, a custom backend's own
+    ``limit_endpoint`` string if it has one; None for other backends (whose limits are
+    not remembered). Never contains the key."""
+    own = getattr(backend, "limit_endpoint", None)
+    if isinstance(own, str):
+        return own
     config = getattr(backend, "config", None)
     if config is not None and hasattr(config, "api_key"):
         return _config_key(config)

@@ -54,3 +54,11 @@ def _private_run_store(
     monkeypatch.delenv("ARBORIS_CACHE", raising=False)
     monkeypatch.delenv("ARBORIS_CACHE_URL", raising=False)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _cold_auto_limits() -> None:
+    """Every test's ``auto`` runs start cold: nothing learned by an earlier test."""
+    from arboris_nb.limit_memory import forget_learned_limits
+
+    forget_learned_limits()

@@ -154,7 +154,7 @@ def test_auto_is_a_sweep_point_with_a_recommendation(tmp_path: Path) -> None:
     share = {r["max_parallel_requests"]: r["share_429"] for r in runs}
     assert share[1] == share[2] == 0.0 and share[3] > 0.05
     assert "recommended: max_parallel_requests=2 (" in result.stderr
-    assert "; auto: " in result.stderr
+    assert "; auto cold: " in result.stderr
     # With auto swept, --plot draws its limit trace; the wall-time plot goes beside it.
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "limits-concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

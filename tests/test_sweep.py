@@ -118,21 +118,26 @@ def test_sweep_keeps_nothing_in_the_run_store() -> None:
 
 @pytest.mark.looptime
 async def test_auto_is_one_more_point_and_the_recommendation_avoids_429s() -> None:
-    """A cap of 2: C=3 is no faster and draws 429s; auto finds the cap."""
+    """A cap of 2: C=3 is no faster and draws 429s; auto finds the cap — on its first,
+    cold run; the second starts from what the first learned, and is shown apart."""
+    capped = CappedLLM(cap=2, inner=model(), retry_after_s=0.5)
+    capped.limit_endpoint = "capped-sweep"  # type: ignore[attr-defined]  # remembered
     result = await sweep(
         "p",
         versions=8,
         concurrency=[1, 2, 3, "auto"],
         repeats=2,
         include_serial=False,
-        llm=CappedLLM(cap=2, inner=model(), retry_after_s=0.5),
+        llm=capped,
         retry=RetryPolicy(attempts=10, base_delay_s=0.1, jitter=0.0),
         progress=False,
     )
     assert result.runs["max_parallel_requests"].tolist() == [1, 2, 3, "auto"] * 2
+    assert result.runs["auto_start"].tolist() == ["", "", "", "cold", "", "", "", "warm"]
     table = result.table()
-    assert table["max_parallel_requests"].tolist() == [1, 2, 3, "auto"]
-    shares = dict(zip(table["max_parallel_requests"], table["share_429"], strict=True))
+    assert table["max_parallel_requests"].tolist() == [1, 2, 3, "auto", "auto"]
+    assert table["auto_start"].tolist() == ["", "", "", "cold", "warm"]
+    shares = dict(zip(table["max_parallel_requests"], table["share_429"], strict=False))
     assert shares[1] == shares[2] == 0.0
     assert shares[3] > 0.05
     rec = result.recommendation()
@@ -140,8 +145,11 @@ async def test_auto_is_one_more_point_and_the_recommendation_avoids_429s() -> No
     assert (rec.max_parallel_requests, rec.versions, rec.share_429) == (2, 8, 0.0)
     assert rec.versions_per_s == pytest.approx(2.0)  # two at a time, 1 s each
     assert rec.auto_versions_per_s is not None and rec.auto_share_429 is not None
+    assert rec.auto_share_429 > 0  # the cold run found the cap with 429s …
+    assert rec.auto_warm_share_429 == 0.0  # … the warm one started at it
+    assert rec.auto_warm_versions_per_s == pytest.approx(2.0)
     assert str(rec).startswith("recommended: max_parallel_requests=2 (2.00 versions/s at N=8")
-    assert "; auto: " in str(rec)
+    assert "; auto cold: " in str(rec) and "; auto warm: 2.00 versions/s (1.00 of it)" in str(rec)
 
 
 @pytest.mark.looptime

@@ -106,7 +106,7 @@ class SweepResult:
         """One row per run (see ``RUNS_COLUMNS``), plus ``auto_start``: ``cold`` or
         ``warm`` for an ``auto`` run, empty for a fixed limit."""
         frame = self.recorder.runs_frame()
-        frame["auto_start"] = frame["run_id"].map(self.auto_starts).fillna("")
+        frame["auto_start"] = [self.auto_starts.get(r, "") for r in frame["run_id"]]
         return frame
 
     def table(self) -> pd.DataFrame:
@@ -132,7 +132,8 @@ class SweepResult:
             for mode, n, c, start in table[keys].values
         ]
         ranks = sorted(range(len(order)), key=order.__getitem__)
-        return table.iloc[ranks].reset_index(drop=True)
+        table = table.iloc[ranks].reset_index(drop=True)
+        return table if self.auto_starts else table.drop(columns="auto_start")
 
     def recommendation(self, max_share_429: float = MAX_SHARE_429) -> Recommendation | None:
         """The fixed C with the best throughput whose 429 share is under ``max_share_429``,
@@ -144,7 +145,8 @@ class SweepResult:
         n = int(parallel["version_count"].max())
         rows = parallel[parallel["version_count"] == n]
         auto = rows[rows["max_parallel_requests"] == "auto"]
-        cold, warm = auto[auto["auto_start"] == "cold"], auto[auto["auto_start"] == "warm"]
+        start = auto["auto_start"] if "auto_start" in auto else auto["max_parallel_requests"]
+        cold, warm = auto[start == "cold"], auto[start == "warm"]
         fixed = rows[
             (rows["max_parallel_requests"] != "auto") & (rows["share_429"] < max_share_429)
         ]

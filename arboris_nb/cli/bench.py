@@ -5,10 +5,11 @@ through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole c
 ``--mock-…`` flags give it any of the four provider behaviours (docs/mockserver.md).
 ``auto`` in ``--concurrency`` is one more sweep point (a fresh adaptive limit per run,
 starting from what the earlier ``auto`` runs learned of the endpoint: the table shows its
-first, ``cold`` run apart from the ``warm`` ones); after the table, the recommended fixed limit is printed. With ``--mock`` every run starts
-on a reset mock (budgets full, no window open) and a forgotten client budget: a sweep point
-must not inherit the rate budget an earlier one spent. A real API cannot be reset; its
-runs share the account's budget (interleaving spreads that over the settings).
+first, ``cold`` run apart from the ``warm`` ones); after the table, the recommended fixed
+limit is printed. With ``--mock`` every run starts on a reset mock (budgets full, no
+window open) and a forgotten client budget: a sweep point must not inherit the rate
+budget an earlier one spent. A real API cannot be reset; its runs share the account's
+budget (interleaving spreads that over the settings).
 """
 
 from __future__ import annotations
