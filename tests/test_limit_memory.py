@@ -12,8 +12,16 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from arboris_nb import AdaptiveLimit, LLMConfig, RetryPolicy, SimulatedLLM, WriterSettings
-from arboris_nb import KeyPool, OpenAIBackend, generate_versions
+from arboris_nb import (
+    AdaptiveLimit,
+    KeyPool,
+    LLMConfig,
+    OpenAIBackend,
+    RetryPolicy,
+    SimulatedLLM,
+    WriterSettings,
+    generate_versions,
+)
 from arboris_nb.limit_memory import (
     TTL_S,
     Learned,
@@ -77,8 +85,8 @@ def test_endpoints_are_kept_apart_and_forgotten() -> None:
 
 def test_endpoint_keys_apart_and_without_the_key() -> None:
     def key(**changes: str) -> str | None:
-        base = {"api_key": SECRET, "base_url": "http://127.0.0.1:9/v1", "model": "m"}
-        return endpoint_key(OpenAIBackend(LLMConfig(**{**base, **changes})))
+        base = LLMConfig(api_key=SECRET, base_url="http://127.0.0.1:9/v1", model="m")
+        return endpoint_key(OpenAIBackend(base.with_(**changes)))
 
     one = key()
     assert one is not None and SECRET not in one and SECRET[3:-4] not in one
