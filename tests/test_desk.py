@@ -301,10 +301,14 @@ async def test_the_cli_shows_the_desk_and_exports_the_choice(
     assert main(["runs", "--store", str(path), "show", run.run_id]) == 0
     out = capsys.readouterr().out
     assert f"selection: version 2 of retry run {retry_id}, edited" in out
-    assert f"evaluation: best version {verdict.best_choice} · mode pairwise · wins v1 " in out
-    assert "agreement " in out
+    assert set(verdict.wins) == {1, 2, (2, 1), 3}  # the retry is judged too
+    best = "version 2 · retry 1" if verdict.best_choice == (2, 1) else "version "
+    assert f"evaluation: best {best}" in out and " · mode pairwise · wins v1 " in out
+    assert "v2r1 " in out and "agreement " in out
     assert f"retries: 1\n  {retry_id}: retry of version 2: ok (edited)" in out
-    assert f"--- retry of version 2, run {retry_id} (ok, 1 attempt(s), edited) ---" in out
+    retry_block = f"--- version 2 · retry 1, run {retry_id} (ok, 1 attempt(s), edited) ---"
+    # the retry is printed right after the version it retries
+    assert out.index("--- version 2 (") < out.index(retry_block) < out.index("--- version 3 (")
 
     assert main(["runs", "--store", str(path), "export", run.run_id, "--format", "md"]) == 0
     chosen = capsys.readouterr().out
