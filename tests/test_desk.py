@@ -286,6 +286,41 @@ async def test_markdown_export_holds_the_selected_edited_text(tmp_path: Path) ->
     assert document["retries"] == []
 
 
+def table_counts(path: Path, run_ids: list[str]) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    marks = ", ".join("?" * len(run_ids))
+    try:
+        return {
+            table: conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE run_id IN ({marks})", run_ids
+            ).fetchone()[0]
+            for table in ("runs", "versions", "decisions")
+        }
+    finally:
+        conn.close()
+
+
+async def test_deleting_a_run_takes_its_retries_and_decisions_along(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run, other = await stored_run(path), await stored_run(path)
+    await retry_version(run, 2, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(run, 1, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(other, 1, "Write chapter 3", llm=fast(), store=path)
+    record_selection(run, 2, version_run_id=run.retries[0].run_id, store=path)
+    edit_version(run.retries[1].versions[0], "Mine.", run=run, store=path)
+    mine = [run.run_id, *(r.run_id for r in run.retries)]
+    assert table_counts(path, mine) == {"runs": 3, "versions": 5, "decisions": 2}
+    theirs = table_counts(path, [other.run_id, other.retries[0].run_id])
+
+    with RunStore(path) as store:
+        assert store.delete_run(run.run_id) == 3  # the run and its two retry runs
+        assert store.delete_run(run.run_id) == 0  # gone: nothing more to delete
+        assert store.retries_of(run.run_id) == []
+    assert table_counts(path, mine) == {"runs": 0, "versions": 0, "decisions": 0}
+    assert table_counts(path, [other.run_id, other.retries[0].run_id]) == theirs
+    assert load_run(other.run_id, store=path).retries[0].run_id == other.retries[0].run_id
+
+
 async def test_the_cli_shows_the_desk_and_exports_the_choice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
