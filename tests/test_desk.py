@@ -4,6 +4,8 @@ Real SQLite files in tmp_path; versions from the offline SimulatedLLM."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import sqlite3
@@ -284,6 +286,28 @@ async def test_markdown_export_holds_the_selected_edited_text(tmp_path: Path) ->
     assert document["selection"] == {"run_id": run.run_id, "index": 3, "edited": True}
     assert [d["kind"] for d in document["decisions"]] == ["edit", "select"]
     assert document["retries"] == []
+
+
+async def test_csv_export_has_notes_and_each_retry_after_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await stored_run(path)
+    record_notes(run, 2, "She hesitates, then knocks.", store=path)
+    await retry_version(run, 2, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(run, 1, "Write chapter 3", llm=fast(), store=path)
+    edit_version(run.retries[0].versions[0], "Edited retry.", run=run, store=path)
+    rows = list(csv.DictReader(io.StringIO(export_run(run.run_id, "csv", store=path))))
+    order = [(r["run_id"], r["version"], r["retry_of"]) for r in rows]
+    first, second = (r.run_id for r in run.retries)
+    assert order == [
+        (run.run_id, "1", ""),
+        (second, "1", "1"),
+        (run.run_id, "2", ""),
+        (first, "2", "2"),
+        (run.run_id, "3", ""),
+    ]
+    assert [r["notes"] for r in rows] == ["", "", "She hesitates, then knocks.", "", ""]
+    assert rows[3]["content"] == "Edited retry." and rows[3]["edited"] == "True"
+    assert rows[2]["content"] == run.versions[1].content
 
 
 def table_counts(path: Path, run_ids: list[str]) -> dict[str, int]:
