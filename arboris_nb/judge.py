@@ -232,7 +232,8 @@ async def _all_at_once(candidates: dict[VersionKey, Version], judging: _Judging)
         raise EvaluationError(
             f"the evaluation chose {spoken(unknown[0])}, which is not an ok version", reply
         )
-    return replace(evaluation, calls=(call,))
+    shown = {k: evaluation.versions[k] for k in candidates if k in evaluation.versions}
+    return replace(evaluation, versions=shown, calls=(call,))  # in the order shown
 
 
 async def _pairwise(candidates: dict[VersionKey, Version], judging: _Judging) -> Evaluation:
