@@ -253,9 +253,7 @@ async def _pairwise(candidates: dict[VersionKey, Version], judging: _Judging) ->
             for first, second in orders
         )
     )
-    said = {
-        order: _pair_winner(call, *order) for order, call in zip(orders, calls, strict=True)
-    }
+    said = {order: _pair_winner(call, *order) for order, call in zip(orders, calls, strict=True)}
     pairs = tuple(
         PairVerdict(a, b, said[a, b][0], said[b, a][0], said[a, b][1], said[b, a][1])
         for a, b in combinations(keys, 2)
@@ -272,7 +270,9 @@ def _pair_winner(
     try:
         letter, reason = parse_pair_reply(reply)
     except EvaluationError as exc:
-        raise EvaluationError(f"{exc} (versions {one} and {two}, {one} shown first)", reply) from None
+        raise EvaluationError(
+            f"{exc} (versions {one} and {two}, {one} shown first)", reply
+        ) from None
     return {"A": first, "B": second, None: None}[letter], reason
 
 

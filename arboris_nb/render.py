@@ -130,9 +130,7 @@ def _panel(version: Version, selected: bool, key: VersionKey) -> str:
     ]
     if version.ok:
         head.append(f"{version.output_tokens} tokens")
-    head += [
-        word for flag, word in ((version.edited, "edited"), (selected, "✔ selected")) if flag
-    ]
+    head += [word for flag, word in ((version.edited, "edited"), (selected, "✔ selected")) if flag]
     title = f"<p><i>{_esc(version.title)}</i></p>" if version.title else ""
     border = ";border:2px solid #1976d2" if selected else ""
     return (

@@ -328,13 +328,9 @@ def _as_csv(run: Run) -> str:
     rows = []
     for key, v in linked_versions(run):
         holder, pos = holders[id(v)]
-        row = frames[id(holder)].iloc[[pos]].assign(
-            title=v.title,
-            content=v.content,
-            notes=v.notes,
-            retry_of=key[0] if isinstance(key, tuple) else None,
-        )
-        rows.append(row)
+        parent = key[0] if isinstance(key, tuple) else None
+        extra = {"title": v.title, "content": v.content, "notes": v.notes, "retry_of": parent}
+        rows.append(frames[id(holder)].iloc[[pos]].assign(**extra))
     empty = run.to_frame().assign(title=None, content=None, notes=None, retry_of=None)
     frame = pd.concat(rows, ignore_index=True) if rows else empty
     buffer = io.StringIO()

@@ -391,9 +391,15 @@ async def test_a_verdict_naming_a_retry_round_trips_and_old_ones_still_load() ->
     stored = json.loads(json.dumps(ev.to_dict()))
     assert stored["versions"] == {"2r1": {"pros": ["p"], "cons": []}}
     assert Evaluation.from_dict(stored) == ev
-    old = {"best_choice": 2, "reason": "r", "ranking": [2, 1], "versions": {"1": {}},
-           "wins": {"1": 0.0, "2": 2.0}, "pairs": [{"a": 1, "b": 2, "winner_ab": 2,
-           "winner_ba": None}], "calls": [{"messages": [], "reply": "", "pair": [1, 2]}]}  # fmt: skip
+    old = {
+        "best_choice": 2,
+        "reason": "r",
+        "ranking": [2, 1],
+        "versions": {"1": {}},
+        "wins": {"1": 0.0, "2": 2.0},
+        "pairs": [{"a": 1, "b": 2, "winner_ab": 2, "winner_ba": None}],
+        "calls": [{"messages": [], "reply": "", "pair": [1, 2]}],
+    }
     back = Evaluation.from_dict(old)
     assert (back.best_choice, back.ranking, back.wins) == (2, (2, 1), {1: 0.0, 2: 2.0})
     assert back.pairs == (PairVerdict(1, 2, 2, None),) and back.calls[0].pair == (1, 2)

@@ -329,7 +329,9 @@ async def test_evaluate_judges_the_retries_and_a_reopened_desk_shows_them(tmp_pa
     # The readers' view: the retry right after the version it retries, and so its metrics row.
     view = render_run(again).html
     assert view.index("Version 1 · retry 1") < view.index("<b>Version 2</b>")
-    rows = re.findall(r"<tr><td[^>]*>([^<]*)</td>", view.split("arboris-run-metrics")[1].split("</table>")[0])
+    rows = re.findall(
+        r"<tr><td[^>]*>([^<]*)</td>", view.split("arboris-run-metrics")[1].split("</table>")[0]
+    )
     assert rows == ["1", "1 · retry 1", "2", "3"]
 
 

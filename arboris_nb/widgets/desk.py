@@ -44,6 +44,7 @@ __all__ = [
 
 W = TypeVar("W", bound="VersionsWidget")
 
+
 def key_label(key: VersionKey) -> str:
     """What a person reads for ``key``: ``Version 2`` or ``Version 2 · retry 1``."""
     if isinstance(key, tuple):
