@@ -64,7 +64,7 @@ class Snapshot:
 def render_run(
     source: Any,
     *,
-    selected: int | tuple[int, int] | None = None,
+    selected: VersionKey | None = None,
     evaluation: _Judged | None = None,
 ) -> Snapshot:
     """The final view of a run: ``source`` is a ``Run`` or a ``VersionsWidget`` (its run,
@@ -98,7 +98,7 @@ def _last_evaluation(source: Any) -> _Judged | None:
     return getattr(getattr(source, "compare", None), "evaluation", None)
 
 
-def _summary(run: Run, selected: int | tuple[int, int] | None, evaluation: _Judged | None) -> str:
+def _summary(run: Run, selected: VersionKey | None, evaluation: _Judged | None) -> str:
     counts = {s: sum(v.status == s for v in run.versions) for s in ("ok", "failed", "cancelled")}
     mode = f"parallel, C={run.max_parallel_requests}" if run.parallel else "serial"
     parts = [
@@ -108,8 +108,7 @@ def _summary(run: Run, selected: int | tuple[int, int] | None, evaluation: _Judg
         ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing finished",
     ]
     if selected is not None:
-        which = f"{selected[0]} · retry {selected[1]}" if isinstance(selected, tuple) else selected
-        parts.append(f"selected: version {which}")
+        parts.append(f"selected: {spoken(selected)}")
     if evaluation is not None:
         parts.append(f"judge's choice: {spoken(evaluation.best_choice)}")
     return " · ".join(parts)
