@@ -26,8 +26,19 @@ just gets slower). The control law:
   Retry-After, every slot idle until it ends; so the first probe waits for
   ``probe_every × (1 + limit × retry_after / duration)`` successes (``duration``: the
   usual time of an attempt), which keeps probing below ~2 % of the throughput, and the
-  wait doubles with every event at or below the same ceiling (up to 64×). A probe that
-  survives as long again means the cap moved: the ceiling is dropped.
+  wait doubles with every failed probe (up to 64×). A probe that survives as long again
+  means the cap moved: the ceiling is dropped.
+* **episodes and recovery** — ssthresh is a memory of where congestion began, not a
+  ceiling forever. The first new event opens a congestion *episode*; it ends with a clean
+  round (``limit`` successes in a row, so the Retry-After gate has passed). New events
+  inside an episode (a budget that stays empty, a window that keeps reopening) still cut
+  the limit, but only the first event sets the ceiling and only a failed probe makes
+  probing rarer: a rate-limit storm says nothing about how many requests the server takes
+  at once. After the episode, the limit grows by slow start (+1 per success) back to the
+  episode's first cut (TCP: slow start up to ssthresh) — not to where congestion began,
+  which would be a probe — and a ceiling known before the episode applies again if the
+  storm's was lower. A 429 on the way up is a new episode, so a cap that really moved
+  down costs one such 429.
 * **latency** (Gradient2's idea: compare short-term latency with a long-term baseline) —
   with no 429s, when the short-term time to first token (EWMA α=0.3) exceeds
   ``latency_tolerance`` × its long-term average (EWMA α=0.05), that is a congestion
@@ -119,7 +130,12 @@ class AdaptiveLimit:
         self._slow_start = True
         self._successes = 0  # saturated successes since the limit last moved
         self._ceiling: int | None = None  # where the last 429 congestion began (ssthresh)
-        self._probe_scale = 1  # doubles with every event at the same ceiling
+        self._probe_scale = 1  # doubles with every failed probe
+        self._probing = False  # the limit was raised to the ceiling: the next 429 is a probe's
+        self._clean = 0  # successes since the last 429
+        self._episode = False  # between a 429 congestion event and the next clean round
+        self._recover_to: int | None = None  # after the episode, slow start back to this
+        self._before: tuple[int | None, int, float] = (None, 1, 0.0)  # ceiling, scale, idle
         self._probe_idle = 0.0  # Retry-After of the event that set the ceiling
         self._retry_after: float | None = None  # of the 429 being observed
         self._duration: float | None = None  # EWMA of successful attempts, admitted → done
@@ -198,9 +214,13 @@ class AdaptiveLimit:
         new_event = admitted >= self._last_decrease
         if rate_limited:
             self.rate_limited += 1
+            self._clean = 0
             self._on_rate_limited(new_event)
         elif ok:
             self._note_duration(self._clock() - admitted)
+            self._clean += 1
+            if self._episode and self._clean >= self._limit:
+                self._end_episode()
             inflated = ttft_s is not None and self._latency_inflated(ttft_s)
             if inflated and new_event:
                 self._decrease(self._target(math.floor(self._limit * self.backoff)))
@@ -225,12 +245,19 @@ class AdaptiveLimit:
             if self._ceiling is not None:
                 self._ceiling = max(self._limit + 1, min(self._ceiling, others + 1))
             return
-        confirmed = self._ceiling is not None and self._limit <= self._ceiling
-        self._probe_scale = min(_MAX_PROBE_SCALE, self._probe_scale * 2) if confirmed else 1
+        self._event_floor = max(self.min, self._limit // 2)
+        target = self._target(min(others, math.floor(self._limit * self.backoff)))
+        if self._episode:  # the same episode goes on: cut, learn nothing about the cap
+            self._decrease(target)
+            return
+        self._episode = True
+        self._before = (self._ceiling, self._probe_scale, self._probe_idle)
+        failed_probe = self._probing
+        self._probe_scale = min(_MAX_PROBE_SCALE, self._probe_scale * 2) if failed_probe else 1
         self._probe_idle = self._retry_after or 0.0
         self._ceiling = max(self.min, min(self._limit, others + 1))
-        self._event_floor = max(self.min, self._limit // 2)
-        self._decrease(self._target(min(others, math.floor(self._limit * self.backoff))))
+        self._decrease(target)
+        self._recover_to = self._limit  # TCP's ssthresh: the level after the first cut
 
     def _target(self, value: int) -> int:
         """A decrease: at least one step, at most halving (TCP never cuts more)."""
@@ -239,6 +266,7 @@ class AdaptiveLimit:
     def _decrease(self, target: int) -> None:
         self._last_decrease = self._clock()
         self._slow_start = False
+        self._probing = False
         self._successes = 0
         self.decreases += 1
         self._set_limit(target)
@@ -257,13 +285,41 @@ class AdaptiveLimit:
             return
         self._successes = 0
         self._set_limit(self._limit + 1)
-        if self._ceiling is not None and self._limit > self._ceiling:
+        if self._recover_to is not None and self._limit >= self._recover_to:
+            self._recovered()
+        elif self._ceiling is not None and self._limit > self._ceiling:
             self._ceiling = None  # the probe held: the cap moved up
             self._probe_scale, self._probe_idle = 1, 0.0
+        recovering = self._recovering()
+        self._probing = (
+            not recovering and self._ceiling is not None and self._limit >= self._ceiling
+        )
+
+    def _end_episode(self) -> None:
+        """A clean round after the last 429: the gate has passed; recover if below."""
+        self._episode = False
+        if self._recover_to is not None and self._limit >= self._recover_to:
+            self._recover_to = None  # nothing to recover: the episode's ceiling stands
+
+    def _recovering(self) -> bool:
+        """Growing back to the episode's first cut, the episode being over."""
+        return not self._episode and self._recover_to is not None and self._limit < self._recover_to
+
+    def _recovered(self) -> None:
+        """Back at the episode's first cut: a ceiling at or below it was the storm's, so
+        the one known before the episode (if above) applies again."""
+        self._recover_to = None
+        ceiling, scale, idle = self._before
+        if self._ceiling is not None and self._ceiling > self._limit:
+            return  # the episode's own ceiling is above: keep it
+        if ceiling is not None and ceiling > self._limit:
+            self._ceiling, self._probe_scale, self._probe_idle = ceiling, scale, idle
+        else:
+            self._ceiling, self._probe_scale, self._probe_idle = None, 1, 0.0
 
     def _needed(self) -> int:
         """Saturated successes before the next +1."""
-        if self._slow_start:
+        if self._slow_start or self._recovering():
             return 1
         if self._ceiling is not None and self._limit + 1 >= self._ceiling:
             return self.probe_after  # a probe at (or past) the known cap

@@ -15,7 +15,11 @@ an older one. Counting the unanswered requests again may count some twice — ca
 only until their own answers come, a round trip later.
 
 A 429 that carries ``Retry-After`` closes the budget's **gate**: no request on that key
-starts before it ends — not only the one that got the 429.
+starts before it ends — not only the one that got the 429. When it ends, one request goes
+first (the *pilot*) and the others wait for its answer's status line (milliseconds: a 429
+comes at once, a stream's headers before its first token): a window that is still open,
+or a budget that refilled for one request, then costs one more 429 instead of a 429 for
+every request that waited.
 
 Behind a LiteLLM proxy the provider's headers arrive prefixed ``llm_provider-``; both forms
 are read. A proxy's own limits and the provider's are separate buckets, and a request must
@@ -64,6 +68,10 @@ _DEFAULT_OUTPUT_TOKENS = 1024
 _DEFAULT_RESET_S = 60.0
 # A waiting request re-reads the budget at least this often: new answers may move it.
 _MAX_SLEEP_S = 0.5
+# How often a request behind the gate's pilot looks again, where it cannot await it.
+_PILOT_POLL_S = 0.01
+# A pilot that sent no status line for this long (or was never sent) no longer holds the rest.
+_PILOT_TIMEOUT_S = 1.0
 _REGISTRY_SIZE = 64
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 
@@ -155,6 +163,10 @@ class RateBudget:
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._pending: dict[Hashable, int] = {}  # requests sent, not answered: key → tokens
         self._gate_until = -math.inf
+        self._pilot_due = False  # the gate closed: the first request after it goes alone
+        self._pilot: Hashable | None = None  # that request, until its answer
+        self._pilot_at = -math.inf
+        self._pilot_answered = asyncio.Event()
         self._outputs: deque[int] = deque(maxlen=20)
         self._prompt_ratio = 1.0
         self.waits = 0  # requests that had to wait
@@ -178,6 +190,15 @@ class RateBudget:
     def now(self) -> float:
         return self._clock()
 
+    def clear(self) -> None:
+        """Forget every answer, reservation and gate — for a server whose limits were reset
+        (``bench --mock`` resets its mock before each run)."""
+        self._seen.clear()
+        self._pending.clear()
+        self._gate_until = -math.inf
+        self._pilot_due, self._pilot = False, None
+        self._pilot_answered.set()
+
     # -- before a request --------------------------------------------------------------
     def cost(self, request: ChatRequest) -> int:
         """Tokens ``request`` may be charged: its prompt (once) and the output each of its
@@ -192,6 +213,8 @@ class RateBudget:
         """Seconds before a request of ``tokens`` may start (0 = now)."""
         now = self._clock()
         wait = max(0.0, self._gate_until - now)
+        if wait == 0 and self._pilot_out(now):
+            wait = _PILOT_POLL_S  # the pilot's answer tells whether the gate should stay shut
         for (_, resource), seen in self._seen.items():
             if resource == "requests":
                 need = 1 + len(self._pending)
@@ -200,13 +223,28 @@ class RateBudget:
             wait = max(wait, seen.wait_s(need, now))
         return wait
 
+    def _pilot_out(self, now: float) -> bool:
+        # Lost (cancelled before it was sent), very slow to answer, or reserved on another
+        # event loop's clock (a budget outlives the loop): it holds nobody any longer.
+        if self._pilot is not None and not 0 <= now - self._pilot_at <= _PILOT_TIMEOUT_S:
+            self._pilot = None
+            self._pilot_answered.set()
+        return self._pilot is not None
+
     def reserve(self, key: Hashable, tokens: int) -> None:
-        """Count a request about to be sent until its answer (or failure) comes."""
+        """Count a request about to be sent until its answer (or failure) comes; the first
+        after a gate is its pilot."""
         self._pending[key] = tokens
+        if self._pilot_due and self._clock() >= self._gate_until:
+            self._pilot_due, self._pilot, self._pilot_at = False, key, self._clock()
+            self._pilot_answered = asyncio.Event()
 
     def release(self, key: Hashable) -> None:
         """The request ``key`` was answered or failed: stop counting it as pending."""
         self._pending.pop(key, None)
+        if key == self._pilot and key is not None:
+            self._pilot = None  # a 429 closes the gate again (block) before anyone runs
+            self._pilot_answered.set()
 
     async def acquire(self, request: ChatRequest) -> float:
         """Wait until ``request`` fits, reserve it, and return the seconds waited."""
@@ -217,10 +255,21 @@ class RateBudget:
             self.waits += 1
             log.debug("pacing: waiting %.2f s for the rate-limit budget", wait)
         while wait > 0:
-            await asyncio.sleep(min(wait, _MAX_SLEEP_S))
+            if self._pilot is not None and self._clock() >= self._gate_until:
+                await self._await_pilot()
+            else:
+                await asyncio.sleep(min(wait, _MAX_SLEEP_S))
             wait = self.wait_s(tokens)
         self.reserve(request_key(request), tokens)
         return self._clock() - start
+
+    async def _await_pilot(self) -> None:
+        try:
+            await asyncio.wait_for(self._pilot_answered.wait(), _PILOT_TIMEOUT_S)
+        except TimeoutError:
+            pass
+        except RuntimeError:  # the event belongs to another (finished) event loop
+            await asyncio.sleep(_PILOT_POLL_S)
 
     # -- after an answer ---------------------------------------------------------------
     def update(self, headers: Mapping[str, str], key: Hashable = None) -> None:
@@ -236,8 +285,10 @@ class RateBudget:
         self.release(key)
 
     def block(self, seconds: float) -> None:
-        """Close the gate for ``seconds`` (a 429's Retry-After): nobody on this key sends."""
+        """Close the gate for ``seconds`` (a 429's Retry-After): nobody on this key sends,
+        and when it opens, one request goes first."""
         self._gate_until = max(self._gate_until, self._clock() + seconds)
+        self._pilot_due = True
 
     def note_usage(self, request: ChatRequest, usage: Usage) -> None:
         """Learn the output size to expect and how far off the prompt estimate is."""

@@ -201,6 +201,98 @@ async def test_ceiling_probe_waits_and_doubles_then_forgets_a_moved_cap() -> Non
         assert limiter.limit == 9
 
 
+async def successes(limiter: AdaptiveLimit, clock: FakeClock, n: int) -> None:
+    """``n`` requests succeed one after another, the limiter kept saturated throughout."""
+    clock.t += 1
+    async with AsyncExitStack() as stack:
+        for _ in range(n):
+            await fill(limiter, stack)
+            clock.t += 0.5
+            ok(limiter)
+
+
+async def test_after_a_rate_limit_storm_the_limit_returns_quickly() -> None:
+    """A budget ran dry: every request refused for a while, event after event, down to 1.
+    The storm is one episode: it cuts, but leaves no ceiling at 1 and no rarer probing;
+    once a round succeeds, slow start takes the limit back to the storm's first cut."""
+    clock = FakeClock()
+    limiter = AdaptiveLimit(initial=8, max=8, probe_every=10, clock=clock)
+    await successes(limiter, clock, 8)  # a clean round at 8
+    for _ in range(8):
+        await refused_in_new_slot(limiter, clock)
+    assert limiter.limit == 1
+    assert limiter.decreases == 8
+    await successes(limiter, clock, 1)  # the budget is back: a clean round at 1 …
+    await successes(limiter, clock, 4)  # … then +1 per success, no probe wait on the way
+    assert limiter.limit == 6  # ⌊8 × 0.75⌋, where the first cut of the storm put it
+    assert limiter.ceiling == 8  # where the storm began, not where it ended
+    assert limiter.probe_after == 10  # and probing did not become rarer
+    await successes(limiter, clock, 6)
+    assert limiter.limit == 7  # one step per round trip below the ceiling
+
+
+async def test_recovery_restores_the_ceiling_known_before_the_storm() -> None:
+    """A cap known at 7; then a budget runs dry while only 3 requests are in flight. The
+    storm's ceiling (3) is no cap: once the storm passes, the known one (7) applies again."""
+    clock = FakeClock()
+    limiter = AdaptiveLimit(initial=7, backoff=0.9, probe_every=10, clock=clock)
+    await refused_in_new_slot(limiter, clock)  # a cap: congestion at 7 → 6, ceiling 7
+    await successes(limiter, clock, 6)  # 6 ran clean
+    clock.t += 1
+    async with AsyncExitStack() as stack:
+        for _ in range(3):
+            await stack.enter_async_context(limiter.slot())
+        clock.t += 1
+        throttled(limiter)  # refused with 2 others in flight
+    assert (limiter.limit, limiter.ceiling) == (3, 3)
+    for _ in range(3):  # the storm goes on
+        await refused_in_new_slot(limiter, clock)
+    assert limiter.limit == 1
+    await successes(limiter, clock, 2)  # a clean round at 1 (its success is +1), +1 more
+    assert (limiter.limit, limiter.ceiling) == (3, 7)  # back at the first cut, the cap known
+    await successes(limiter, clock, 3 + 4 + 5)  # one step per round trip to 6 …
+    assert limiter.limit == 6
+    await successes(limiter, clock, 9)
+    assert limiter.limit == 6  # … and the probe to 7 still waits for its 10 successes
+    await successes(limiter, clock, 1)
+    assert limiter.limit == 7
+
+
+async def test_a_cap_that_moved_down_costs_one_429_on_the_way_back() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimit(initial=8, max=8, probe_every=10, clock=clock)
+    await successes(limiter, clock, 8)  # 8 ran clean
+    await refused_in_new_slot(limiter, clock)  # the cap is now 3: 8 → 6 → 4 → 3
+    await refused_in_new_slot(limiter, clock)
+    await refused_in_new_slot(limiter, clock)
+    assert limiter.limit == 3
+    await successes(limiter, clock, 3)  # a clean round at 3 starts the slow start to 6: 4 …
+    assert limiter.limit == 4
+    await refused_in_new_slot(limiter, clock)  # … refused: a new episode, from 3 this time
+    assert (limiter.limit, limiter.ceiling) == (3, 4)
+    await successes(limiter, clock, 9)
+    assert limiter.limit == 3  # no second recovery: the probe waits as for any cap
+
+
+async def test_a_fresh_limit_starting_into_an_empty_budget_climbs_back() -> None:
+    """Every request of the first burst refused, then more: the limit returns to its
+    first cut (3) at once, and grows one step per round trip from there, not stuck."""
+    clock = FakeClock()
+    limiter = AdaptiveLimit(initial=4, probe_every=50, clock=clock)
+    requests = Requests(limiter, 4)
+    await asyncio.sleep(0)
+    for i in range(4):
+        clock.t += 0.01
+        await requests.answer(i, success=False)
+    for _ in range(3):
+        await refused_in_new_slot(limiter, clock)
+    assert limiter.limit == 1
+    await successes(limiter, clock, 3)
+    assert (limiter.limit, limiter.ceiling) == (3, None)
+    await successes(limiter, clock, 3)
+    assert limiter.limit == 4
+
+
 async def test_a_long_retry_after_makes_probing_rarer() -> None:
     """A probe's 429 idles every slot until its Retry-After ends: probe less often."""
     clock = FakeClock()

@@ -81,6 +81,20 @@ def test_table_csv_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_no_run_inherits_a_budget_an_earlier_one_spent(tmp_path: Path) -> None:
+    """6 requests a minute, 6 versions a run: without the reset before every run, the
+    warm-up alone would leave every measured run a minute of 429s."""
+    result = bench(
+        "--mock", "--mock-rpm-limit", "6", "--versions", "6", "--concurrency", "3,auto",
+        "--repeats", "2", "--json", *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert [r["max_parallel_requests"] for r in runs] == [3, "auto", 3, "auto"]
+    assert all(r["ok"] == 6 and r["share_429"] == 0.0 for r in runs)
+    assert "reset before every run" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "flag"),
     [

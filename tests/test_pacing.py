@@ -146,6 +146,72 @@ def test_the_retry_after_gate_holds_everyone() -> None:
     assert budget.wait_s(1) == pytest.approx(0.5)
 
 
+def test_after_the_gate_one_request_goes_first() -> None:
+    """The pilot: the first request after a gate goes alone; the rest follow its answer,
+    or wait for the next gate when its answer was another 429."""
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    budget.block(1.0)
+    clock.t += 1.0
+    assert budget.wait_s(1) == 0.0
+    budget.reserve("a", 1)  # the pilot
+    assert budget.wait_s(1) > 0  # the others wait for its answer …
+    budget.update({}, key="a")  # … a status line (its stream began): all may go
+    assert budget.wait_s(1) == 0.0
+    budget.reserve("b", 1)
+    budget.reserve("c", 1)  # no gate since: no pilot, no waiting
+    assert budget.wait_s(1) == 0.0
+    budget.block(1.0)
+    clock.t += 1.0
+    budget.reserve("d", 1)
+    budget.update({}, key="d")  # the pilot was refused too: its 429 closes the gate again
+    budget.block(0.5)
+    assert budget.wait_s(1) == pytest.approx(0.5)
+
+
+def test_a_lost_pilot_holds_nobody_for_long() -> None:
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    budget.block(1.0)
+    clock.t += 1.0
+    budget.reserve("a", 1)  # reserved, then cancelled before it was sent: never answered
+    assert budget.wait_s(1) > 0
+    clock.t += 1.01
+    assert budget.wait_s(1) == 0.0
+
+
+async def test_requests_behind_the_pilot_start_on_its_answer() -> None:
+    budget = RateBudget()
+    budget.block(0.01)
+    await asyncio.sleep(0.02)
+    pilot = ChatRequest(messages=[{"role": "user", "content": "p"}], max_tokens=1, version_index=1)
+    await budget.acquire(pilot)
+    behind = [
+        asyncio.create_task(
+            budget.acquire(
+                ChatRequest(
+                    messages=[{"role": "user", "content": "p"}], max_tokens=1, version_index=i
+                )
+            )
+        )
+        for i in (2, 3)
+    ]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in behind)
+    budget.update({}, key=request_key(pilot))
+    await asyncio.wait_for(asyncio.gather(*behind), 0.5)
+
+
+def test_clear_forgets_answers_reservations_and_the_gate() -> None:
+    budget = RateBudget(clock=Clock())
+    budget.update(tokens_headers(remaining=0, reset="30s"))
+    budget.reserve("a", 10)
+    budget.block(5.0)
+    assert budget.wait_s(1) > 0
+    budget.clear()
+    assert budget.wait_s(1000) == 0.0
+
+
 def test_expected_output_and_prompt_size_are_learned() -> None:
     budget = RateBudget(clock=Clock())
     bare = request(max_tokens=None, text="x" * 40)  # estimated 10 + 4

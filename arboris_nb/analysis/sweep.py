@@ -14,7 +14,7 @@ the limits whose runs had fewer than 5 % of their requests answered 429.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -246,6 +246,7 @@ async def sweep(
     recorder: Recorder | None = None,
     store: StoreSpec = False,
     cache: CacheSpec = False,
+    before_run: Callable[[], object] | None = None,
 ) -> SweepResult:
     """Run every (N, C) ``repeats`` times (plus serial runs) and return the measurements.
 
@@ -254,6 +255,8 @@ async def sweep(
     caches first and is not recorded. Failed versions are recorded, never raised.
     ``store`` and ``cache`` are off by default: measurement runs are not chapters to
     keep, and a cached reply would time the cache instead of the model.
+    ``before_run()`` is called before every run, warm-up included: ``bench --mock`` resets
+    the mock there, so no run inherits a rate budget an earlier one spent.
     """
     steps = plan_sweep(
         versions=versions, concurrency=concurrency, repeats=repeats, include_serial=include_serial
@@ -267,12 +270,16 @@ async def sweep(
             top = max((s.c for s in steps if isinstance(s.c, int)), default=AUTO_INITIAL)
             bar.set_postfix_str("warm-up")
             warm = _Step(0, first, top, True)
+            if before_run is not None:
+                before_run()
             await _one(prompt, warm, llm=llm, retry=retry, on_event=None, store=store, cache=cache)
             bar.update()
         for step in steps:
             bar.set_postfix_str(f"N={step.n} C={step.c if step.parallel else 'serial'}")
             fixed = step.c if step.parallel and isinstance(step.c, int) else None
             handler = recorder.label(label, repeat=step.repeat, concurrency=fixed)
+            if before_run is not None:
+                before_run()
             run = await _one(
                 prompt, step, llm=llm, retry=retry, on_event=handler, store=store, cache=cache
             )

@@ -4,7 +4,10 @@
 through the real ``OpenAIBackend`` over HTTP, so the numbers include the whole client path;
 ``--mock-…`` flags give it any of the four provider behaviours (docs/mockserver.md).
 ``auto`` in ``--concurrency`` is one more sweep point (a fresh adaptive limit per run);
-after the table, the recommended fixed limit is printed.
+after the table, the recommended fixed limit is printed. With ``--mock`` every run starts
+on a reset mock (budgets full, no window open) and a forgotten client budget: a sweep point
+must not inherit the rate budget an earlier one spent. A real API cannot be reset; its
+runs share the account's budget (interleaving spreads that over the settings).
 """
 
 from __future__ import annotations
@@ -96,6 +99,19 @@ def _positive(flag: str, kind: Callable[[str], float | int]) -> Callable[[str], 
     return parse
 
 
+def _fraction(flag: str) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number from 0 to 1, got {raw!r}")
+        return value
+
+    return parse
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench", help="measure wall time and efficiency against the concurrency limit"
@@ -167,6 +183,13 @@ def register(subparsers: Any) -> None:
         help="tokens per reply (default 100)",
     )
     mock.add_argument(
+        "--mock-jitter",
+        type=_fraction("--mock-jitter"),
+        default=0.0,
+        metavar="FRACTION",
+        help="latency noise, e.g. 0.2 = ±20%% uniform (default 0: every reply as long)",
+    )
+    mock.add_argument(
         "--mock-process",
         action="store_true",
         help="run the mock in its own process (no shared GIL)",
@@ -176,32 +199,66 @@ def register(subparsers: Any) -> None:
 
 
 @contextmanager
-def _llm(args: argparse.Namespace) -> Iterator[LLMConfig]:
-    """The API to measure: the mock (started here, stopped on exit) or a configured one."""
+def _llm(args: argparse.Namespace) -> Iterator[tuple[LLMConfig, Callable[[], None] | None]]:
+    """The API to measure — the mock (started here, stopped on exit) or a configured one —
+    and what to do before each run (reset the mock; nothing for a real API)."""
     if not args.mock:
         config = config_from_args(args)
         if not config.configured:
             raise ConfigError(f"bench needs --mock, --base-url or {args.api_key_env}")
-        yield config
+        yield config, None
         return
     from ..mockserver import MockServer
+    from ..pacing import RateBudget
 
     server = MockServer(
         ttft_s=args.mock_ttft,
         tokens_per_s=args.mock_tokens_per_s,
         output_tokens=args.mock_output_tokens,
+        jitter=args.mock_jitter,
         process=args.mock_process,
         **behaviour_fields(args, prefix="mock-"),
     )
     with server as base_url:
-        yield LLMConfig(base_url=base_url, model=args.model or "mock-model")
-        stats = server.stats(log=False)
-    windows = f", {stats['windows']} rate-limit windows" if stats["windows"] else ""
-    print(
-        f"mock server: {stats['requests']} requests, statuses {stats['by_status']}, "
-        f"at most {stats['max_in_flight']} in flight{windows}",
-        file=sys.stderr,
-    )
+        config = LLMConfig(base_url=base_url, model=args.model or "mock-model")
+        totals = _MockTotals()
+
+        def fresh() -> None:
+            totals.add(server.stats(log=False))
+            server.reset()
+            RateBudget.for_key(config.base_url, config.api_key).clear()
+
+        print(
+            "mock server: reset before every run (budgets full, no window open, the "
+            "client's budget forgotten), so no run inherits what an earlier one spent",
+            file=sys.stderr,
+        )
+        yield config, fresh
+        totals.add(server.stats(log=False))
+    print(totals, file=sys.stderr)
+
+
+class _MockTotals:
+    """The mock's counters summed over the resets between runs."""
+
+    def __init__(self) -> None:
+        self.requests = self.max_in_flight = self.windows = 0
+        self.by_status: dict[str, int] = {}
+
+    def add(self, stats: dict[str, Any]) -> None:
+        self.requests += stats["requests"]
+        self.max_in_flight = max(self.max_in_flight, stats["max_in_flight"])
+        self.windows += stats["windows"]
+        for status, count in stats["by_status"].items():
+            self.by_status[status] = self.by_status.get(status, 0) + count
+
+    def __str__(self) -> str:
+        windows = f", {self.windows} rate-limit windows" if self.windows else ""
+        statuses = dict(sorted(self.by_status.items()))
+        return (
+            f"mock server: {self.requests} requests, statuses {statuses}, "
+            f"at most {self.max_in_flight} in flight{windows}"
+        )
 
 
 def summaries(result: SweepResult) -> list[dict[str, Any]]:
@@ -256,7 +313,7 @@ _NO_RECOMMENDATION = (
 def run(args: argparse.Namespace) -> int:
     from ..analysis.sweep import DEFAULT_PROMPT, sweep
 
-    with _llm(args) as llm:
+    with _llm(args) as (llm, fresh):
         result = asyncio.run(
             sweep(
                 args.prompt or DEFAULT_PROMPT,
@@ -267,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 llm=llm,
                 warmup=args.warmup,
                 progress=sys.stderr.isatty(),
+                before_run=fresh,
             )
         )
     _report(result, args)
