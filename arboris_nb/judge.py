@@ -1,5 +1,9 @@
 """Evaluate: ask a judge model which version of a chapter is best, with the book's context.
 
+The candidates are every done version the editor has: the run's own and its linked
+retries (``Run.retries``), each named by its key (``2``; ``(2, 1)`` for retry 1 of
+version 2, headed ``[Version 2r1]`` for the judge; :mod:`~arboris_nb.versionkeys`).
+
 :func:`evaluate` has two modes. ``"all"`` sends every done version in one request and
 reads Arboris-Novel's evaluation (best choice, reason, ranking, pros/cons per version).
 ``"pairwise"`` judges each pair of versions twice, once in each order, so a judge that
@@ -37,6 +41,7 @@ from .prompts import ChapterContext
 from .results import Run, Version
 from .retry import RetryPolicy
 from .verdict import Evaluation, EvaluationError, JudgeCall, JudgeMode, PairVerdict
+from .versionkeys import VersionKey, key_order, key_text, linked_versions, spoken
 
 __all__ = ["MODES", "check_mode", "evaluate", "evaluation_candidates", "judge_requests"]
 
@@ -46,9 +51,10 @@ MODES: tuple[JudgeMode, ...] = ("all", "pairwise")
 _MAX_CRITERIA = 12
 
 
-def evaluation_candidates(run: Run) -> list[Version]:
-    """The versions :func:`evaluate` compares: the run's ok ones, at least two of them."""
-    candidates = run.ok
+def evaluation_candidates(run: Run) -> dict[VersionKey, Version]:
+    """The versions :func:`evaluate` compares, by key in the order shown: the run's ok
+    ones and its ok linked retries (``(2, 1)``: retry 1 of version 2), at least two."""
+    candidates = {key: v for key, v in linked_versions(run) if v.ok}
     if len(candidates) < 2:
         raise StateError(
             f"Evaluate needs at least 2 done versions; the run has {len(candidates)}: "
@@ -74,6 +80,9 @@ async def evaluate(
     max_parallel: int = 4,
 ) -> Evaluation:
     """Ask the judge model which of the run's done versions is best; return its verdict.
+
+    The candidates are :func:`evaluation_candidates`: linked retries are judged too, and
+    the verdict names them by key (``(2, 1)``).
 
     ``context``: the chapter's context (a :class:`ChapterContext` or a dict of its
     fields) — blueprint, previous summaries, goal, notes; ``goal=`` alone is a shortcut.
@@ -174,9 +183,11 @@ class _Judging:
         self.context, self.criteria, self.llm = context, criteria, llm
         self.retry, self.limiter, self.run_id = retry, limiter, run_id
 
-    async def ask(self, messages: list[Message], pair: tuple[int, int] | None) -> JudgeCall:
+    async def ask(
+        self, messages: list[Message], pair: tuple[VersionKey, VersionKey] | None
+    ) -> JudgeCall:
         """One request through the engine (retried and timed there; never stored)."""
-        suffix = f"-{pair[0]}v{pair[1]}" if pair else ""
+        suffix = f"-{key_text(pair[0])}v{key_text(pair[1])}" if pair else ""
         judged = await generate_versions(
             messages,
             settings=WriterSettings(version_count=1, max_parallel_requests=1),
@@ -211,71 +222,76 @@ def _answered(call: JudgeCall, what: str) -> str:
     return call.reply
 
 
-async def _all_at_once(candidates: list[Version], judging: _Judging) -> Evaluation:
+async def _all_at_once(candidates: dict[VersionKey, Version], judging: _Judging) -> Evaluation:
     messages = evaluation_messages(candidates, context=judging.context, criteria=judging.criteria)
     call = await judging.ask(messages, None)
     reply = _answered(call, "")
     evaluation = parse_evaluation(reply)
-    known = {v.index for v in candidates}
-    unknown = sorted({evaluation.best_choice, *evaluation.ranking} - known)
+    unknown = sorted({evaluation.best_choice, *evaluation.ranking} - set(candidates), key=key_order)
     if unknown:
         raise EvaluationError(
-            f"the evaluation chose version {unknown[0]}, which is not an ok version", reply
+            f"the evaluation chose {spoken(unknown[0])}, which is not an ok version", reply
         )
-    return replace(evaluation, calls=(call,))
+    shown = {k: evaluation.versions[k] for k in candidates if k in evaluation.versions}
+    return replace(evaluation, versions=shown, calls=(call,))  # in the order shown
 
 
-async def _pairwise(candidates: list[Version], judging: _Judging) -> Evaluation:
-    orders = [o for a, b in combinations(candidates, 2) for o in ((a, b), (b, a))]
+async def _pairwise(candidates: dict[VersionKey, Version], judging: _Judging) -> Evaluation:
+    keys = list(candidates)
+    orders = [o for a, b in combinations(keys, 2) for o in ((a, b), (b, a))]
     calls = await asyncio.gather(
         *(
             judging.ask(
                 pairwise_messages(
-                    first, second, context=judging.context, criteria=judging.criteria
+                    candidates[first],
+                    candidates[second],
+                    context=judging.context,
+                    criteria=judging.criteria,
                 ),
-                (first.index, second.index),
+                (first, second),
             )
             for first, second in orders
         )
     )
-    said = {
-        (first.index, second.index): _pair_winner(call, first.index, second.index)
-        for (first, second), call in zip(orders, calls, strict=True)
-    }
+    said = {order: _pair_winner(call, *order) for order, call in zip(orders, calls, strict=True)}
     pairs = tuple(
         PairVerdict(a, b, said[a, b][0], said[b, a][0], said[a, b][1], said[b, a][1])
-        for a, b in combinations([v.index for v in candidates], 2)
+        for a, b in combinations(keys, 2)
     )
-    return _ranked([v.index for v in candidates], pairs, tuple(calls))
+    return _ranked(keys, pairs, tuple(calls))
 
 
-def _pair_winner(call: JudgeCall, first: int, second: int) -> tuple[int | None, str]:
-    """(the winning version number, None for a tie; the reason) of one pair request."""
-    reply = _answered(call, f" comparing versions {first} and {second}")
+def _pair_winner(
+    call: JudgeCall, first: VersionKey, second: VersionKey
+) -> tuple[VersionKey | None, str]:
+    """(the winning version's key, None for a tie; the reason) of one pair request."""
+    one, two = key_text(first), key_text(second)
+    reply = _answered(call, f" comparing versions {one} and {two}")
     try:
         letter, reason = parse_pair_reply(reply)
     except EvaluationError as exc:
         raise EvaluationError(
-            f"{exc} (versions {first} and {second}, {first} shown first)", reply
+            f"{exc} (versions {one} and {two}, {one} shown first)", reply
         ) from None
     return {"A": first, "B": second, None: None}[letter], reason
 
 
 def _ranked(
-    indices: list[int], pairs: tuple[PairVerdict, ...], calls: tuple[JudgeCall, ...]
+    keys: list[VersionKey], pairs: tuple[PairVerdict, ...], calls: tuple[JudgeCall, ...]
 ) -> Evaluation:
-    wins = dict.fromkeys(indices, 0.0)
-    notes: dict[int, dict[str, list[str]]] = {i: {"pros": [], "cons": []} for i in indices}
+    wins = dict.fromkeys(keys, 0.0)
+    notes: dict[VersionKey, dict[str, list[str]]] = {i: {"pros": [], "cons": []} for i in keys}
     for pair in pairs:
         _count(wins, notes, pair, pair.winner_ab, pair.reason_ab, first=pair.a)
         _count(wins, notes, pair, pair.winner_ba, pair.reason_ba, first=pair.b)
-    ranking = tuple(sorted(indices, key=lambda i: (-wins[i], i)))
+    ranking = tuple(sorted(keys, key=lambda i: (-wins[i], key_order(i))))
     best = ranking[0]
-    total = 2 * (len(indices) - 1)
+    total = 2 * (len(keys) - 1)
     tied = [i for i in ranking[1:] if wins[i] == wins[best]]
-    reason = f"version {best} won {wins[best]:g} of {total} comparisons"
+    reason = f"{spoken(best)} won {wins[best]:g} of {total} comparisons"
     if tied:
-        others = f"version {tied[0]}" if len(tied) == 1 else f"versions {', '.join(map(str, tied))}"
+        names = ", ".join(key_text(i) for i in tied)
+        others = spoken(tied[0]) if len(tied) == 1 else f"versions {names}"
         reason += f" (tied with {others}; the lower number is first)"
     agreement = sum(p.agree for p in pairs) / len(pairs)
     return Evaluation(
@@ -291,13 +307,13 @@ def _ranked(
 
 
 def _count(
-    wins: dict[int, float],
-    notes: dict[int, dict[str, list[str]]],
+    wins: dict[VersionKey, float],
+    notes: dict[VersionKey, dict[str, list[str]]],
     pair: PairVerdict,
-    winner: int | None,
+    winner: VersionKey | None,
     reason: str,
     *,
-    first: int,
+    first: VersionKey,
 ) -> None:
     """Score one answer; its reason goes to the pros of the winner and the cons of the
     loser, saying which letter each was read as (the judge's reason names A and B)."""
@@ -308,5 +324,5 @@ def _count(
     loser = pair.b if winner == pair.a else pair.a
     wins[winner] += 1.0
     letter = "A" if winner == first else "B"
-    notes[winner]["pros"].append(f"beat version {loser} (read as {letter}): {reason}")
-    notes[loser]["cons"].append(f"lost to version {winner} (read as {letter}): {reason}")
+    notes[winner]["pros"].append(f"beat {spoken(loser)} (read as {letter}): {reason}")
+    notes[loser]["cons"].append(f"lost to {spoken(winner)} (read as {letter}): {reason}")

@@ -4,8 +4,9 @@ Two requests, both carrying the chapter's context (the sections of
 :class:`~arboris_nb.prompts.ChapterContext`, as :func:`~arboris_nb.prompts.chapter_messages`
 writes them) and the editor's criteria:
 
-* all at once (:func:`evaluation_messages`): every version under ``[Version i]``; the reply
-  is Arboris-Novel's evaluation JSON, read by :func:`parse_evaluation`;
+* all at once (:func:`evaluation_messages`): every version under ``[Version i]`` — a linked
+  retry under ``[Version 2r1]`` (retry 1 of version 2; :mod:`~arboris_nb.versionkeys`);
+  the reply is Arboris-Novel's evaluation JSON, read by :func:`parse_evaluation`;
 * one pair (:func:`pairwise_messages`): two versions as ``[Version A]`` and ``[Version B]``
   (letters, not numbers, so the judge cannot favour a number); the reply names the winner,
   read by :func:`parse_pair_reply`.
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from .backends.base import Message
 from .prompts import ChapterContext, strip_think
 from .results import Version
 from .verdict import Evaluation, EvaluationError
+from .versionkeys import VersionKey, key_text, parse_key_text
 
 __all__ = [
     "DEFAULT_CRITERIA",
@@ -50,7 +52,8 @@ _BRIEF = (
 )
 EVALUATION_SYSTEM_PROMPT = _BRIEF + (
     "Compare all the versions. Reply with JSON only: "
-    '{"best_choice": <version number>, "ranking": [<version numbers, best first>], '
+    "Name each version as its heading does (1, 2, or 2r1 for a retry of version 2). "
+    '{"best_choice": <version>, "ranking": [<versions, best first>], '
     '"reason_for_choice": "...", "evaluation": {"version1": {"pros": ["..."], '
     '"cons": ["..."], "overall_review": "..."}, ...}}'
 )
@@ -61,7 +64,7 @@ PAIRWISE_SYSTEM_PROMPT = _BRIEF + (
 
 CRITERIA_LABEL = "Criteria"
 # The judge (and the simulated judge) finds the versions by these headings.
-HEADING_RE = re.compile(r"^\[Version (\d+|A|B)\]$", re.MULTILINE)
+HEADING_RE = re.compile(r"^\[Version (\d+(?:r\d+)?|A|B)\]$", re.MULTILINE)
 CRITERIA_RE = re.compile(rf"^\[{CRITERIA_LABEL}\]$", re.MULTILINE)
 
 Winner = Literal["A", "B"] | None  # None: a tie
@@ -74,13 +77,15 @@ def _user_text(context: ChapterContext, criteria: Sequence[str], drafts: list[st
 
 
 def evaluation_messages(
-    versions: Sequence[Version],
+    versions: Sequence[Version] | Mapping[VersionKey, Version],
     *,
     context: ChapterContext | None = None,
     criteria: Sequence[str] = DEFAULT_CRITERIA,
 ) -> list[Message]:
-    """The request asking a model to compare all ``versions`` at once."""
-    drafts = [f"[Version {v.index}]\n{v.content or ''}" for v in versions]
+    """The request asking a model to compare all ``versions`` at once: a list (each
+    headed by its number) or a dict by key (a linked retry ``(2, 1)`` headed ``2r1``)."""
+    named = versions if isinstance(versions, Mapping) else {v.index: v for v in versions}
+    drafts = [f"[Version {key_text(k)}]\n{v.content or ''}" for k, v in named.items()]
     user = _user_text(context or ChapterContext(), criteria, drafts)
     return [
         {"role": "system", "content": EVALUATION_SYSTEM_PROMPT},
@@ -118,9 +123,9 @@ def _json_object(text: str) -> Any:
         return None
 
 
-def _version_number(key: object) -> int | None:
-    match = re.search(r"\d+", str(key))
-    return int(match.group()) if match else None
+def _version_key(key: object) -> VersionKey | None:
+    """``2``, ``"version2"``, ``"2r1"`` (a retry)…: the version a reply names."""
+    return parse_key_text(key) if isinstance(key, int | str) else None
 
 
 def _points(value: object) -> list[str]:
@@ -131,10 +136,10 @@ def _points(value: object) -> list[str]:
     return []
 
 
-def _ranking(value: object, best: int, text: str) -> tuple[int, ...]:
+def _ranking(value: object, best: VersionKey, text: str) -> tuple[VersionKey, ...]:
     if value is None:
         return (best,)
-    numbers = [_version_number(v) for v in value] if isinstance(value, list) else [None]
+    numbers = [_version_key(v) for v in value] if isinstance(value, list) else [None]
     if None in numbers or not numbers or numbers[0] != best:
         raise EvaluationError(
             f"the evaluation reply's ranking {value!r} is not a list of version numbers "
@@ -149,20 +154,20 @@ def parse_evaluation(text: str) -> Evaluation:
 
     Accepts ``best_choice`` (or ``best_version``), ``reason_for_choice`` (or ``reason``),
     an optional ``ranking`` (best first) and ``evaluation`` (or ``versions``) keyed
-    ``version1`` / ``1`` / ``version_1``.
+    ``version1`` / ``1`` / ``version_1`` (a retry: ``2r1``, ``version2r1``).
     """
     data = _json_object(text)
     if not isinstance(data, dict):
         raise EvaluationError("the evaluation reply is not a JSON object", text)
-    best = _version_number(data.get("best_choice", data.get("best_version", "")))
+    best = _version_key(data.get("best_choice", data.get("best_version", "")))
     if best is None:
         raise EvaluationError("the evaluation reply has no best_choice version number", text)
     reason = str(data.get("reason_for_choice", data.get("reason", "")))
     notes = data.get("evaluation", data.get("versions", {}))
-    versions: dict[int, dict[str, list[str]]] = {}
+    versions: dict[VersionKey, dict[str, list[str]]] = {}
     if isinstance(notes, dict):
         for key, value in notes.items():
-            number = _version_number(key)
+            number = _version_key(key)
             if number is not None and isinstance(value, dict):
                 versions[number] = {k: _points(value.get(k)) for k in ("pros", "cons")}
     ranking = _ranking(data.get("ranking"), best, text)

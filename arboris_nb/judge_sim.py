@@ -29,6 +29,7 @@ from .judge_prompts import (
     PAIRWISE_SYSTEM_PROMPT,
 )
 from .prompts import ChapterContext
+from .versionkeys import key_order, parse_key_text
 
 __all__ = ["CLOSE_CALL", "offline_judge", "simulated_judge"]
 
@@ -78,8 +79,13 @@ def _split(user: str) -> tuple[set[str], dict[str, str]]:
 
 def _all_reply(user: str) -> str:
     keys, drafts = _split(user)
-    scores = {int(k): _score(text, keys) for k, text in drafts.items()}
-    ranking = sorted(scores, key=lambda i: (-sum(scores[i]), i))
+    scores = {k: _score(text, keys) for k, text in drafts.items()}  # by label: "2", "2r1"
+
+    def order(label: str) -> tuple[float, tuple[int, int]]:
+        key = parse_key_text(label)
+        return -sum(scores[label]), key_order(key if key is not None else 0)
+
+    ranking = sorted(scores, key=order)
     best = ranking[0]
     why = "the most varied vocabulary" + (" and fidelity to the context" if keys else "")
     evaluation = {
@@ -91,12 +97,17 @@ def _all_reply(user: str) -> str:
         for i, (variety, fidelity) in scores.items()
     }
     verdict = {
-        "best_choice": best,
-        "ranking": ranking,
+        "best_choice": _json_label(best),
+        "ranking": [_json_label(i) for i in ranking],
         "reason_for_choice": f"version {best} has {why} (simulated judge)",
         "evaluation": evaluation,
     }
     return json.dumps(verdict, ensure_ascii=False)
+
+
+def _json_label(label: str) -> int | str:
+    """A version's number as a JSON number, a retry's label (``"2r1"``) as text."""
+    return int(label) if label.isdigit() else label
 
 
 def _pros(variety: float, fidelity: float, has_context: bool) -> list[str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .textstats import text_metrics
+from .versionkeys import VersionKey, linked_versions, spoken
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +36,7 @@ _STATUS_COLOUR = {"ok": "#2e7d32", "failed": "#c62828", "cancelled": "#8d6e00"}
 
 
 class _Judged(Protocol):
-    best_choice: int
+    best_choice: VersionKey
 
     def to_html(self) -> str: ...
 
@@ -63,13 +64,14 @@ class Snapshot:
 def render_run(
     source: Any,
     *,
-    selected: int | tuple[int, int] | None = None,
+    selected: VersionKey | None = None,
     evaluation: _Judged | None = None,
 ) -> Snapshot:
     """The final view of a run: ``source`` is a ``Run`` or a ``VersionsWidget`` (its run,
     selection and the Compare tab's last evaluation are used unless ``selected`` /
-    ``evaluation`` are given). A run's linked retries (``Run.retries``) follow its
-    versions, titled ``Version 2 · retry 1`` (``selected=(2, 1)`` marks that one).
+    ``evaluation`` are given). Each linked retry (``Run.retries``) follows the version it
+    retries, as in the widget, titled ``Version 2 · retry 1`` (``selected=(2, 1)`` marks
+    that one); the metrics table's rows are in the same order.
     """
     run: Run | None = getattr(source, "run", source)
     if run is None:
@@ -77,12 +79,12 @@ def render_run(
     if selected is None and getattr(source, "selected", None) is not None:
         selected = getattr(source, "selected_key", None) or source.selected.index
     evaluation = evaluation or _last_evaluation(source)
-    panels = "".join(_panel(v, v.index == selected) for v in run.versions)
-    panels += _retry_panels(run, selected)
+    shown = linked_versions(run)
+    panels = "".join(_panel(v, key == selected, key) for key, v in shown)
     body = [
         f"<p>{_summary(run, selected, evaluation)}</p>",
         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{panels}</div>',
-        metrics_table(run.versions),
+        metrics_table([v for _, v in shown], [_row_label(key) for key, _ in shown]),
     ]
     if evaluation is not None:
         body.append(evaluation.to_html())
@@ -96,7 +98,7 @@ def _last_evaluation(source: Any) -> _Judged | None:
     return getattr(getattr(source, "compare", None), "evaluation", None)
 
 
-def _summary(run: Run, selected: int | tuple[int, int] | None, evaluation: _Judged | None) -> str:
+def _summary(run: Run, selected: VersionKey | None, evaluation: _Judged | None) -> str:
     counts = {s: sum(v.status == s for v in run.versions) for s in ("ok", "failed", "cancelled")}
     mode = f"parallel, C={run.max_parallel_requests}" if run.parallel else "serial"
     parts = [
@@ -106,36 +108,23 @@ def _summary(run: Run, selected: int | tuple[int, int] | None, evaluation: _Judg
         ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing finished",
     ]
     if selected is not None:
-        which = f"{selected[0]} · retry {selected[1]}" if isinstance(selected, tuple) else selected
-        parts.append(f"selected: version {which}")
+        parts.append(f"selected: {spoken(selected)}")
     if evaluation is not None:
-        parts.append(f"judge's choice: version {evaluation.best_choice}")
+        parts.append(f"judge's choice: {spoken(evaluation.best_choice)}")
     return " · ".join(parts)
 
 
-def _retry_panels(run: Run, selected: object) -> str:
-    """Each retry's version, numbered per version it retries (as the widget's panels)."""
-    counts: dict[int, int] = {}
-    panels = []
-    for sub in run.retries:
-        if sub.parent_index is None or not sub.versions:
-            continue
-        n = counts[sub.parent_index] = counts.get(sub.parent_index, 0) + 1
-        key = (sub.parent_index, n)
-        label = f"Version {key[0]} · retry {n}"
-        panels.append(_panel(sub.versions[0], key == selected, label, "arboris-run-retry"))
-    return "".join(panels)
+def _row_label(key: VersionKey) -> str:
+    """A metrics row's name, as the widget's Compare tab writes it: ``2``, ``2 · retry 1``."""
+    return spoken(key).removeprefix("version ")
 
 
-def _panel(
-    version: Version,
-    selected: bool,
-    label: str | None = None,
-    css: str = "arboris-run-version",
-) -> str:
+def _panel(version: Version, selected: bool, key: VersionKey) -> str:
+    """One version's panel (a linked retry's: CSS class ``arboris-run-retry``)."""
+    css = "arboris-run-retry" if isinstance(key, tuple) else "arboris-run-version"
     colour = _STATUS_COLOUR.get(version.status, "#555")
     head = [
-        f"<b>{_esc(label or f'Version {version.index}')}</b>",
+        f"<b>{_esc(spoken(key).capitalize())}</b>",
         f'<span style="color:{colour}">{version.status}</span>',
     ]
     if version.ok:

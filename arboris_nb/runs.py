@@ -32,6 +32,7 @@ from .limits import Limiter
 from .results import Run, Version
 from .retry import RetryPolicy
 from .store import RunNotFound, RunRecord, RunStore, StoreSpec, open_store
+from .versionkeys import linked_versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -317,9 +318,21 @@ def _selection_dict(run: Run) -> dict[str, Any] | None:
 
 
 def _as_csv(run: Run) -> str:
-    frame = run.to_frame()
-    frame["title"] = [v.title for v in run.versions]
-    frame["content"] = [v.content for v in run.versions]
+    """The run's versions and, right after each, its linked retries (a retry's row has
+    the retry run's ``run_id`` and ``retry_of`` = the version it retries; else empty)."""
+    import pandas as pd
+
+    holders = {id(v): (run, pos) for pos, v in enumerate(run.versions)}
+    holders |= {id(s.versions[0]): (s, 0) for s in run.retries if s.versions}
+    frames = {id(holder): holder.to_frame() for holder, _ in holders.values()}
+    rows = []
+    for key, v in linked_versions(run):
+        holder, pos = holders[id(v)]
+        parent = key[0] if isinstance(key, tuple) else None
+        extra = {"title": v.title, "content": v.content, "notes": v.notes, "retry_of": parent}
+        rows.append(frames[id(holder)].iloc[[pos]].assign(**extra))
+    empty = run.to_frame().assign(title=None, content=None, notes=None, retry_of=None)
+    frame = pd.concat(rows, ignore_index=True) if rows else empty
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return buffer.getvalue()
@@ -400,8 +413,10 @@ def export_run(
     store: StoreSpec = None,
 ) -> str:
     """A stored run as JSON (everything: attempt logs, the selection, decisions and
-    retries), CSV (one row per version, the ``Run.to_frame`` columns plus
-    cached/title/content) or Markdown (for reading).
+    retries), CSV (one row per version, the ``Run.to_frame`` columns plus title, content,
+    notes and retry_of: each linked retry is a row right after the version it retries,
+    with its own run_id and ``retry_of`` = that version's number) or Markdown (for
+    reading).
 
     Markdown holds the run's head and the selected version — its edited text if it was
     edited, saying which version it is and that it was edited; ``all_versions=True`` (or

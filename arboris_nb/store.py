@@ -425,12 +425,22 @@ class RunStore(SQLiteFile):
         )
         tx.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id))
 
-    def delete_run(self, run_id: str) -> bool:
-        """Remove a run and its versions; False when there was no such run."""
+    def delete_run(self, run_id: str) -> int:
+        """Remove a run with its versions and decisions, and its linked retry runs (theirs
+        too: a retry is part of the run it retries), in one transaction. Returns how many
+        runs went: 0 when there was no such run, else 1 + its retry runs."""
         with self.transaction() as tx:
-            tx.execute("DELETE FROM decisions WHERE run_id = ?", (run_id,))
-            tx.execute("DELETE FROM versions WHERE run_id = ?", (run_id,))
-            return tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+            if tx.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                return 0
+            doomed, todo = [run_id], [run_id]
+            while todo:  # retries of retries too, should there ever be any
+                rows = tx.execute("SELECT run_id FROM runs WHERE parent_run_id = ?", (todo.pop(),))
+                found = [row[0] for row in rows if row[0] not in doomed]
+                doomed += found
+                todo += found
+            for table in ("decisions", "versions", "runs"):
+                tx.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in doomed])
+            return len(doomed)
 
     # -- reads ---------------------------------------------------------------------------
     def get_run(self, run_id: str) -> RunRecord | None:

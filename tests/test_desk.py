@@ -4,6 +4,8 @@ Real SQLite files in tmp_path; versions from the offline SimulatedLLM."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import sqlite3
@@ -286,6 +288,63 @@ async def test_markdown_export_holds_the_selected_edited_text(tmp_path: Path) ->
     assert document["retries"] == []
 
 
+async def test_csv_export_has_notes_and_each_retry_after_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run = await stored_run(path)
+    record_notes(run, 2, "She hesitates, then knocks.", store=path)
+    await retry_version(run, 2, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(run, 1, "Write chapter 3", llm=fast(), store=path)
+    edit_version(run.retries[0].versions[0], "Edited retry.", run=run, store=path)
+    rows = list(csv.DictReader(io.StringIO(export_run(run.run_id, "csv", store=path))))
+    order = [(r["run_id"], r["version"], r["retry_of"]) for r in rows]
+    first, second = (r.run_id for r in run.retries)
+    assert order == [
+        (run.run_id, "1", ""),
+        (second, "1", "1"),
+        (run.run_id, "2", ""),
+        (first, "2", "2"),
+        (run.run_id, "3", ""),
+    ]
+    assert [r["notes"] for r in rows] == ["", "", "She hesitates, then knocks.", "", ""]
+    assert rows[3]["content"] == "Edited retry." and rows[3]["edited"] == "True"
+    assert rows[2]["content"] == run.versions[1].content
+
+
+def table_counts(path: Path, run_ids: list[str]) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    marks = ", ".join("?" * len(run_ids))
+    try:
+        return {
+            table: conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE run_id IN ({marks})", run_ids
+            ).fetchone()[0]
+            for table in ("runs", "versions", "decisions")
+        }
+    finally:
+        conn.close()
+
+
+async def test_deleting_a_run_takes_its_retries_and_decisions_along(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    run, other = await stored_run(path), await stored_run(path)
+    await retry_version(run, 2, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(run, 1, "Write chapter 3", llm=fast(), store=path)
+    await retry_version(other, 1, "Write chapter 3", llm=fast(), store=path)
+    record_selection(run, 2, version_run_id=run.retries[0].run_id, store=path)
+    edit_version(run.retries[1].versions[0], "Mine.", run=run, store=path)
+    mine = [run.run_id, *(r.run_id for r in run.retries)]
+    assert table_counts(path, mine) == {"runs": 3, "versions": 5, "decisions": 2}
+    theirs = table_counts(path, [other.run_id, other.retries[0].run_id])
+
+    with RunStore(path) as store:
+        assert store.delete_run(run.run_id) == 3  # the run and its two retry runs
+        assert store.delete_run(run.run_id) == 0  # gone: nothing more to delete
+        assert store.retries_of(run.run_id) == []
+    assert table_counts(path, mine) == {"runs": 0, "versions": 0, "decisions": 0}
+    assert table_counts(path, [other.run_id, other.retries[0].run_id]) == theirs
+    assert load_run(other.run_id, store=path).retries[0].run_id == other.retries[0].run_id
+
+
 async def test_the_cli_shows_the_desk_and_exports_the_choice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,10 +360,14 @@ async def test_the_cli_shows_the_desk_and_exports_the_choice(
     assert main(["runs", "--store", str(path), "show", run.run_id]) == 0
     out = capsys.readouterr().out
     assert f"selection: version 2 of retry run {retry_id}, edited" in out
-    assert f"evaluation: best version {verdict.best_choice} · mode pairwise · wins v1 " in out
-    assert "agreement " in out
+    assert set(verdict.wins) == {1, 2, (2, 1), 3}  # the retry is judged too
+    best = "version 2 · retry 1" if verdict.best_choice == (2, 1) else "version "
+    assert f"evaluation: best {best}" in out and " · mode pairwise · wins v1 " in out
+    assert "v2r1 " in out and "agreement " in out
     assert f"retries: 1\n  {retry_id}: retry of version 2: ok (edited)" in out
-    assert f"--- retry of version 2, run {retry_id} (ok, 1 attempt(s), edited) ---" in out
+    retry_block = f"--- version 2 · retry 1, run {retry_id} (ok, 1 attempt(s), edited) ---"
+    # the retry is printed right after the version it retries
+    assert out.index("--- version 2 (") < out.index(retry_block) < out.index("--- version 3 (")
 
     assert main(["runs", "--store", str(path), "export", run.run_id, "--format", "md"]) == 0
     chosen = capsys.readouterr().out

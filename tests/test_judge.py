@@ -351,3 +351,70 @@ async def test_pairwise_requests_run_at_most_max_parallel_at_once() -> None:
         stats = mock.stats()
     assert stats["requests"] == 6 and stats["max_in_flight"] == 2
     assert ev.agreement == 0.0 and len(ev.calls) == 6
+
+
+# -- linked retries are candidates too ------------------------------------------------------
+def with_retries(run: Run, *retries: tuple[int, str]) -> Run:
+    """``run`` with linked retry runs (parent version, text), oldest first."""
+    for n, (parent, text) in enumerate(retries, 1):
+        version = Version(index=parent, status="ok", content=text)
+        run.retries.append(
+            Run(f"r1-retry-{n}", [version], parent_run_id=run.run_id, parent_index=parent)
+        )
+    return run
+
+
+async def test_all_at_once_judges_the_retries_by_their_labels() -> None:
+    # Retry 2 of version 1 is the richest text, retry 1 of version 1 failed (no candidate).
+    run = with_retries(ok_run("a a a a a a", "b b c c b b"), (1, "a b a b"), (1, DISTINCT))
+    run.retries[0].versions[0].status = "failed"
+    assert list(evaluation_candidates(run)) == [1, (1, 2), 2]
+    llm = fast()
+    ev = await evaluate(run, llm=llm)
+    (request,) = llm.calls
+    assert "[Version 1]\na a a a a a\n\n[Version 1r2]\n" in request.prompt
+    assert "[Version 1r1]" not in request.prompt
+    assert (ev.best_choice, ev.ranking) == ((1, 2), ((1, 2), 2, 1))
+    assert set(ev.versions) == {1, (1, 2), 2}
+    assert "<b>Best: version 1 · retry 2</b>" in ev.to_html()
+    assert "Version 1 · retry 2" in ev.to_html()  # its pros and cons, named as the panel
+
+
+async def test_a_verdict_naming_a_retry_round_trips_and_old_ones_still_load() -> None:
+    run = with_retries(ok_run("one two", "three four"), (2, "five six seven"))
+    reply = (
+        '{"best_choice": "2r1", "ranking": ["version 2 retry 1", 1, "2"], '
+        '"reason_for_choice": "r", "evaluation": {"version2r1": {"pros": ["p"]}}}'
+    )
+    ev = await evaluate(run, llm=fast(reply=reply))
+    assert (ev.best_choice, ev.ranking) == ((2, 1), ((2, 1), 1, 2))
+    stored = json.loads(json.dumps(ev.to_dict()))
+    assert stored["versions"] == {"2r1": {"pros": ["p"], "cons": []}}
+    assert Evaluation.from_dict(stored) == ev
+    old = {
+        "best_choice": 2,
+        "reason": "r",
+        "ranking": [2, 1],
+        "versions": {"1": {}},
+        "wins": {"1": 0.0, "2": 2.0},
+        "pairs": [{"a": 1, "b": 2, "winner_ab": 2, "winner_ba": None}],
+        "calls": [{"messages": [], "reply": "", "pair": [1, 2]}],
+    }
+    back = Evaluation.from_dict(old)
+    assert (back.best_choice, back.ranking, back.wins) == (2, (2, 1), {1: 0.0, 2: 2.0})
+    assert back.pairs == (PairVerdict(1, 2, 2, None),) and back.calls[0].pair == (1, 2)
+    with pytest.raises(EvaluationError, match="version 2 · retry 2, which is not an ok version"):
+        await evaluate(run, llm=fast(reply='{"best_choice": "2r2"}'))
+
+
+async def test_pairwise_judges_each_retry_against_every_version() -> None:
+    run = with_retries(ok_run(DISTINCT, REPEATED), (1, REPEATED))
+    ev = await evaluate(run, llm=fast(), mode="pairwise")
+    assert [(p.a, p.b) for p in ev.pairs] == [(1, (1, 1)), (1, 2), ((1, 1), 2)]
+    assert {c.pair for c in ev.calls} == set(permutations([1, (1, 1), 2], 2))
+    assert ev.wins == {1: 4.0, (1, 1): 1.0, 2: 1.0}
+    assert ev.ranking == (1, (1, 1), 2)  # a tie: the one shown first (the retry) first
+    assert ev.versions[(1, 1)]["cons"][0].startswith("lost to version 1 (read as ")
+    back = Evaluation.from_dict(json.loads(json.dumps(ev.to_dict())))
+    assert back == ev
+    assert "<td>1&nbsp;vs&nbsp;1r1</td>" in ev.to_html()

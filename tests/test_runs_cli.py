@@ -126,3 +126,21 @@ def test_store_off_is_a_clear_error() -> None:
     result = cli("runs", "list", store=Path("off"))
     assert result.returncode == 2
     assert "ARBORIS_STORE=off" in result.stderr
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(store: Path) -> None:
+    """`arboris-nb runs list | head -1`: the pipe closes before the listing is written;
+    the command ends quietly (exit 0, no traceback) as Unix tools do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WRITER_"))}
+    env["ARBORIS_STORE"] = str(store)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arboris_nb", "runs", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the child has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -307,6 +307,34 @@ async def test_compare_shows_metrics_for_chinese_text(tmp_path: Path) -> None:
     assert cells[4] == f"{text_metrics(edited)['dialogue_share']:.0%}" != "0%"
 
 
+@pytest.mark.looptime
+async def test_evaluate_judges_the_retries_and_a_reopened_desk_shows_them(tmp_path: Path) -> None:
+    store = tmp_path / "runs.sqlite3"
+    w = make(store, tmp_path)
+    run = await w.generate("Write chapter 3")
+    await retried(w, 1)
+    task = w.compare.evaluate(mode="pairwise")
+    assert "Evaluating versions 1, 1r1, 2, 3 pairwise, both orders (12 judge requests)" in text_of(
+        w.compare.note.value
+    )
+    evaluation = await task
+    assert set(evaluation.wins) == {1, (1, 1), 2, 3}
+    assert "version 1 · retry 1" in text_of(w.compare.output.value)
+
+    again = VersionsWidget.load(run.run_id, store=store, llm=simulated_judge(**FAST))
+    stored = again.compare.evaluation
+    assert stored is not None and stored.wins == evaluation.wins
+    assert stored.best_choice == evaluation.best_choice
+    assert "version 1 · retry 1" in text_of(again.compare.output.value)
+    # The readers' view: the retry right after the version it retries, and so its metrics row.
+    view = render_run(again).html
+    assert view.index("Version 1 · retry 1") < view.index("<b>Version 2</b>")
+    rows = re.findall(
+        r"<tr><td[^>]*>([^<]*)</td>", view.split("arboris-run-metrics")[1].split("</table>")[0]
+    )
+    assert rows == ["1", "1 · retry 1", "2", "3"]
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.looptime
 async def test_bad_keys_are_clear_errors(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:  # nothing to fix in the configuration: the message says what to do
         print(f"arboris-nb: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `arboris-nb runs list | head`: the reader left. Point stdout at devnull so the
+        # interpreter's final flush does not raise again (the recipe in Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

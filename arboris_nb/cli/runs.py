@@ -97,11 +97,12 @@ def _show(args: argparse.Namespace) -> int:
         print(export_run(args.run_id, "json", store=args.store))
         return 0
     run = load_run(args.run_id, store=args.store)
-    for v in run.versions:
-        _print_version(f"version {v.index}", v)
-    for retry in run.retries:
-        for v in retry.versions:
-            _print_version(f"retry of version {v.index}, run {retry.run_id}", v)
+    from ..versionkeys import linked_versions, spoken
+
+    holders = {id(r.versions[0]): r.run_id for r in run.retries if r.versions}
+    for key, v in linked_versions(run):  # each retry right after the version it retries
+        where = f", run {holders[id(v)]}" if isinstance(key, tuple) else ""
+        _print_version(spoken(key) + where, v)
     print(format_summary(run))
     for line in _desk_lines(run):
         print(line)
@@ -146,13 +147,16 @@ def _selection_text(run: Any) -> str:
 
 
 def _evaluation_text(evaluation: Any) -> str:
-    parts = [f"best version {evaluation.best_choice}", f"mode {evaluation.mode}"]
+    from ..versionkeys import key_order, key_text, spoken
+
+    parts = [f"best {spoken(evaluation.best_choice)}", f"mode {evaluation.mode}"]
     if evaluation.wins:
         total = 2 * (len(evaluation.wins) - 1)
-        wins = ", ".join(f"v{i} {w:g}/{total}" for i, w in sorted(evaluation.wins.items()))
+        shown = sorted(evaluation.wins.items(), key=lambda kw: key_order(kw[0]))
+        wins = ", ".join(f"v{key_text(i)} {w:g}/{total}" for i, w in shown)
         parts.append(f"wins {wins}")
     if len(evaluation.ranking) > 1:
-        parts.append("ranking " + " > ".join(f"v{i}" for i in evaluation.ranking))
+        parts.append("ranking " + " > ".join(f"v{key_text(i)}" for i in evaluation.ranking))
     if evaluation.agreement is not None:
         parts.append(f"agreement {evaluation.agreement:.0%}")
     return " · ".join(parts) + f" — {evaluation.reason}"

@@ -12,8 +12,9 @@ At the top, a small table of each done version's text metrics (``metrics``, CSS 
 character counts one —, words, paragraphs, dialogue share, repeated phrases, reading
 time), one row per version shown, retries included; redrawn when a version ends, is
 retried or edited. Versions are named by the desk's keys (``2``, ``(2, 1)`` for retry 1
-of version 2; :mod:`~arboris_nb.widgets.desk`), so Diff and Export work on retries too;
-Evaluate judges the run's own done versions.
+of version 2; :mod:`~arboris_nb.widgets.desk`), so Diff, Export and Evaluate work on
+retries too: the judge compares every done version, retries included, and its verdict
+names a retry as ``version 2 · retry 1``.
 
 Rules the tab keeps (issue #11):
 
@@ -55,6 +56,7 @@ from ..prompts import ChapterContext
 from ..render import metrics_table
 from ..results import Run, Version
 from ..retry import RetryPolicy
+from ..versionkeys import key_text
 from .actions import act, note_html, report, require_run, running_loop, wait_error
 from .desk import Desk, VersionKey, key_label
 
@@ -354,7 +356,7 @@ class CompareTab:
         self.evaluation = evaluation
         self.form.fill(evaluation.context, criteria=evaluation.criteria, mode=evaluation.mode)
         run = self._host.run
-        self._show(evaluation.to_html(), {v.index for v in run.versions} if run else set())
+        self._show(evaluation.to_html(), self._host.desk.keys() if run else set())
 
     def versions_changed(self, indices: Collection[VersionKey]) -> None:
         """Versions were edited: drop what described their old text."""
@@ -387,7 +389,7 @@ class CompareTab:
             if changes == self._changes:
                 self._on_verdict(evaluation)  # stored first: shown only once it is kept
                 self.evaluation = evaluation
-                self._show(evaluation.to_html(), {v.index for v in run.versions})
+                self._show(evaluation.to_html(), self._host.desk.keys())
                 self._say("")
             else:  # a version was edited while the judge read the old text
                 self._say(note_html("The versions changed meanwhile: press Evaluate again."))
@@ -439,8 +441,8 @@ class CompareTab:
         self.note.value = value
 
 
-def _evaluating(candidates: list[Version], mode: str) -> str:
-    names = ", ".join(str(v.index) for v in candidates)
+def _evaluating(candidates: Collection[VersionKey], mode: str) -> str:
+    names = ", ".join(key_text(k) for k in candidates)
     if mode == "all":
         return f"Evaluating versions {names}…"
     requests = judge_requests(len(candidates), "pairwise")

@@ -23,6 +23,7 @@ from ..config import COUNT_RANGE, WriterSettings
 from ..errors import ConfigError
 from ..results import Run, Version
 from ..store import StoreSpec, open_store
+from ..versionkeys import VersionKey, spoken
 from .actions import require_run
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ __all__ = [
 ]
 
 W = TypeVar("W", bound="VersionsWidget")
-
-#: A version on the desk: ``i`` (the run's version i) or ``(i, n)`` (retry n of version i).
-VersionKey = int | tuple[int, int]
 
 
 def key_label(key: VersionKey) -> str:
@@ -215,5 +213,5 @@ def loaded_summary(run: Run, desk: Desk, selected: VersionKey | None) -> str:
         parts.append(f"selected: {key_label(selected)}{edited}")
     evaluation = run.evaluation
     if evaluation is not None:
-        parts.append(f"last evaluation: best is version {evaluation.best_choice}")
+        parts.append(f"last evaluation: best is {spoken(evaluation.best_choice)}")
     return "; ".join(parts) + "."
