@@ -79,22 +79,23 @@ def test_rendered_panels_hold_each_versions_full_text(book: Any) -> None:
 def _check_run_view(markup: str) -> None:
     assert "<script" not in markup.lower()
     count = int(re.search(r"· (\d+) versions", markup).group(1))  # type: ignore[union-attr]
-    panels = re.findall(r'<div class="arboris-run-version"[^>]*>(.*?)</div>', markup)
-    assert len(panels) == count
+    panels = re.findall(r'<div class="arboris-run-(version|retry)"[^>]*>(.*?)</div>', markup)
+    assert [kind for kind, _ in panels].count("version") == count
     table = re.search(r'<table class="arboris-run-metrics">(.*?)</table>', markup)
-    words = {}
+    words = {}  # metrics row name ("2", "2 · retry 1") -> words
     for row in re.findall(r"<tr>(.*?)</tr>", table.group(1) if table else "")[1:]:
         cells = [visible(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
-        words[int(cells[0])] = int(cells[2])
-    for panel in panels:
+        words[cells[0]] = int(cells[2])
+    for _, panel in panels:
         header, *paragraphs = re.findall(r"<p>(.*?)</p>", panel)
-        index = int(re.search(r"Version (\d+)", header).group(1))  # type: ignore[union-attr]
+        name = re.search(r"Version (\d+(?: · retry \d+)?)", visible(header))
+        assert name, header
         text = "\n".join(visible(p) for p in paragraphs if not p.startswith("<i>"))
         if " · ok" in visible(header):
             # The panel holds the whole text: its word count is the metrics table's.
-            assert text and text_metrics(text)["words"] == words[index], header
+            assert text and text_metrics(text)["words"] == words[name.group(1)], header
         else:
-            assert text, f"panel {index} shows nothing"
+            assert text, f"panel {name.group(1)} shows nothing"
 
 
 def test_widget_state_is_saved_for_every_widget_shown(book: Any) -> None:
