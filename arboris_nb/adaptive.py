@@ -108,6 +108,11 @@ class AdaptiveLimit:
 
     ``AdaptiveLimit(min=1, max=10, initial=4)``; ``clock`` is injectable for tests.
     ``history`` holds ``(t, limit)`` pairs, ``t`` in seconds since the first use.
+
+    Size: a little over 300 lines because it is one state machine (slow start, congestion
+    episode, ceiling and probing, latency back-off, warm start) whose steps read and write the
+    same few fields under one lock; split apart, each piece would have to re-check the
+    others' state. The algorithm's reasons are in the module docstring.
     """
 
     adaptive = True  # the engine labels runs under it max_parallel_requests="auto"
