@@ -111,7 +111,7 @@ class AdaptiveLimit:
 
     Size: a little over 300 lines because it is one state machine (slow start, congestion
     episode, ceiling and probing, latency back-off, warm start) whose steps read and write the
-    same few fields under one lock; split apart, each piece would have to re-check the
+    same few fields on the event loop; split apart, each piece would have to re-check the
     others' state. The algorithm's reasons are in the module docstring.
     """
 
