@@ -33,7 +33,7 @@ from .judge_sim import simulated_judge
 from .prompts import ChapterContext, as_messages
 from .results import Run, Version
 from .retry import RetryPolicy
-from .store import RunStore, StoreSpec, open_store
+from .store import RunStore, StoreSpec, store_session
 from .textdiff import text_diff
 from .verdict import Evaluation, EvaluationError
 
@@ -144,8 +144,7 @@ async def retry_version(
     """
     original = run.versions[_position(run, index)]
     notes = original.notes if notes is None else notes
-    opened, owned = open_store(store)
-    try:
+    with store_session(store) as opened:
         handle = start_versions(
             retry_messages(prompt, instruction, notes),
             settings=settings or WriterSettings(version_count=1),
@@ -163,9 +162,6 @@ async def retry_version(
         # Set before the run starts, so the store writes the link with the run's row.
         handle.run.parent_run_id, handle.run.parent_index = run.run_id, index
         sub = await handle
-    finally:
-        if owned and opened is not None:
-            opened.close()
     run.retries.append(sub)
     return sub.versions[0]
 
@@ -224,17 +220,13 @@ def _save_edit(
     None when the store is off (ARBORIS_STORE=off, store=False: nothing is saved)."""
     if store is False:
         return None
-    opened, owned = open_store(store)
-    if opened is None:
-        return None
-    try:
+    with store_session(store) as opened:
+        if opened is None:
+            return None
         run_id = holder or _stored_run_id(opened, run.run_id, index, generated)
         if opened.get_run(run_id) is None:
             raise _not_stored(opened, run.run_id, index)
         return opened.save_edit(run_id, index, text)
-    finally:
-        if owned:
-            opened.close()
 
 
 def _stored_run_id(store: RunStore, run_id: str, index: int, generated: str | None) -> str:

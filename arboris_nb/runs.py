@@ -31,7 +31,7 @@ from .errors import AllVersionsFailed, ConfigError, StateError
 from .limits import Limiter
 from .results import Run, Version
 from .retry import RetryPolicy
-from .store import RunNotFound, RunRecord, RunStore, StoreSpec, open_store
+from .store import RunNotFound, RunRecord, RunStore, StoreSpec, store_session
 from .versionkeys import linked_versions
 
 if TYPE_CHECKING:
@@ -82,17 +82,13 @@ LIST_COLUMNS: dict[str, str] = {
 
 @contextmanager
 def _opened(spec: StoreSpec) -> Iterator[RunStore]:
-    store, owned = open_store(spec)
-    if store is None:
-        raise ConfigError(
-            "the run store is off (ARBORIS_STORE=off): set ARBORIS_STORE to a file path "
-            "or pass store=PATH"
-        )
-    try:
+    with store_session(spec) as store:
+        if store is None:
+            raise ConfigError(
+                "the run store is off (ARBORIS_STORE=off): set ARBORIS_STORE to a file path "
+                "or pass store=PATH"
+            )
         yield store
-    finally:
-        if owned:
-            store.close()
 
 
 def _record(store: RunStore, run_id: str) -> RunRecord:
@@ -185,18 +181,6 @@ def _run_id(run: Run | str) -> str:
     return run if isinstance(run, str) else run.run_id
 
 
-@contextmanager
-def _maybe_opened(spec: StoreSpec) -> Iterator[RunStore | None]:
-    """Like :func:`_opened`, but None when the store is off (decisions then stay in
-    memory, as a generation with the store off does)."""
-    store, owned = open_store(spec)
-    try:
-        yield store
-    finally:
-        if owned and store is not None:
-            store.close()
-
-
 def _target(run: Run | str, index: int, holder: str | None, opened: RunStore | None) -> Version:
     """Version ``index`` of ``run`` (of its retry run ``holder`` if given): from memory
     for a Run, else from the store."""
@@ -234,7 +218,7 @@ def record_selection(
     ``run`` is a Run (the decision is also appended to ``run.decisions``) or a stored
     run's id. ``store`` as for ``generate_versions``; False records in memory only."""
     decision = Decision.now("select", index, version_run_id=version_run_id)
-    with _maybe_opened(store) as opened:
+    with store_session(store) as opened:
         version = _target(run, index, version_run_id, opened)
         if not version.ok:
             raise StateError(
@@ -253,7 +237,7 @@ def record_evaluation(
     """Record an evaluation of ``run`` (``Evaluation.to_dict()``: verdict, context,
     criteria and the judge's requests); ``Run.evaluation`` is then this one."""
     decision = Decision.now("evaluate", data=evaluation.to_dict())
-    with _maybe_opened(store) as opened:
+    with store_session(store) as opened:
         if opened is not None:
             opened.save_decision(_run_id(run), decision)
     return _remember(run, decision)
@@ -274,7 +258,7 @@ def record_notes(
     text = notes if notes and notes.strip() else None
     data = {"notes": text or ""}
     decision = Decision.now("notes", index, version_run_id=version_run_id, data=data)
-    with _maybe_opened(store) as opened:
+    with store_session(store) as opened:
         version = _target(run, index, version_run_id, opened)
         if opened is not None:
             decision = opened.save_notes(version_run_id or _run_id(run), index, text)

@@ -49,7 +49,8 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ __all__ = [
     "StoreTooNew",
     "open_recorder",
     "open_store",
+    "store_session",
 ]
 
 log = logging.getLogger("arboris_nb")
@@ -636,6 +638,19 @@ def open_store(spec: StoreSpec = None) -> tuple[RunStore | None, bool]:
         f"store must be a RunStore, a path, None (ARBORIS_STORE) or False, "
         f"got {type(spec).__name__}"
     )
+
+
+
+@contextmanager
+def store_session(spec: StoreSpec = None) -> Iterator[RunStore | None]:
+    """:func:`open_store` as a ``with`` block: the store (None when it is off), closed at
+    the end if this block opened it — the one place the open/close dance is written."""
+    store, owned = open_store(spec)
+    try:
+        yield store
+    finally:
+        if owned and store is not None:
+            store.close()
 
 
 def open_recorder(

@@ -22,7 +22,7 @@ from .. import runs
 from ..config import COUNT_RANGE, WriterSettings
 from ..errors import ConfigError
 from ..results import Run, Version
-from ..store import StoreSpec, open_store
+from ..store import StoreSpec, store_session
 from ..versionkeys import VersionKey, spoken
 from .actions import require_run
 
@@ -186,20 +186,16 @@ def stored_run(run_id: str, store: StoreSpec) -> tuple[Run, list[Message]]:
 
     An unknown id is :class:`~arboris_nb.runs.RunNotFound`; a store written by a newer
     arboris_nb is refused when it is opened (nothing in it changes)."""
-    opened, owned = open_store(store)
-    if opened is None:
-        raise ConfigError(
-            "the run store is off (ARBORIS_STORE=off), so there is nothing to load: "
-            "set ARBORIS_STORE to a file path or pass store=PATH"
-        )
-    try:
+    with store_session(store) as opened:
+        if opened is None:
+            raise ConfigError(
+                "the run store is off (ARBORIS_STORE=off), so there is nothing to load: "
+                "set ARBORIS_STORE to a file path or pass store=PATH"
+            )
+        run = runs.load_run(run_id, store=opened)  # RunNotFound for an unknown id
         record = opened.get_run(run_id)
-        if record is None:
-            raise runs.RunNotFound(f"no run {run_id!r} in the run store {opened.path}")
-        return runs.load_run(run_id, store=opened), list(record.messages)
-    finally:
-        if owned:
-            opened.close()
+        assert record is not None  # load_run found it
+        return run, list(record.messages)
 
 
 def loaded_summary(run: Run, desk: Desk, selected: VersionKey | None) -> str:
