@@ -46,10 +46,9 @@ W = TypeVar("W", bound="VersionsWidget")
 
 
 def key_label(key: VersionKey) -> str:
-    """What a person reads for ``key``: ``Version 2`` or ``Version 2 · retry 1``."""
-    if isinstance(key, tuple):
-        return f"Version {key[0]} · retry {key[1]}"
-    return f"Version {key}"
+    """What a person reads for ``key``: ``Version 2`` or ``Version 2 · retry 1`` (the
+    words of :func:`~arboris_nb.versionkeys.spoken`, as a title)."""
+    return spoken(key).capitalize()
 
 
 def parse_key(key: object) -> VersionKey:
