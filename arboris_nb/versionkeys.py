@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .results import Run, Version
 
-__all__ = ["VersionKey", "key_order", "key_text", "linked_versions", "parse_key_text", "spoken"]
+__all__ = [
+    "VersionKey",
+    "key_order",
+    "key_text",
+    "linked_versions",
+    "parse_key_text",
+    "retry_keys",
+    "spoken",
+]
 
 #: A version of a run: ``i`` (the run's version i) or ``(i, n)`` (retry n of version i).
 VersionKey = int | tuple[int, int]
@@ -52,21 +60,28 @@ def spoken(key: VersionKey) -> str:
     return f"version {key[0]} · retry {key[1]}" if isinstance(key, tuple) else f"version {key}"
 
 
-def linked_versions(run: Run) -> list[tuple[VersionKey, Version]]:
-    """Every version of ``run`` in the order shown: each of its own, then its retries.
-
-    Retries are numbered per version in ``run.retries`` order (oldest first); a retry run
-    that never began (no version) keeps its number, as the widget's desk counts it."""
+def retry_keys(run: Run) -> list[tuple[tuple[int, int], Run]]:
+    """Each linked retry run of ``run`` with its key: numbered per version in
+    ``run.retries`` order (oldest first). The one numbering rule: the widget's desk,
+    :func:`linked_versions` and so the judge and :func:`~arboris_nb.render.render_run`."""
     counts: dict[int, int] = {}
-    retries: dict[int, list[tuple[VersionKey, Version]]] = {}
+    keyed: list[tuple[tuple[int, int], Run]] = []
     for sub in run.retries:
         if sub.parent_index is None:
             continue
         n = counts[sub.parent_index] = counts.get(sub.parent_index, 0) + 1
+        keyed.append(((sub.parent_index, n), sub))
+    return keyed
+
+
+def linked_versions(run: Run) -> list[tuple[VersionKey, Version]]:
+    """Every version of ``run`` in the order shown: each of its own, then its retries.
+
+    A retry run that never began (no version) keeps its number (:func:`retry_keys`)."""
+    retries: dict[int, list[tuple[VersionKey, Version]]] = {}
+    for key, sub in retry_keys(run):
         if sub.versions:
-            retries.setdefault(sub.parent_index, []).append(
-                ((sub.parent_index, n), sub.versions[0])
-            )
+            retries.setdefault(key[0], []).append((key, sub.versions[0]))
     shown: list[tuple[VersionKey, Version]] = []
     for version in run.versions:
         shown += [(version.index, version), *retries.get(version.index, [])]

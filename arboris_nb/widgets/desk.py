@@ -23,7 +23,7 @@ from ..config import COUNT_RANGE, WriterSettings
 from ..errors import ConfigError
 from ..results import Run, Version
 from ..store import StoreSpec, store_session
-from ..versionkeys import VersionKey, spoken
+from ..versionkeys import VersionKey, retry_keys, spoken
 from .actions import require_run
 
 if TYPE_CHECKING:
@@ -77,10 +77,8 @@ class Desk:
 
     def reset(self, run: Run | None) -> None:
         """Show ``run`` (a new one, or a loaded one with its ``retries``)."""
-        self.run, self.retries = run, {}
-        for sub in run.retries if run is not None else []:
-            if sub.parent_index is not None:
-                self.retries[self.next_retry(sub.parent_index)] = sub
+        self.run = run
+        self.retries = dict(retry_keys(run)) if run is not None else {}
 
     # -- which versions -----------------------------------------------------------------
     def next_retry(self, index: int) -> tuple[int, int]:
