@@ -41,6 +41,7 @@ __all__ = [
     "TTL_S",
     "Learned",
     "LimitMemory",
+    "config_endpoint",
     "endpoint_key",
     "forget_learned_limits",
     "learned_limits",
@@ -154,26 +155,17 @@ def memory_enabled() -> bool:
 
 
 def endpoint_key(backend: Any) -> str | None:
-    """``base URL|model|masked key#digest`` for an OpenAI backend, the members' keys
-    for a pool, ``simulated|model`` for the simulated one, a custom backend's own
-    ``limit_endpoint`` string if it has one; None for other backends (whose limits are
-    not remembered). Never contains the key."""
+    """The backend's ``limit_endpoint`` string — ``base URL|model|masked key#digest`` for
+    an OpenAI backend (:func:`config_endpoint`), the members' for a pool,
+    ``simulated|model`` for the simulated one, a custom backend's own if it sets one —
+    or None (its limits are not remembered). Never contains the key."""
     own = getattr(backend, "limit_endpoint", None)
-    if isinstance(own, str):
-        return own
-    config = getattr(backend, "config", None)
-    if config is not None and hasattr(config, "api_key"):
-        return _config_key(config)
-    members = getattr(backend, "_members", None)
-    if members is not None:  # a KeyPool: one limiter for the pool's members together
-        keys = [endpoint_key(m.backend) for m in members]
-        return None if None in keys else "pool[" + ",".join(sorted(map(str, keys))) + "]"
-    if type(backend).__name__ == "SimulatedLLM":
-        return f"simulated|{backend.model}"
-    return None
+    return own if isinstance(own, str) else None
 
 
-def _config_key(config: Any) -> str:
+def config_endpoint(config: Any) -> str:
+    """An ``LLMConfig``'s endpoint for the memory: base URL, model, masked key and a
+    4-byte one-way digest of the key (two keys ending alike stay apart)."""
     base = config.base_url or "https://api.openai.com/v1"
     key = config.api_key or ""
     digest = hashlib.blake2b(key.encode(), digest_size=4, person=b"arboris-lim").hexdigest()

@@ -45,6 +45,7 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
+from ..limit_memory import config_endpoint
 from ..pacing import PROVIDER_PREFIX, RateBudget, request_key
 from .base import ChatRequest, ChoiceDelta, ChoiceEnd, Served, StreamItem, Usage
 
@@ -205,6 +206,11 @@ class OpenAIBackend:
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.config!r}, stream={self.stream_mode})"
+
+    @property
+    def limit_endpoint(self) -> str:
+        """Where ``auto``'s learned limit is remembered (:mod:`arboris_nb.limit_memory`)."""
+        return config_endpoint(self.config)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[_Connection]:

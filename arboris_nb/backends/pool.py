@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from ..config import LLMConfig, load_api_keys, load_env
 from ..errors import AuthError, BackendError, ConfigError, RateLimited
+from ..limit_memory import endpoint_key
 from ..pacing import RateBudget, request_key
 from .base import Backend, ChatRequest, Connection, Served, StreamItem, closing_stream
 from .openai import OpenAIBackend
@@ -143,6 +144,13 @@ class KeyPool:
     def __repr__(self) -> str:
         labels = ", ".join(m.label for m in self._members)
         return f"KeyPool([{labels}], strategy={self.strategy!r})"
+
+    @property
+    def limit_endpoint(self) -> str | None:
+        """One ``auto`` memory for the pool's members together; None when a member's
+        limits are not remembered (:mod:`arboris_nb.limit_memory`)."""
+        keys = [endpoint_key(m.backend) for m in self._members]
+        return None if None in keys else "pool[" + ",".join(sorted(map(str, keys))) + "]"
 
     @property
     def labels(self) -> list[str]:

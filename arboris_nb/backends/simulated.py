@@ -118,6 +118,13 @@ class SimulatedLLM:
     lang: str = field(default_factory=_messages.lang)  # "en" or "zh" (ARBORIS_LANG)
     calls: list[ChatRequest] = field(default_factory=list, repr=False)
 
+    @property
+    def limit_endpoint(self) -> str | None:
+        """Where ``auto``'s learned limit is remembered (:mod:`arboris_nb.limit_memory`).
+        A subclass answers differently (a cap, stalls), so it is not this endpoint: None,
+        unless it names its own."""
+        return f"simulated|{self.model}" if type(self) is SimulatedLLM else None
+
     def __post_init__(self) -> None:
         if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.output_tokens < 0:
             raise ConfigError(
