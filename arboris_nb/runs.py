@@ -264,8 +264,7 @@ def record_notes(
             decision = opened.save_notes(version_run_id or _run_id(run), index, text)
     if isinstance(run, Run):
         version.notes = text
-        run.decisions.append(decision)
-    return decision
+    return _remember(run, decision)
 
 
 def missing_versions(run_id: str, *, store: StoreSpec = None) -> list[int]:
