@@ -218,8 +218,6 @@ def _save_edit(
 ) -> Decision | None:
     """Save the edit to the row holding the version; the store's "edit" decision, or
     None when the store is off (ARBORIS_STORE=off, store=False: nothing is saved)."""
-    if store is False:
-        return None
     with store_session(store) as opened:
         if opened is None:
             return None
