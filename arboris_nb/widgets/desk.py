@@ -81,10 +81,6 @@ class Desk:
         self.retries = dict(retry_keys(run)) if run is not None else {}
 
     # -- which versions -----------------------------------------------------------------
-    def next_retry(self, index: int) -> tuple[int, int]:
-        """The key the next retry of version ``index`` gets."""
-        return (index, 1 + sum(1 for i, _ in self.retries if i == index))
-
     def add_retry(self, key: tuple[int, int], sub: Run) -> None:
         """Retry ``key`` runs as ``sub`` (heard from its first event)."""
         self.retries[key] = sub
